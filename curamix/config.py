@@ -1,0 +1,262 @@
+"""Run configuration: frozen pydantic models loaded from YAML, with CLI and environment overrides.
+
+A pipeline config lists the stages to run and one section per stage. Relative paths in a
+YAML file are resolved against the file's folder. Overrides use dotted paths
+(``--set ingest.max_doc_bytes=2000000``) or environment variables with the ``CURAMIX_``
+prefix and ``__`` between levels (``CURAMIX_SPARK__MASTER=spark://127.0.0.1:7077``).
+Errors name the field and echo the bad value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "CURAMIX_"
+KNOWN_STAGES: tuple[str, ...] = ("ingest",)
+"""Stages in their run order; each later issue adds its own (dedup, dsir, ...)."""
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names each bad field and value."""
+
+
+class CuramixModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SparkConfig(CuramixModel):
+    """How to build the one SparkSession of a run (see ``curamix.pipelines.session``)."""
+
+    master: str = "local[*]"
+    """``local[*]``, ``local[N]``, ``spark://host:7077``, ``k8s://...``."""
+    app_name: str = "curamix"
+    driver_memory: str = "4g"
+    executor_memory: str | None = None
+    shuffle_partitions: int | None = Field(default=None, ge=1)
+    """Default: 2 x the local cores in local mode, Spark's default (200) on a cluster."""
+    ui: bool = False
+    """Spark's web UI, bound to 127.0.0.1 when on."""
+    local_dir: str | None = None
+    """Scratch folder for shuffle and spill files."""
+    conf: dict[str, str] = Field(default_factory=dict)
+    """Any other ``spark.*`` settings, passed through."""
+
+    @field_validator("driver_memory", "executor_memory")
+    @classmethod
+    def _memory(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        s = v.strip().lower()
+        if not s or not s.rstrip("kmgt").isdigit():
+            raise ValueError(f"expected a size such as '4g' or '512m', got {v!r}")
+        return s
+
+
+class InputSpec(CuramixModel):
+    """One input: a file, a folder or a glob of files, or a Hugging Face dataset."""
+
+    path: str
+    """File, folder (searched recursively) or glob; for ``format: hf`` a ``save_to_disk``
+    folder, a data file, or a hub dataset name (needs network)."""
+    format: Literal["auto", "jsonl", "parquet", "txt", "hf"] = "auto"
+    text_field: str = "text"
+    id_field: str | None = "id"
+    """Field holding the source id; ids that are missing get a stable content-and-source hash."""
+    domain: str | None = None
+    """One domain for every record of this input."""
+    domain_field: str | None = None
+    """Record field holding the domain (records without it are quarantined)."""
+    domain_map: dict[str, str] = Field(default_factory=dict)
+    """Glob on the file's path relative to the input root -> domain; first match wins,
+    files that match none fall back to the file stem."""
+    hf_split: str | None = None
+    """Split of a Hugging Face dataset (all splits when unset)."""
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _one_domain_rule(self) -> InputSpec:
+        if self.domain is not None and self.domain_field is not None:
+            raise ValueError(
+                f"set either domain ({self.domain!r}) or domain_field ({self.domain_field!r}), not both"
+            )
+        return self
+
+
+class IngestConfig(CuramixModel):
+    """Ingest: read raw inputs into the document store, quarantining bad records."""
+
+    inputs: list[InputSpec] = Field(min_length=1)
+    max_doc_bytes: int = Field(default=1_000_000, gt=0)
+    """UTF-8 size above which a document is quarantined (or split, see ``oversize``)."""
+    oversize: Literal["quarantine", "split"] = "quarantine"
+    """``split`` cuts oversize documents at paragraph, line or word boundaries into chunks of at
+    most ``max_doc_bytes``; chunk ids are ``<id>#<k>`` and ``meta.parent_id`` names the parent."""
+    rows_per_file: int = Field(default=200_000, gt=0)
+    """Target rows per output Parquet file."""
+
+
+class PipelineConfig(CuramixModel):
+    """A run: where its outputs go, which stages run, and each stage's section."""
+
+    run_dir: str = "runs/default"
+    seed: int = 0
+    stages: list[str] = Field(default_factory=lambda: ["ingest"])
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    ingest: IngestConfig | None = None
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, v: list[str]) -> list[str]:
+        unknown = [s for s in v if s not in KNOWN_STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; known stages: {list(KNOWN_STAGES)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"a stage is listed twice: {v}")
+        return sorted(v, key=KNOWN_STAGES.index)
+
+    @model_validator(mode="after")
+    def _sections_present(self) -> PipelineConfig:
+        for stage in self.stages:
+            if getattr(self, stage, None) is None:
+                raise ValueError(f"stage {stage!r} is listed in stages but has no '{stage}:' section")
+        return self
+
+
+def config_hash(*parts: Any, length: int = 12) -> str:
+    """A stable short hash of JSON-able parts (pydantic models are dumped in JSON mode)."""
+    norm = [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts]
+    blob = json.dumps(norm, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def _format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "<root>"
+        value = e.get("input")
+        shown = repr(value)
+        if len(shown) > 120:
+            shown = shown[:117] + "..."
+        lines.append(f"  - {loc}: {e['msg']} (got {shown})")
+    return "\n".join(lines)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node: Any = data
+    for i, key in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(f"override {dotted!r}: no list item {key!r} at {'.'.join(keys[:i])}")
+            node = node[int(key)]
+            continue
+        nxt = node.get(key)
+        if nxt is None:
+            nxt = node[key] = {}
+        if not isinstance(nxt, dict | list):
+            raise ConfigError(f"override {dotted!r}: {'.'.join(keys[: i + 1])} is not a section")
+        node = nxt
+    last = keys[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"override {dotted!r}: no list item {last!r}")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML scalars or lists) in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.field=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    return data
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Overrides from ``CURAMIX_<FIELD>[__<FIELD>...]`` variables naming a config field."""
+    environ = os.environ if environ is None else environ
+    top = set(PipelineConfig.model_fields)
+    out = []
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        dotted = ".".join(p.lower() for p in name[len(ENV_PREFIX) :].split("__"))
+        if dotted.split(".")[0] in top:
+            out.append(f"{dotted}={value}")
+    return out
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    def absolute(p: Any) -> Any:
+        if not isinstance(p, str) or not p or "://" in p:
+            return p
+        q = Path(p).expanduser()
+        return str(q if q.is_absolute() else (base / q).resolve())
+
+    if "run_dir" in data:
+        data["run_dir"] = absolute(data["run_dir"])
+    ingest = data.get("ingest")
+    if isinstance(ingest, dict):
+        for spec in ingest.get("inputs") or []:
+            if isinstance(spec, dict) and "path" in spec:
+                # A hub dataset name ("org/name") is left alone when nothing exists at that path.
+                p = spec["path"]
+                candidate = absolute(p)
+                is_hub_name = spec.get("format") == "hf" and not Path(candidate).exists()
+                spec["path"] = p if is_hub_name else candidate
+
+
+def build_config(
+    data: Mapping[str, Any] | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    base_dir: str | Path = ".",
+    use_env: bool = True,
+    origin: str = "<dict>",
+) -> PipelineConfig:
+    """Validate a config mapping after overrides; relative paths resolve against ``base_dir``."""
+    raw: dict[str, Any] = json.loads(json.dumps(dict(data or {})))  # deep copy, plain types
+    apply_overrides(raw, [*(env_overrides() if use_env else []), *overrides])
+    _resolve_paths(raw, Path(base_dir).resolve())
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, origin)) from None
+
+
+def load_config(
+    path: str | Path, overrides: Iterable[str] = (), *, use_env: bool = True
+) -> PipelineConfig:
+    """Load a pipeline YAML file (relative paths resolve against its folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return build_config(data, overrides, base_dir=path.parent, use_env=use_env, origin=str(path))
+
+
+def dump_config(cfg: PipelineConfig) -> str:
+    """The config as YAML (what a run folder keeps as ``pipeline.yaml``)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

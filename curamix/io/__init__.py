@@ -1,0 +1,1 @@
+"""Edges of the document store: readers of raw inputs and the run-folder layout."""

@@ -1,0 +1,168 @@
+"""Run folders and stage outputs: atomic writes, manifests, completion markers, skips.
+
+A run folder holds every stage of one run::
+
+    RUN/
+      pipeline.yaml              the config of the latest `curamix run`
+      stages.json                stage -> folder of its latest completed output
+      ingest-<key>/              one folder per stage and key (config + inputs hash)
+        data/                    the output dataset (Parquet)
+        ledger/                  decisions: one row per input document
+        quarantine/              bad input (ingest)
+        manifest.json            stage, config, hashes, counts, timings, version
+        _COMPLETE                written last; a folder without it is unfinished
+
+A stage works in ``RUN/.tmp/<stage>-<key>-<uuid>/`` and is renamed into place when done, so
+readers never see half an output; a rerun whose key has a completed folder is skipped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import curamix
+
+MARKER = "_COMPLETE"
+MANIFEST = "manifest.json"
+STAGES_INDEX = "stages.json"
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """A completed stage output."""
+
+    stage: str
+    path: Path
+    manifest: dict[str, Any]
+    skipped: bool = False
+
+    @property
+    def data_path(self) -> Path:
+        return self.path / "data"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.path / "ledger"
+
+    @property
+    def quarantine_path(self) -> Path:
+        return self.path / "quarantine"
+
+    @property
+    def manifest_hash(self) -> str:
+        """Hash of the manifest file: what downstream stages put in their own key."""
+        return file_sha256(self.path / MANIFEST)
+
+    @property
+    def counts(self) -> dict[str, Any]:
+        return self.manifest.get("counts", {})
+
+
+def stage_folder(run_dir: str | Path, stage: str, key: str) -> Path:
+    return Path(run_dir) / f"{stage}-{key}"
+
+
+def load_completed(run_dir: str | Path, stage: str, key: str) -> JobResult | None:
+    """The completed output of ``stage`` with ``key``, or None if there is none."""
+    folder = stage_folder(run_dir, stage, key)
+    if not (folder / MARKER).is_file():
+        return None
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    return JobResult(stage=stage, path=folder, manifest=manifest, skipped=True)
+
+
+class StageWriter:
+    """Where a running stage writes; :meth:`commit` publishes it atomically."""
+
+    def __init__(self, run_dir: str | Path, stage: str, key: str):
+        self.run_dir = Path(run_dir)
+        self.stage, self.key = stage, key
+        self.final = stage_folder(run_dir, stage, key)
+        self.tmp = self.run_dir / ".tmp" / f"{stage}-{key}-{uuid.uuid4().hex[:8]}"
+        self.tmp.mkdir(parents=True)
+
+    def path(self, name: str) -> Path:
+        return self.tmp / name
+
+    def commit(self, manifest: dict[str, Any]) -> JobResult:
+        manifest = {
+            "stage": self.stage,
+            "key": self.key,
+            "curamix_version": curamix.__version__,
+            "completed_at": now_iso(),
+            **manifest,
+        }
+        write_json_atomic(self.tmp / MANIFEST, manifest)
+        if self.final.exists():  # an unfinished earlier attempt (no marker): replace it
+            shutil.rmtree(self.final)
+        os.replace(self.tmp, self.final)
+        (self.final / MARKER).write_text(now_iso() + "\n", encoding="utf-8")  # written last
+        record_stage(self.run_dir, self.stage, self.final.name)
+        return JobResult(stage=self.stage, path=self.final, manifest=manifest, skipped=False)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@contextmanager
+def stage_writer(run_dir: str | Path, stage: str, key: str) -> Iterator[StageWriter]:
+    """A :class:`StageWriter` whose temporary folder is removed if the stage fails."""
+    w = StageWriter(run_dir, stage, key)
+    try:
+        yield w
+    finally:
+        w.abort()  # a no-op after commit, which renamed the temporary folder away
+
+
+def read_stages_index(run_dir: str | Path) -> dict[str, Any]:
+    p = Path(run_dir) / STAGES_INDEX
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+
+
+def record_stage(run_dir: str | Path, stage: str, folder: str) -> None:
+    index = read_stages_index(run_dir)
+    index[stage] = {"folder": folder, "recorded_at": now_iso()}
+    write_json_atomic(Path(run_dir) / STAGES_INDEX, index)
+
+
+def latest_result(run_dir: str | Path, stage: str) -> JobResult | None:
+    """The latest completed output of ``stage`` in a run, from ``stages.json``."""
+    entry = read_stages_index(run_dir).get(stage)
+    if not entry:
+        return None
+    folder = Path(run_dir) / entry["folder"]
+    if not (folder / MARKER).is_file():
+        return None
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    return JobResult(stage=stage, path=folder, manifest=manifest, skipped=True)
