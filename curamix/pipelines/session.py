@@ -23,6 +23,9 @@ JAVA_HINT = (
 )
 
 
+LOG4J = Path(__file__).with_name("log4j2.properties")
+
+
 class JavaMissingError(RuntimeError):
     """No usable Java runtime for Spark."""
 
@@ -93,6 +96,8 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
         .config("spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs", "false")
         .config("spark.sql.parquet.compression.codec", "zstd")
         .config("spark.python.worker.reuse", "true")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{LOG4J}")
     )
     if cfg.ui:
         b = b.config("spark.driver.bindAddress", "127.0.0.1").config("spark.ui.host", "127.0.0.1")

@@ -1,0 +1,115 @@
+"""Running the stages a config lists, and reporting where a run stands.
+
+The CLI, notebooks and (later) the Prefect flows call these same functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from curamix.config import ConfigError, PipelineConfig, dump_config, load_config
+from curamix.io.store import JobResult, load_completed, read_stages_index, write_json_atomic
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+RUN_CONFIG = "pipeline.yaml"
+
+
+def _stage_runners() -> dict[str, Callable[..., JobResult]]:
+    from curamix.pipelines.ingest import run_ingest
+
+    return {"ingest": run_ingest}
+
+
+def stage_key(cfg: PipelineConfig, stage: str) -> str:
+    """The key a stage's output folder will carry for ``cfg`` (config + inputs hash)."""
+    if stage == "ingest":
+        from curamix.io.inputs import expand_inputs
+        from curamix.pipelines.ingest import ingest_key
+
+        assert cfg.ingest is not None
+        return ingest_key(cfg, expand_inputs(cfg.ingest).fingerprints)
+    raise ValueError(f"no key rule for stage {stage!r}")
+
+
+def run_pipeline(
+    cfg: PipelineConfig,
+    spark: SparkSession | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> dict[str, JobResult]:
+    """Run ``cfg.stages`` in order into ``cfg.run_dir``; finished stages are skipped."""
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / f".{RUN_CONFIG}.tmp"
+    tmp.write_text(dump_config(cfg), encoding="utf-8")
+    tmp.replace(run_dir / RUN_CONFIG)
+    if spark is None:
+        from curamix.pipelines.session import get_spark
+
+        spark = get_spark(cfg.spark)
+    runners = _stage_runners()
+    results: dict[str, JobResult] = {}
+    for stage in cfg.stages:
+        results[stage] = runners[stage](spark, cfg, on_step=on_step)
+    write_json_atomic(
+        run_dir / "last_run.json",
+        {s: {"folder": r.path.name, "skipped": r.skipped} for s, r in results.items()},
+    )
+    return results
+
+
+@dataclass(frozen=True)
+class StageStatus:
+    stage: str
+    state: str
+    """``done`` (output matches config and inputs), ``stale`` (an output exists, but the config
+    or the inputs changed since), ``pending`` (never run) or ``error`` (cannot tell)."""
+    folder: str | None
+    counts: dict[str, Any]
+    detail: str = ""
+
+
+def run_status(run_dir: str | Path) -> list[StageStatus]:
+    """Each stage of a run's config with its state and counts."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"no run folder at {run_dir}")
+    index = read_stages_index(run_dir)
+    cfg_path = run_dir / RUN_CONFIG
+    stages: list[str] = list(index)
+    cfg: PipelineConfig | None = None
+    if cfg_path.is_file():
+        cfg = load_config(cfg_path, use_env=False)
+        stages = list(cfg.stages) + [s for s in index if s not in cfg.stages]
+    out = []
+    for stage in stages:
+        latest = index.get(stage, {}).get("folder")
+        if cfg is None or stage not in cfg.stages:
+            res = _load(run_dir, latest)
+            out.append(StageStatus(stage, "done" if res else "pending", latest, res.counts if res else {}, "not in pipeline.yaml"))
+            continue
+        try:
+            key = stage_key(cfg, stage)
+        except (ConfigError, OSError) as err:
+            out.append(StageStatus(stage, "error", latest, {}, str(err)))
+            continue
+        done = load_completed(run_dir, stage, key)
+        if done is not None:
+            out.append(StageStatus(stage, "done", done.path.name, done.counts))
+        elif latest:
+            res = _load(run_dir, latest)
+            out.append(StageStatus(stage, "stale", latest, res.counts if res else {}, "config or inputs changed since"))
+        else:
+            out.append(StageStatus(stage, "pending", None, {}))
+    return out
+
+
+def _load(run_dir: Path, folder: str | None) -> JobResult | None:
+    if not folder:
+        return None
+    stage, key = folder.rsplit("-", 1)
+    return load_completed(run_dir, stage, key)
