@@ -56,15 +56,25 @@ def _steps() -> Iterator[Callable[[str], None]]:
 def _results_table(results: dict) -> None:
     for stage, res in results.items():
         c = res.counts
-        table = Table(title=f"{stage}: {'skipped (already complete)' if res.skipped else 'done'}", title_justify="left")
+        table = Table(
+            title=f"{stage}: {'skipped (already complete)' if res.skipped else 'done'}",
+            title_justify="left",
+        )
         for col in ("domain", "in", "kept", "quarantined", "out"):
             table.add_column(col, justify="right" if col != "domain" else "left")
         for domain, d in c.get("per_domain", {}).items():
-            table.add_row(domain or "?", *(str(d.get(k, 0)) for k in ("in", "kept", "quarantined", "out")))
-        table.add_row("[bold]total", *(f"[bold]{c.get(k, 0)}" for k in ("in", "kept", "quarantined", "out")))
+            table.add_row(
+                domain or "?", *(str(d.get(k, 0)) for k in ("in", "kept", "quarantined", "out"))
+            )
+        table.add_row(
+            "[bold]total", *(f"[bold]{c.get(k, 0)}" for k in ("in", "kept", "quarantined", "out"))
+        )
         console.print(table)
         if c.get("quarantine_reasons"):
-            console.print("quarantined by reason: " + ", ".join(f"{k}={v}" for k, v in c["quarantine_reasons"].items()))
+            console.print(
+                "quarantined by reason: "
+                + ", ".join(f"{k}={v}" for k, v in c["quarantine_reasons"].items())
+            )
         console.print(f"outputs: [cyan]{res.path}[/]")
         for name in ("data", "ledger", "quarantine"):
             if (res.path / name).exists():
@@ -89,20 +99,36 @@ def _run(cfg: PipelineConfig) -> dict:
 
 @app.command()
 def ingest(
-    inputs: Annotated[list[str], typer.Argument(help="Files, folders or globs (JSONL[.gz|.zst], Parquet, .txt).")],
-    run_dir: Annotated[Path, typer.Option("--run-dir", "-o", help="Run folder.")] = Path("runs/default"),
+    inputs: Annotated[
+        list[str], typer.Argument(help="Files, folders or globs (JSONL[.gz|.zst], Parquet, .txt).")
+    ],
+    run_dir: Annotated[Path, typer.Option("--run-dir", "-o", help="Run folder.")] = Path(
+        "runs/default"
+    ),
     format: Annotated[str, typer.Option(help="auto, jsonl, parquet, txt or hf.")] = "auto",
     text_field: Annotated[str, typer.Option(help="Field holding the text.")] = "text",
     id_field: Annotated[str, typer.Option(help="Field holding the source id.")] = "id",
     domain: Annotated[str | None, typer.Option(help="One domain for all inputs.")] = None,
-    domain_field: Annotated[str | None, typer.Option(help="Record field holding the domain.")] = None,
-    max_doc_bytes: Annotated[int, typer.Option(help="Size limit per document (UTF-8 bytes).")] = 1_000_000,
-    oversize: Annotated[str, typer.Option(help="quarantine or split documents over the limit.")] = "quarantine",
+    domain_field: Annotated[
+        str | None, typer.Option(help="Record field holding the domain.")
+    ] = None,
+    max_doc_bytes: Annotated[
+        int, typer.Option(help="Size limit per document (UTF-8 bytes).")
+    ] = 1_000_000,
+    oversize: Annotated[
+        str, typer.Option(help="quarantine or split documents over the limit.")
+    ] = "quarantine",
     master: Annotated[str, typer.Option(help="Spark master URL.")] = "local[*]",
 ) -> None:
     """Ingest raw files into the document store of RUN_DIR (bad records are quarantined)."""
     with _friendly_errors():
-        spec = {"format": format, "text_field": text_field, "id_field": id_field, "domain": domain, "domain_field": domain_field}
+        spec = {
+            "format": format,
+            "text_field": text_field,
+            "id_field": id_field,
+            "domain": domain,
+            "domain_field": domain_field,
+        }
         cfg = build_config(
             {
                 "run_dir": str(run_dir),
@@ -122,7 +148,9 @@ def ingest(
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="Pipeline YAML file.")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: section.field=value.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a field: section.field=value.")
+    ] = None,
 ) -> None:
     """Run the stages a pipeline YAML lists (finished stages are skipped)."""
     with _friendly_errors():
@@ -160,15 +188,21 @@ def status(
         if r.detail:
             console.print(f"  {r.stage}: {r.detail}")
     remaining = [r.stage for r in rows if r.state != "done"]
-    console.print("remaining: " + (", ".join(remaining) if remaining else "nothing, every stage is done"))
+    console.print(
+        "remaining: " + (", ".join(remaining) if remaining else "nothing, every stage is done")
+    )
 
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo corpus and its run.")] = Path("demo"),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for the demo corpus and its run.")
+    ] = Path("demo"),
     n_docs: Annotated[int, typer.Option(help="Clean pool documents to generate.")] = 4000,
     seed: Annotated[int, typer.Option(help="Seed of the generator and the run.")] = 0,
-    run_pipeline: Annotated[bool, typer.Option("--run/--no-run", help="Run the pipeline after generating.")] = True,
+    run_pipeline: Annotated[
+        bool, typer.Option("--run/--no-run", help="Run the pipeline after generating.")
+    ] = True,
 ) -> None:
     """Generate the SYNTHETIC demo corpus and run the pipeline on it."""
     from curamix.demo import make_demo_corpus, write_demo_pipeline
@@ -182,7 +216,9 @@ def demo(
             f"{corpus.n_exact_dups} exact + {corpus.n_near_dups} near duplicates, {corpus.n_leaked} leaked benchmark "
             f"items, {sum(corpus.n_bad.values())} bad records ({time.perf_counter() - t:.1f}s)"
         )
-        console.print(f"  raw pool   {corpus.raw_dir}\n  targets    {corpus.targets_dir}\n  truth      {corpus.truth_dir}\n  pipeline   {pipeline}")
+        console.print(
+            f"  raw pool   {corpus.raw_dir}\n  targets    {corpus.targets_dir}\n  truth      {corpus.truth_dir}\n  pipeline   {pipeline}"
+        )
         if not run_pipeline:
             return
         _run(load_config(pipeline))

@@ -132,7 +132,9 @@ class PipelineConfig(CuramixModel):
     def _sections_present(self) -> PipelineConfig:
         for stage in self.stages:
             if getattr(self, stage, None) is None:
-                raise ValueError(f"stage {stage!r} is listed in stages but has no '{stage}:' section")
+                raise ValueError(
+                    f"stage {stage!r} is listed in stages but has no '{stage}:' section"
+                )
         return self
 
 
@@ -161,7 +163,9 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     for i, key in enumerate(keys[:-1]):
         if isinstance(node, list):
             if not key.isdigit() or int(key) >= len(node):
-                raise ConfigError(f"override {dotted!r}: no list item {key!r} at {'.'.join(keys[:i])}")
+                raise ConfigError(
+                    f"override {dotted!r}: no list item {key!r} at {'.'.join(keys[:i])}"
+                )
             node = node[int(key)]
             continue
         nxt = node.get(key)

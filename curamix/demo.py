@@ -24,36 +24,268 @@ from typing import Any
 # --------------------------------------------------------------------------- vocabularies
 
 W: dict[str, list[str]] = {
-    "city": "Lisbon Oslo Nairobi Denver Osaka Lyon Quito Perth Tallinn Cork Dakar Hanoi Leeds Porto Kraków Austin".split(),
-    "agency": "Reuters AP AFP Bloomberg DPA Kyodo".split(),
-    "official": "minister mayor governor senator spokesperson commissioner regulator ambassador".split(),
-    "org": "the central bank,the city council,the transport ministry,the health agency,the electoral commission,the port authority,the energy regulator,the national railway".split(","),
-    "news_topic": "budget,housing plan,rail strike,water shortage,trade deal,tax reform,election result,bridge repair,power outage,pension reform".split(","),
-    "news_verb": "announced,rejected,delayed,approved,criticised,defended,postponed,unveiled".split(","),
-    "month": "January February March April May June July August September October November December".split(),
-    "sci_field": "protein folding,soil microbiomes,graphene membranes,coral bleaching,neutrino oscillations,battery electrolytes,sleep regulation,glacier dynamics,quantum dots,antibiotic resistance".split(","),
-    "sci_method": "a randomized controlled trial,X-ray crystallography,a longitudinal cohort,Monte Carlo simulation,mass spectrometry,a genome-wide association study,density functional theory,field sampling".split(","),
-    "sci_result": "a significant increase,no measurable effect,a twofold reduction,a nonlinear dependence,a strong correlation,an unexpected phase transition".split(","),
-    "sci_noun": "samples,specimens,participants,cells,trajectories,isolates,crystals,measurements".split(","),
-    "code_verb": "parse load compute merge filter render validate encode fetch normalize split flatten".split(),
-    "code_noun": "config records tokens matrix header payload buffer index schedule graph cache batch".split(),
-    "code_type": "int str float list dict bytes bool".split(),
-    "dish": "lentil soup,lemon tart,mushroom risotto,chicken curry,apple crumble,bean chili,pumpkin bread,garlic noodles,fish tacos,spinach pie".split(","),
-    "ingredient": "flour,butter,garlic,onion,olive oil,lentils,rice,cream,sugar,eggs,spinach,cumin,ginger,lemon juice,tomatoes,coriander,mushrooms,stock".split(","),
-    "unit": "cups,tablespoons,teaspoons,grams,cloves,pinches".split(","),
-    "cook_verb": "whisk,simmer,fold in,saute,roast,knead,season,stir in,bake,chop".split(","),
-    "cuisine": "Indian Italian Mexican French Thai Lebanese".split(),
-    "legal_term": "Licensee,Contractor,Premises,Effective Date,Confidential Information,Deliverables,Force Majeure Event,Territory".split(","),
-    "legal_verb": "shall indemnify,shall not assign,may terminate,shall promptly notify,shall maintain,may audit".split(","),
-    "legal_obj": "the Agreement,any Deliverables,the Premises,all Confidential Information,the Territory,any sublicense".split(","),
-    "forum_topic": "my bike chain keeps slipping,best budget mechanical keyboard,sourdough starter smells odd,laptop fan noise after update,tomato plants turning yellow,which tent for alpine camping".split(","),
-    "forum_user": "pixelfox,gearhead88,crumbqueen,n00bsaibot,tinkerer_42,mossy_rock,dr_wrench,quietowl".split(","),
-    "forum_filler": "honestly,tbh,imo,lol,fwiw,ymmv,just saying,haha".split(","),
-    "team": "Rovers,United,Athletic,Wanderers,City,Harriers,Mariners,Rangers,Falcons,Comets".split(","),
-    "player": "Okafor,Lindqvist,Moreau,Tanaka,Silva,Kowalski,Brennan,Haddad,Novak,Ibarra".split(","),
-    "sport_verb": "edged,thrashed,held,stunned,overcame,outplayed".split(","),
-    "person": "Maya,Tom,Aisha,Lukas,Priya,Diego,Hana,Sam,Ines,Kofi".split(","),
-    "item": "apples,stickers,marbles,books,pencils,cookies,stamps,shells".split(","),
+    "city": [
+        "Lisbon",
+        "Oslo",
+        "Nairobi",
+        "Denver",
+        "Osaka",
+        "Lyon",
+        "Quito",
+        "Perth",
+        "Tallinn",
+        "Cork",
+        "Dakar",
+        "Hanoi",
+        "Leeds",
+        "Porto",
+        "Kraków",
+        "Austin",
+    ],
+    "agency": ["Reuters", "AP", "AFP", "Bloomberg", "DPA", "Kyodo"],
+    "official": [
+        "minister",
+        "mayor",
+        "governor",
+        "senator",
+        "spokesperson",
+        "commissioner",
+        "regulator",
+        "ambassador",
+    ],
+    "org": [
+        "the central bank",
+        "the city council",
+        "the transport ministry",
+        "the health agency",
+        "the electoral commission",
+        "the port authority",
+        "the energy regulator",
+        "the national railway",
+    ],
+    "news_topic": [
+        "budget",
+        "housing plan",
+        "rail strike",
+        "water shortage",
+        "trade deal",
+        "tax reform",
+        "election result",
+        "bridge repair",
+        "power outage",
+        "pension reform",
+    ],
+    "news_verb": [
+        "announced",
+        "rejected",
+        "delayed",
+        "approved",
+        "criticised",
+        "defended",
+        "postponed",
+        "unveiled",
+    ],
+    "month": [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ],
+    "sci_field": [
+        "protein folding",
+        "soil microbiomes",
+        "graphene membranes",
+        "coral bleaching",
+        "neutrino oscillations",
+        "battery electrolytes",
+        "sleep regulation",
+        "glacier dynamics",
+        "quantum dots",
+        "antibiotic resistance",
+    ],
+    "sci_method": [
+        "a randomized controlled trial",
+        "X-ray crystallography",
+        "a longitudinal cohort",
+        "Monte Carlo simulation",
+        "mass spectrometry",
+        "a genome-wide association study",
+        "density functional theory",
+        "field sampling",
+    ],
+    "sci_result": [
+        "a significant increase",
+        "no measurable effect",
+        "a twofold reduction",
+        "a nonlinear dependence",
+        "a strong correlation",
+        "an unexpected phase transition",
+    ],
+    "sci_noun": [
+        "samples",
+        "specimens",
+        "participants",
+        "cells",
+        "trajectories",
+        "isolates",
+        "crystals",
+        "measurements",
+    ],
+    "code_verb": [
+        "parse",
+        "load",
+        "compute",
+        "merge",
+        "filter",
+        "render",
+        "validate",
+        "encode",
+        "fetch",
+        "normalize",
+        "split",
+        "flatten",
+    ],
+    "code_noun": [
+        "config",
+        "records",
+        "tokens",
+        "matrix",
+        "header",
+        "payload",
+        "buffer",
+        "index",
+        "schedule",
+        "graph",
+        "cache",
+        "batch",
+    ],
+    "code_type": ["int", "str", "float", "list", "dict", "bytes", "bool"],
+    "dish": [
+        "lentil soup",
+        "lemon tart",
+        "mushroom risotto",
+        "chicken curry",
+        "apple crumble",
+        "bean chili",
+        "pumpkin bread",
+        "garlic noodles",
+        "fish tacos",
+        "spinach pie",
+    ],
+    "ingredient": [
+        "flour",
+        "butter",
+        "garlic",
+        "onion",
+        "olive oil",
+        "lentils",
+        "rice",
+        "cream",
+        "sugar",
+        "eggs",
+        "spinach",
+        "cumin",
+        "ginger",
+        "lemon juice",
+        "tomatoes",
+        "coriander",
+        "mushrooms",
+        "stock",
+    ],
+    "unit": ["cups", "tablespoons", "teaspoons", "grams", "cloves", "pinches"],
+    "cook_verb": [
+        "whisk",
+        "simmer",
+        "fold in",
+        "saute",
+        "roast",
+        "knead",
+        "season",
+        "stir in",
+        "bake",
+        "chop",
+    ],
+    "cuisine": ["Indian", "Italian", "Mexican", "French", "Thai", "Lebanese"],
+    "legal_term": [
+        "Licensee",
+        "Contractor",
+        "Premises",
+        "Effective Date",
+        "Confidential Information",
+        "Deliverables",
+        "Force Majeure Event",
+        "Territory",
+    ],
+    "legal_verb": [
+        "shall indemnify",
+        "shall not assign",
+        "may terminate",
+        "shall promptly notify",
+        "shall maintain",
+        "may audit",
+    ],
+    "legal_obj": [
+        "the Agreement",
+        "any Deliverables",
+        "the Premises",
+        "all Confidential Information",
+        "the Territory",
+        "any sublicense",
+    ],
+    "forum_topic": [
+        "my bike chain keeps slipping",
+        "best budget mechanical keyboard",
+        "sourdough starter smells odd",
+        "laptop fan noise after update",
+        "tomato plants turning yellow",
+        "which tent for alpine camping",
+    ],
+    "forum_user": [
+        "pixelfox",
+        "gearhead88",
+        "crumbqueen",
+        "n00bsaibot",
+        "tinkerer_42",
+        "mossy_rock",
+        "dr_wrench",
+        "quietowl",
+    ],
+    "forum_filler": ["honestly", "tbh", "imo", "lol", "fwiw", "ymmv", "just saying", "haha"],
+    "team": [
+        "Rovers",
+        "United",
+        "Athletic",
+        "Wanderers",
+        "City",
+        "Harriers",
+        "Mariners",
+        "Rangers",
+        "Falcons",
+        "Comets",
+    ],
+    "player": [
+        "Okafor",
+        "Lindqvist",
+        "Moreau",
+        "Tanaka",
+        "Silva",
+        "Kowalski",
+        "Brennan",
+        "Haddad",
+        "Novak",
+        "Ibarra",
+    ],
+    "sport_verb": ["edged", "thrashed", "held", "stunned", "overcame", "outplayed"],
+    "person": ["Maya", "Tom", "Aisha", "Lukas", "Priya", "Diego", "Hana", "Sam", "Ines", "Kofi"],
+    "item": ["apples", "stickers", "marbles", "books", "pencils", "cookies", "stamps", "shells"],
 }
 
 
@@ -61,11 +293,15 @@ def pick(rng: random.Random, key: str) -> str:
     return rng.choice(W[key])
 
 
-def _sentences(rng: random.Random, makers: list[Callable[[random.Random], str]], n: int) -> list[str]:
+def _sentences(
+    rng: random.Random, makers: list[Callable[[random.Random], str]], n: int
+) -> list[str]:
     return [rng.choice(makers)(rng) for _ in range(n)]
 
 
-def _paragraphs(rng: random.Random, makers: list[Callable[[random.Random], str]], n_sent: int) -> str:
+def _paragraphs(
+    rng: random.Random, makers: list[Callable[[random.Random], str]], n_sent: int
+) -> str:
     sents = _sentences(rng, makers, n_sent)
     paras, i = [], 0
     while i < len(sents):
@@ -88,48 +324,100 @@ def _length(rng: random.Random) -> int:
 # --------------------------------------------------------------------------- domains
 
 _NEWS = [
-    lambda r: f"The {pick(r, 'official')} {pick(r, 'news_verb')} the {pick(r, 'news_topic')} on {pick(r, 'month')} {r.randint(1, 28)}.",
-    lambda r: f"Officials at {pick(r, 'org')} said the {pick(r, 'news_topic')} would cost about {r.randint(2, 900)} million.",
-    lambda r: f"Critics warned that the {pick(r, 'news_topic')} could affect {r.randint(3, 95)} percent of households in {pick(r, 'city')}.",
-    lambda r: f"\"We will not accept this {pick(r, 'news_topic')},\" a {pick(r, 'official')} told reporters in {pick(r, 'city')}.",
-    lambda r: f"A vote on the {pick(r, 'news_topic')} is expected before the end of {pick(r, 'month')}.",
-    lambda r: f"Shares in regional lenders fell {r.randint(1, 9)}.{r.randint(0, 9)} percent after {pick(r, 'org')} {pick(r, 'news_verb')} its forecast.",
+    lambda r: (
+        f"The {pick(r, 'official')} {pick(r, 'news_verb')} the {pick(r, 'news_topic')} on {pick(r, 'month')} {r.randint(1, 28)}."
+    ),
+    lambda r: (
+        f"Officials at {pick(r, 'org')} said the {pick(r, 'news_topic')} would cost about {r.randint(2, 900)} million."
+    ),
+    lambda r: (
+        f"Critics warned that the {pick(r, 'news_topic')} could affect {r.randint(3, 95)} percent of households in {pick(r, 'city')}."
+    ),
+    lambda r: (
+        f'"We will not accept this {pick(r, "news_topic")}," a {pick(r, "official")} told reporters in {pick(r, "city")}.'
+    ),
+    lambda r: (
+        f"A vote on the {pick(r, 'news_topic')} is expected before the end of {pick(r, 'month')}."
+    ),
+    lambda r: (
+        f"Shares in regional lenders fell {r.randint(1, 9)}.{r.randint(0, 9)} percent after {pick(r, 'org')} {pick(r, 'news_verb')} its forecast."
+    ),
 ]
 _SCIENCE = [
     lambda r: f"We investigate {pick(r, 'sci_field')} using {pick(r, 'sci_method')}.",
-    lambda r: f"Across {r.randint(12, 4000)} {pick(r, 'sci_noun')}, we observe {pick(r, 'sci_result')} (p < 0.0{r.randint(1, 5)}).",
-    lambda r: f"These findings suggest that {pick(r, 'sci_field')} depends on temperature more strongly than previously assumed.",
-    lambda r: f"Our model of {pick(r, 'sci_field')} reproduces {pick(r, 'sci_result')} reported in earlier work.",
-    lambda r: f"Limitations include the small number of {pick(r, 'sci_noun')} and the use of {pick(r, 'sci_method')}.",
-    lambda r: f"Further work will combine {pick(r, 'sci_method')} with {pick(r, 'sci_method')} to resolve {pick(r, 'sci_field')}.",
+    lambda r: (
+        f"Across {r.randint(12, 4000)} {pick(r, 'sci_noun')}, we observe {pick(r, 'sci_result')} (p < 0.0{r.randint(1, 5)})."
+    ),
+    lambda r: (
+        f"These findings suggest that {pick(r, 'sci_field')} depends on temperature more strongly than previously assumed."
+    ),
+    lambda r: (
+        f"Our model of {pick(r, 'sci_field')} reproduces {pick(r, 'sci_result')} reported in earlier work."
+    ),
+    lambda r: (
+        f"Limitations include the small number of {pick(r, 'sci_noun')} and the use of {pick(r, 'sci_method')}."
+    ),
+    lambda r: (
+        f"Further work will combine {pick(r, 'sci_method')} with {pick(r, 'sci_method')} to resolve {pick(r, 'sci_field')}."
+    ),
 ]
 _LEGAL = [
-    lambda r: f"The {pick(r, 'legal_term')} {pick(r, 'legal_verb')} {pick(r, 'legal_obj')} within {r.randint(5, 90)} days of the {pick(r, 'legal_term')}.",
-    lambda r: f"Notwithstanding the foregoing, the {pick(r, 'legal_term')} {pick(r, 'legal_verb')} {pick(r, 'legal_obj')}.",
-    lambda r: f"\"{pick(r, 'legal_term')}\" means any person or entity that receives {pick(r, 'legal_obj')} under Section {r.randint(1, 30)}.",
-    lambda r: f"Subject to Section {r.randint(1, 30)}({r.choice('abcdef')}), neither party {pick(r, 'legal_verb')} {pick(r, 'legal_obj')}.",
-    lambda r: f"This clause survives termination of {pick(r, 'legal_obj')} for a period of {r.randint(1, 7)} years.",
+    lambda r: (
+        f"The {pick(r, 'legal_term')} {pick(r, 'legal_verb')} {pick(r, 'legal_obj')} within {r.randint(5, 90)} days of the {pick(r, 'legal_term')}."
+    ),
+    lambda r: (
+        f"Notwithstanding the foregoing, the {pick(r, 'legal_term')} {pick(r, 'legal_verb')} {pick(r, 'legal_obj')}."
+    ),
+    lambda r: (
+        f'"{pick(r, "legal_term")}" means any person or entity that receives {pick(r, "legal_obj")} under Section {r.randint(1, 30)}.'
+    ),
+    lambda r: (
+        f"Subject to Section {r.randint(1, 30)}({r.choice('abcdef')}), neither party {pick(r, 'legal_verb')} {pick(r, 'legal_obj')}."
+    ),
+    lambda r: (
+        f"This clause survives termination of {pick(r, 'legal_obj')} for a period of {r.randint(1, 7)} years."
+    ),
 ]
 _FORUM = [
-    lambda r: f"{pick(r, 'forum_filler')} i had the same issue last {pick(r, 'month')}, turned out to be the cheap parts.",
-    lambda r: f"did you try resetting it? worked for me after {r.randint(2, 10)} tries {pick(r, 'forum_filler')}.",
+    lambda r: (
+        f"{pick(r, 'forum_filler')} i had the same issue last {pick(r, 'month')}, turned out to be the cheap parts."
+    ),
+    lambda r: (
+        f"did you try resetting it? worked for me after {r.randint(2, 10)} tries {pick(r, 'forum_filler')}."
+    ),
     lambda r: f"+1 to what {pick(r, 'forum_user')} said, {pick(r, 'forum_filler')}.",
     lambda r: f"thanks everyone, will post an update in {r.randint(2, 14)} days.",
-    lambda r: f"mine cost like {r.randint(20, 300)} bucks and still going strong {pick(r, 'forum_filler')}.",
-    lambda r: f"wait, are you sure? {pick(r, 'forum_filler')} that sounds like a different problem.",
+    lambda r: (
+        f"mine cost like {r.randint(20, 300)} bucks and still going strong {pick(r, 'forum_filler')}."
+    ),
+    lambda r: (
+        f"wait, are you sure? {pick(r, 'forum_filler')} that sounds like a different problem."
+    ),
 ]
 _SPORTS = [
-    lambda r: f"The {pick(r, 'team')} {pick(r, 'sport_verb')} the {pick(r, 'team')} {r.randint(1, 5)}-{r.randint(0, 3)} on Saturday.",
-    lambda r: f"{pick(r, 'player')} scored in the {r.randint(2, 90)}th minute after a long ball from {pick(r, 'player')}.",
-    lambda r: f"The manager praised {pick(r, 'player')}, whose {r.randint(2, 30)} goals this season lead the league.",
-    lambda r: f"A crowd of {r.randint(8, 60)},{r.randint(100, 999)} watched the {pick(r, 'team')} climb to {r.randint(1, 20)}th in the table.",
+    lambda r: (
+        f"The {pick(r, 'team')} {pick(r, 'sport_verb')} the {pick(r, 'team')} {r.randint(1, 5)}-{r.randint(0, 3)} on Saturday."
+    ),
+    lambda r: (
+        f"{pick(r, 'player')} scored in the {r.randint(2, 90)}th minute after a long ball from {pick(r, 'player')}."
+    ),
+    lambda r: (
+        f"The manager praised {pick(r, 'player')}, whose {r.randint(2, 30)} goals this season lead the league."
+    ),
+    lambda r: (
+        f"A crowd of {r.randint(8, 60)},{r.randint(100, 999)} watched the {pick(r, 'team')} climb to {r.randint(1, 20)}th in the table."
+    ),
     lambda r: f"{pick(r, 'player')} was booked for a late challenge and will miss the next match.",
 ]
 
 
 def _news(r: random.Random) -> str:
-    head = f"{pick(r, 'org').capitalize()} {pick(r, 'news_verb')} {pick(r, 'news_topic')}".replace("the ", "", 1)
-    lead = f"{pick(r, 'city').upper()}, {pick(r, 'month')} {r.randint(1, 28)} ({pick(r, 'agency')}) - "
+    head = f"{pick(r, 'org').capitalize()} {pick(r, 'news_verb')} {pick(r, 'news_topic')}".replace(
+        "the ", "", 1
+    )
+    lead = (
+        f"{pick(r, 'city').upper()}, {pick(r, 'month')} {r.randint(1, 28)} ({pick(r, 'agency')}) - "
+    )
     return f"{head}\n\n{lead}{_paragraphs(r, _NEWS, _length(r))}"
 
 
@@ -144,27 +432,44 @@ def _code(r: random.Random) -> str:
     for _ in range(max(1, _length(r) // 4)):
         verb, noun, typ = pick(r, "code_verb"), pick(r, "code_noun"), pick(r, "code_type")
         arg = pick(r, "code_noun")
-        body = [f"    result = []", f"    for item in {arg}:"]
+        body = ["    result = []", f"    for item in {arg}:"]
         for _ in range(r.randint(1, 4)):
             body.append(f"        if item.{pick(r, 'code_verb')}() > {r.randint(0, 64)}:")
-            body.append(f"            result.append({pick(r, 'code_verb')}_{pick(r, 'code_noun')}(item))")
+            body.append(
+                f"            result.append({pick(r, 'code_verb')}_{pick(r, 'code_noun')}(item))"
+            )
         body.append(f"    return {typ}(result) if result else None")
         funcs.append(
             f"def {verb}_{noun}({arg}: list, limit: int = {r.randint(1, 512)}) -> {typ}:\n"
             f'    """{verb.capitalize()} the {noun} from {arg}."""\n' + "\n".join(body)
         )
-    imports = "\n".join(sorted({f"import {m}" for m in r.sample(["os", "re", "json", "math", "itertools", "hashlib", "typing"], 2)}))
+    imports = "\n".join(
+        sorted(
+            {
+                f"import {m}"
+                for m in r.sample(["os", "re", "json", "math", "itertools", "hashlib", "typing"], 2)
+            }
+        )
+    )
     return f"{imports}\n\n\n" + "\n\n\n".join(funcs) + "\n"
 
 
 def _recipe(r: random.Random) -> str:
     dish = pick(r, "dish")
     ings = r.sample(W["ingredient"], r.randint(3, 9))
-    lines = [f"{dish.title()}", "", f"Serves {r.randint(2, 8)}. Ready in {r.randint(15, 120)} minutes.", "", "Ingredients:"]
+    lines = [
+        f"{dish.title()}",
+        "",
+        f"Serves {r.randint(2, 8)}. Ready in {r.randint(15, 120)} minutes.",
+        "",
+        "Ingredients:",
+    ]
     lines += [f"- {r.randint(1, 4)} {pick(r, 'unit')} {i}" for i in ings]
     lines += ["", "Instructions:"]
     for k in range(1, r.randint(3, 3 + _length(r) // 3) + 1):
-        lines.append(f"{k}. {pick(r, 'cook_verb').capitalize()} the {r.choice(ings)} for {r.randint(1, 40)} minutes, then {pick(r, 'cook_verb')} the {r.choice(ings)}.")
+        lines.append(
+            f"{k}. {pick(r, 'cook_verb').capitalize()} the {r.choice(ings)} for {r.randint(1, 40)} minutes, then {pick(r, 'cook_verb')} the {r.choice(ings)}."
+        )
     return "\n".join(lines)
 
 
@@ -172,7 +477,10 @@ def _legal(r: random.Random) -> str:
     n = _length(r)
     sections = []
     for s in range(1, max(1, n // 3) + 1):
-        clauses = [f"({chr(96 + k)}) {m}" for k, m in enumerate(_sentences(r, _LEGAL, r.randint(1, 4)), start=1)]
+        clauses = [
+            f"({chr(96 + k)}) {m}"
+            for k, m in enumerate(_sentences(r, _LEGAL, r.randint(1, 4)), start=1)
+        ]
         sections.append(f"Section {s}. {pick(r, 'legal_term')}.\n" + "\n".join(clauses))
     return f"AGREEMENT No. {r.randint(1000, 9999)}\n\n" + "\n\n".join(sections)
 
@@ -226,7 +534,16 @@ DOMAINS: dict[str, Callable[[random.Random], str]] = {
     "math": _math,
     "sports": _sports,
 }
-SHARES = {"news": 0.18, "science": 0.1, "code": 0.08, "recipes": 0.1, "legal": 0.08, "forum": 0.16, "math": 0.16, "sports": 0.14}
+SHARES = {
+    "news": 0.18,
+    "science": 0.1,
+    "code": 0.08,
+    "recipes": 0.1,
+    "legal": 0.08,
+    "forum": 0.16,
+    "math": 0.16,
+    "sports": 0.14,
+}
 
 
 # --------------------------------------------------------------------------- duplicates
@@ -277,9 +594,15 @@ class DemoCorpus:
 
 def _write_jsonl(path: Path, rows: list[Any]) -> None:
     """JSON Lines; rows that are ``bytes`` are written verbatim (for bad records)."""
-    data = b"".join((r if isinstance(r, bytes) else json.dumps(r, ensure_ascii=False).encode()) + b"\n" for r in rows)
+    data = b"".join(
+        (r if isinstance(r, bytes) else json.dumps(r, ensure_ascii=False).encode()) + b"\n"
+        for r in rows
+    )
     if path.name.endswith(".gz"):
-        with open(path, "wb") as fh, gzip.GzipFile(fileobj=fh, mode="wb", mtime=0, filename="") as gz:
+        with (
+            open(path, "wb") as fh,
+            gzip.GzipFile(fileobj=fh, mode="wb", mtime=0, filename="") as gz,
+        ):
             gz.write(data)
     elif path.name.endswith(".zst"):
         import zstandard
@@ -311,13 +634,25 @@ def make_demo_corpus(out: str | Path, n_docs: int = 4000, seed: int = 0) -> Demo
     bench = []
     for i in range(300):
         qs, sol, ans = math_problem(r)
-        bench.append({"id": f"demobench-{i:04d}", "question": qs, "answer": f"{sol}\n#### {ans}", "text": f"Question: {qs}\nAnswer: {sol} #### {ans}"})
+        bench.append(
+            {
+                "id": f"demobench-{i:04d}",
+                "question": qs,
+                "answer": f"{sol}\n#### {ans}",
+                "text": f"Question: {qs}\nAnswer: {sol} #### {ans}",
+            }
+        )
     train, test = bench[:200], bench[200:]
     _write_jsonl(targets / "demobench_train.jsonl", train)
     _write_jsonl(targets / "demobench_test.jsonl", test)
     leaked = r.sample(test, 8)
     for k, item in enumerate(leaked):
-        docs["math"].append({"id": f"math-leak-{k:03d}", "text": f"Problem: {item['question']}\nSolution: {item['answer'].split(chr(10))[0]}"})
+        docs["math"].append(
+            {
+                "id": f"math-leak-{k:03d}",
+                "text": f"Problem: {item['question']}\nSolution: {item['answer'].split(chr(10))[0]}",
+            }
+        )
     corpus.n_leaked = len(leaked)
 
     # Exact and near duplicates within and across domains.
@@ -327,10 +662,22 @@ def make_demo_corpus(out: str | Path, n_docs: int = 4000, seed: int = 0) -> Demo
         d, doc = r.choice(originals)
         target_domain = d if r.random() < 0.85 else r.choice(list(DOMAINS))
         kind = r.choice(["exact", "exact", "near@0.02", "near@0.05", "near@0.1"])
-        text = doc["text"] if kind == "exact" else near_copy(doc["text"], float(kind.split("@")[1]), r, vocab)
+        text = (
+            doc["text"]
+            if kind == "exact"
+            else near_copy(doc["text"], float(kind.split("@")[1]), r, vocab)
+        )
         new = {"id": f"{target_domain}-dup-{k:05d}", "text": text}
         docs[target_domain].append(new)
-        dup_rows.append({"id": new["id"], "original_id": doc["id"], "kind": kind, "domain": target_domain, "original_domain": d})
+        dup_rows.append(
+            {
+                "id": new["id"],
+                "original_id": doc["id"],
+                "kind": kind,
+                "domain": target_domain,
+                "original_domain": d,
+            }
+        )
         if kind == "exact":
             corpus.n_exact_dups += 1
         else:
@@ -354,11 +701,23 @@ def make_demo_corpus(out: str | Path, n_docs: int = 4000, seed: int = 0) -> Demo
 
     add_bad("news", b'{"id": "news-broken", "text": "Unterminated', "invalid_json")
     add_bad("news", b'{"id": "news-latin1", "text": "Caf\xe9 au lait in Lyon"}', "invalid_utf8")
-    add_bad("forum", {"id": "forum-notext", "body": "the text went into the wrong field"}, "missing_text")
+    add_bad(
+        "forum",
+        {"id": "forum-notext", "body": "the text went into the wrong field"},
+        "missing_text",
+    )
     add_bad("forum", {"id": "forum-number", "text": 42}, "non_string_text")
     add_bad("sports", {"id": "sports-blank", "text": "   \n\t "}, "empty_text")
-    add_bad("legal", {"id": docs["legal"][0]["id"], "text": "A second record reusing an existing id."}, "duplicate_id")
-    add_bad("science", {"id": "science-huge", "text": "Raw instrument log. " + "0.1234 " * 20_000}, "too_large")
+    add_bad(
+        "legal",
+        {"id": docs["legal"][0]["id"], "text": "A second record reusing an existing id."},
+        "duplicate_id",
+    )
+    add_bad(
+        "science",
+        {"id": "science-huge", "text": "Raw instrument log. " + "0.1234 " * 20_000},
+        "too_large",
+    )
 
     # Write each domain in a different format.
     _write_jsonl(raw / "news.jsonl.gz", docs["news"])

@@ -13,7 +13,9 @@ if TYPE_CHECKING:
 
 
 @contextmanager
-def spark_progress(spark: SparkSession, console: Console, interval_s: float = 0.5) -> Iterator[None]:
+def spark_progress(
+    spark: SparkSession, console: Console, interval_s: float = 0.5
+) -> Iterator[None]:
     """Show the tasks done / total of Spark's active stages while the block runs."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -38,7 +40,9 @@ def spark_progress(spark: SparkSession, console: Console, interval_s: float = 0.
             total = sum(i.numTasks for i in infos)
             done = sum(i.numCompletedTasks for i in infos)
             name = infos[0].name.split(" at ")[0]
-            progress.update(bar, description=f"stage {infos[0].stageId} ({name})", total=total, completed=done)
+            progress.update(
+                bar, description=f"stage {infos[0].stageId} ({name})", total=total, completed=done
+            )
 
     thread = threading.Thread(target=poll, daemon=True)
     with progress:

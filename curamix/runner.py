@@ -90,7 +90,15 @@ def run_status(run_dir: str | Path) -> list[StageStatus]:
         latest = index.get(stage, {}).get("folder")
         if cfg is None or stage not in cfg.stages:
             res = _load(run_dir, latest)
-            out.append(StageStatus(stage, "done" if res else "pending", latest, res.counts if res else {}, "not in pipeline.yaml"))
+            out.append(
+                StageStatus(
+                    stage,
+                    "done" if res else "pending",
+                    latest,
+                    res.counts if res else {},
+                    "not in pipeline.yaml",
+                )
+            )
             continue
         try:
             key = stage_key(cfg, stage)
@@ -102,7 +110,15 @@ def run_status(run_dir: str | Path) -> list[StageStatus]:
             out.append(StageStatus(stage, "done", done.path.name, done.counts))
         elif latest:
             res = _load(run_dir, latest)
-            out.append(StageStatus(stage, "stale", latest, res.counts if res else {}, "config or inputs changed since"))
+            out.append(
+                StageStatus(
+                    stage,
+                    "stale",
+                    latest,
+                    res.counts if res else {},
+                    "config or inputs changed since",
+                )
+            )
         else:
             out.append(StageStatus(stage, "pending", None, {}))
     return out

@@ -91,7 +91,9 @@ def _hf_arrow_files(spec: InputSpec, index: int) -> tuple[str, list[str], str]:
             splits = json.loads((p / "dataset_dict.json").read_text())["splits"]
             if spec.hf_split is not None:
                 if spec.hf_split not in splits:
-                    raise ConfigError(f"ingest.inputs.{index}.hf_split: {spec.hf_split!r} not in {splits}")
+                    raise ConfigError(
+                        f"ingest.inputs.{index}.hf_split: {spec.hf_split!r} not in {splits}"
+                    )
                 splits = [spec.hf_split]
             folders = [p / s for s in splits]
         elif (p / "state.json").is_file():
@@ -138,7 +140,15 @@ def expand_inputs(cfg: IngestConfig) -> ExpandedInputs:
         if spec.format == "hf":
             root, files, hf_domain = _hf_arrow_files(spec, i)
             groups = [("arrow", [f]) for f in files]
-            domain_of = {f: spec.domain or (default_domain(f, root, "arrow", spec.domain_map) if spec.domain_map else hf_domain) for f in files}
+            domain_of = {
+                f: spec.domain
+                or (
+                    default_domain(f, root, "arrow", spec.domain_map)
+                    if spec.domain_map
+                    else hf_domain
+                )
+                for f in files
+            }
         else:
             root, files, ignored = _list_files(spec, i)
             out.ignored_files += ignored
@@ -150,19 +160,31 @@ def expand_inputs(cfg: IngestConfig) -> ExpandedInputs:
             groups = []
             for fmt, fs in by_fmt.items():
                 if fmt == "txt":
-                    groups += [("txt", fs[j : j + TXT_FILES_PER_UNIT]) for j in range(0, len(fs), TXT_FILES_PER_UNIT)]
+                    groups += [
+                        ("txt", fs[j : j + TXT_FILES_PER_UNIT])
+                        for j in range(0, len(fs), TXT_FILES_PER_UNIT)
+                    ]
                 else:
                     groups += [(fmt, [f]) for f in fs]
             domain_of = {
-                f: spec.domain or default_domain(f, root, file_format(f) or "", spec.domain_map) for f in files
+                f: spec.domain or default_domain(f, root, file_format(f) or "", spec.domain_map)
+                for f in files
             }
         for fmt, fs in groups:
             dup = [f for f in fs if f in seen]
             if dup:
-                raise ConfigError(f"ingest.inputs.{i}.path: {dup[0]!r} is already read by an earlier input")
+                raise ConfigError(
+                    f"ingest.inputs.{i}.path: {dup[0]!r} is already read by an earlier input"
+                )
             seen.update(fs)
             out.units.append(
-                ReadUnit(format=fmt, paths=tuple(fs), root=root, domains=tuple(domain_of[f] for f in fs), **common)
+                ReadUnit(
+                    format=fmt,
+                    paths=tuple(fs),
+                    root=root,
+                    domains=tuple(domain_of[f] for f in fs),
+                    **common,
+                )
             )
             out.fingerprints += [fingerprint(f) for f in fs]
     return out

@@ -49,7 +49,11 @@ JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".json.gz", ".js
 PARQUET_SUFFIXES = (".parquet",)
 TXT_SUFFIXES = (".txt",)
 ARROW_SUFFIXES = (".arrow",)
-STEM_SUFFIXES = tuple(sorted({*JSONL_SUFFIXES, *PARQUET_SUFFIXES, *TXT_SUFFIXES, *ARROW_SUFFIXES}, key=len, reverse=True))
+STEM_SUFFIXES = tuple(
+    sorted(
+        {*JSONL_SUFFIXES, *PARQUET_SUFFIXES, *TXT_SUFFIXES, *ARROW_SUFFIXES}, key=len, reverse=True
+    )
+)
 
 
 def file_format(path: str | Path) -> str | None:
@@ -203,7 +207,9 @@ class _FileReader:
         self.rel = relative_path(path, unit.root)
         self.n_records = 0
 
-    def quarantine(self, record: int, reason: str, detail: str | None, raw: str | None, domain=None):
+    def quarantine(
+        self, record: int, reason: str, detail: str | None, raw: str | None, domain=None
+    ):
         self.out.add(
             id=f"{self.path}#{record}",
             domain=domain or self.domain,
@@ -215,38 +221,66 @@ class _FileReader:
         )
 
     def stats(self) -> None:
-        self.out.add(id=f"{self.path}#stats", source=self.path, domain=self.domain,
-                     record=self.n_records, reason=STATS_REASON)
+        self.out.add(
+            id=f"{self.path}#stats",
+            source=self.path,
+            domain=self.domain,
+            record=self.n_records,
+            reason=STATS_REASON,
+        )
 
     def record(self, record: int, obj: Any, raw: str | None = None) -> None:
         """One decoded record (a dict from JSON, Parquet or Arrow)."""
         u = self.unit
         if not isinstance(obj, dict):
-            self.quarantine(record, QR.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}", raw or _dump(obj))
+            self.quarantine(
+                record,
+                QR.NOT_AN_OBJECT,
+                f"expected a JSON object, got {type(obj).__name__}",
+                raw or _dump(obj),
+            )
             return
-        raw_of = (lambda: raw if raw is not None else _dump(obj))
+
+        def raw_of():
+            return raw if raw is not None else _dump(obj)
+
         if u.text_field not in obj or obj[u.text_field] is None:
             self.quarantine(record, QR.MISSING_TEXT, f"no '{u.text_field}' field", raw_of())
             return
         text = obj[u.text_field]
         if not isinstance(text, str):
-            self.quarantine(record, QR.NON_STRING_TEXT, f"'{u.text_field}' is {type(text).__name__}", raw_of())
+            self.quarantine(
+                record, QR.NON_STRING_TEXT, f"'{u.text_field}' is {type(text).__name__}", raw_of()
+            )
             return
         if not _utf8_ok(text):
-            self.quarantine(record, QR.INVALID_UTF8, f"'{u.text_field}' holds a lone surrogate escape", raw_of())
+            self.quarantine(
+                record, QR.INVALID_UTF8, f"'{u.text_field}' holds a lone surrogate escape", raw_of()
+            )
             return
         if not text.strip():
-            self.quarantine(record, QR.EMPTY_TEXT, f"'{u.text_field}' is empty or whitespace", raw_of())
+            self.quarantine(
+                record, QR.EMPTY_TEXT, f"'{u.text_field}' is empty or whitespace", raw_of()
+            )
             return
         domain = self.domain
         if u.domain_field is not None:
             d = obj.get(u.domain_field)
             if not isinstance(d, str) or not d.strip() or not _utf8_ok(d):
-                self.quarantine(record, QR.MISSING_DOMAIN, f"no string '{u.domain_field}' field (got {d!r})", raw_of())
+                self.quarantine(
+                    record,
+                    QR.MISSING_DOMAIN,
+                    f"no string '{u.domain_field}' field (got {d!r})",
+                    raw_of(),
+                )
                 return
             domain = d.strip()
         raw_id = obj.get(u.id_field) if u.id_field else None
-        if isinstance(raw_id, bool) or not isinstance(raw_id, str | int) or (isinstance(raw_id, str) and (not raw_id.strip() or not _utf8_ok(raw_id))):
+        if (
+            isinstance(raw_id, bool)
+            or not isinstance(raw_id, str | int)
+            or (isinstance(raw_id, str) and (not raw_id.strip() or not _utf8_ok(raw_id)))
+        ):
             doc_id = hash_id(domain, self.rel, record, text)
         else:
             doc_id = str(raw_id)
@@ -255,7 +289,13 @@ class _FileReader:
         n_bytes = len(text.encode("utf-8"))
         if n_bytes > u.max_doc_bytes:
             if u.oversize != "split":
-                self.quarantine(record, QR.TOO_LARGE, f"{n_bytes} bytes > max_doc_bytes={u.max_doc_bytes}", raw_of(), domain)
+                self.quarantine(
+                    record,
+                    QR.TOO_LARGE,
+                    f"{n_bytes} bytes > max_doc_bytes={u.max_doc_bytes}",
+                    raw_of(),
+                    domain,
+                )
                 return
             chunks = split_text(text, u.max_doc_bytes)
             for k, chunk in enumerate(chunks):
@@ -283,7 +323,7 @@ def _open_binary(path: str) -> IO[bytes]:
         return gzip.open(path, "rb")
     if name.endswith(".zst"):
         return io.BufferedReader(_ZstdRaw(path), buffer_size=1 << 20)
-    return open(path, "rb")  # noqa: SIM115
+    return open(path, "rb")
 
 
 class _ZstdRaw(io.RawIOBase):
@@ -343,7 +383,7 @@ def _read_jsonl(fr: _FileReader) -> Iterator[None]:
     line_no = 0
     try:
         with _open_binary(fr.path) as fh:
-            for line_no, line in enumerate(fh, start=1):  # noqa: B007 - used after the loop
+            for line_no, line in enumerate(fh, start=1):
                 if line_no == 1 and line.startswith(b"\xef\xbb\xbf"):
                     line = line[3:]
                 if not line.strip():
@@ -352,7 +392,12 @@ def _read_jsonl(fr: _FileReader) -> Iterator[None]:
                 try:
                     s = line.decode("utf-8")
                 except UnicodeDecodeError as err:
-                    fr.quarantine(line_no, QR.INVALID_UTF8, str(err), line.decode("utf-8", "replace").rstrip("\r\n"))
+                    fr.quarantine(
+                        line_no,
+                        QR.INVALID_UTF8,
+                        str(err),
+                        line.decode("utf-8", "replace").rstrip("\r\n"),
+                    )
                     yield
                     continue
                 try:
@@ -368,7 +413,12 @@ def _read_jsonl(fr: _FileReader) -> Iterator[None]:
         if fr.n_records == 1 and line_no == 0:
             fr.quarantine(0, QR.UNREADABLE_FILE, f"{type(err).__name__}: {err}", None)
         else:
-            fr.quarantine(line_no + 1, QR.TRUNCATED_FILE, f"{type(err).__name__}: {err} after {line_no} lines", None)
+            fr.quarantine(
+                line_no + 1,
+                QR.TRUNCATED_FILE,
+                f"{type(err).__name__}: {err} after {line_no} lines",
+                None,
+            )
         yield
 
 
@@ -386,7 +436,9 @@ def _read_table_rows(fr: _FileReader, batches: Iterator[pa.RecordBatch]) -> Iter
         if row == 0:
             fr.quarantine(0, QR.UNREADABLE_FILE, f"{type(err).__name__}: {err}", None)
         else:
-            fr.quarantine(row + 1, QR.TRUNCATED_FILE, f"{type(err).__name__}: {err} after {row} rows", None)
+            fr.quarantine(
+                row + 1, QR.TRUNCATED_FILE, f"{type(err).__name__}: {err} after {row} rows", None
+            )
         yield
 
 
@@ -427,7 +479,11 @@ def _read_txt(fr: _FileReader) -> Iterator[None]:
         yield
         return
     doc_id = relative_path(fr.path, fr.unit.root)
-    fr.record(1, {fr.unit.text_field: text, **({fr.unit.id_field: doc_id} if fr.unit.id_field else {})}, None)
+    fr.record(
+        1,
+        {fr.unit.text_field: text, **({fr.unit.id_field: doc_id} if fr.unit.id_field else {})},
+        None,
+    )
     yield
 
 

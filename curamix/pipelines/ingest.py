@@ -43,7 +43,9 @@ def ingest_key(cfg: PipelineConfig, fingerprints: list[dict]) -> str:
     return config_hash(STAGE, cfg.ingest, fingerprints)
 
 
-def _write(df: DataFrame, path: str, schema: pa.Schema, n_rows: int, rows_per_file: int, order: list[str]) -> None:
+def _write(
+    df: DataFrame, path: str, schema: pa.Schema, n_rows: int, rows_per_file: int, order: list[str]
+) -> None:
     """Write ``df`` sorted by ``order`` in ceil(n_rows / rows_per_file) files; an empty
     dataset still gets one readable file with ``schema``."""
     if n_rows == 0:
@@ -53,7 +55,9 @@ def _write(df: DataFrame, path: str, schema: pa.Schema, n_rows: int, rows_per_fi
         pq.write_table(schema.empty_table(), f"{path}/part-00000.parquet")
         return
     n_files = max(1, math.ceil(n_rows / rows_per_file))
-    df.select(*schema.names).repartitionByRange(n_files, *order).sortWithinPartitions(*order).write.parquet(path)
+    df.select(*schema.names).repartitionByRange(n_files, *order).sortWithinPartitions(
+        *order
+    ).write.parquet(path)
 
 
 def run_ingest(
@@ -85,24 +89,38 @@ def run_ingest(
             [(u.to_json(),) for u in expanded.units], numSlices=len(expanded.units)
         ).toDF("unit string")
         parsed_path = str(w.path("_parsed"))
-        units.mapInArrow(_read_partition, from_arrow_schema(PARSED_SCHEMA)).write.parquet(parsed_path)
+        units.mapInArrow(_read_partition, from_arrow_schema(PARSED_SCHEMA)).write.parquet(
+            parsed_path
+        )
         timings["read_s"] = time.perf_counter() - t
 
         say("ingest: checking ids and writing documents, quarantine and ledger")
         t = time.perf_counter()
         p = spark.read.parquet(parsed_path)
-        stats = {r["source"]: r["record"] for r in p.filter(F.col("reason") == STATS_REASON).select("source", "record").collect()}
+        stats = {
+            r["source"]: r["record"]
+            for r in p.filter(F.col("reason") == STATS_REASON).select("source", "record").collect()
+        }
         docs_all = p.filter(F.col("reason").isNull())
         by_id = Window.partitionBy("id").orderBy("source", "record")
         ranked = docs_all.withColumn("_rn", F.row_number().over(by_id)).withColumn(
-            "_first", F.concat(F.first("source").over(by_id), F.lit(":"), F.first("record").over(by_id).cast("string"))
+            "_first",
+            F.concat(
+                F.first("source").over(by_id),
+                F.lit(":"),
+                F.first("record").over(by_id).cast("string"),
+            ),
         )
         dup_records = ranked.filter(F.col("_rn") > 1).select("source", "record").distinct()
-        is_dup = ranked.join(dup_records.withColumn("_dup", F.lit(True)), ["source", "record"], "left")
+        is_dup = ranked.join(
+            dup_records.withColumn("_dup", F.lit(True)), ["source", "record"], "left"
+        )
         is_dup = is_dup.cache()
         docs = is_dup.filter(F.col("_dup").isNull())
         dups = is_dup.filter(F.col("_dup")).select(
-            F.concat("source", F.lit("#"), F.col("record").cast("string"), F.lit(":"), "id").alias("id"),
+            F.concat("source", F.lit("#"), F.col("record").cast("string"), F.lit(":"), "id").alias(
+                "id"
+            ),
             "source",
             "record",
             F.lit(str(QuarantineReason.DUPLICATE_ID)).alias("reason"),
@@ -112,7 +130,14 @@ def run_ingest(
             F.col("id").alias("ref_id"),
         )
         bad = p.filter(F.col("reason").isNotNull() & (F.col("reason") != STATS_REASON)).select(
-            "id", "source", "record", "reason", "detail", "raw", "domain", F.lit(None).cast("string").alias("ref_id")
+            "id",
+            "source",
+            "record",
+            "reason",
+            "detail",
+            "raw",
+            "domain",
+            F.lit(None).cast("string").alias("ref_id"),
         )
         quarantine = bad.unionByName(dups).cache()
 
@@ -121,7 +146,14 @@ def run_ingest(
         rows_per_file = cfg.ingest.rows_per_file
         _write(docs, str(w.path("data")), DOC_SCHEMA, n_docs, rows_per_file, ["id"])
         q_schema = QUARANTINE_SCHEMA.append(pa.field("domain", pa.string()))
-        _write(quarantine, str(w.path("quarantine")), q_schema, n_quarantine_rows, rows_per_file, ["source", "record"])
+        _write(
+            quarantine,
+            str(w.path("quarantine")),
+            q_schema,
+            n_quarantine_rows,
+            rows_per_file,
+            ["source", "record"],
+        )
         ledger = docs.select(
             "id",
             F.lit(STAGE).alias("stage"),
@@ -139,7 +171,14 @@ def run_ingest(
                 "ref_id",
             )
         )
-        _write(ledger, str(w.path("ledger")), LEDGER_SCHEMA, n_docs + n_quarantine_rows, rows_per_file, ["id"])
+        _write(
+            ledger,
+            str(w.path("ledger")),
+            LEDGER_SCHEMA,
+            n_docs + n_quarantine_rows,
+            rows_per_file,
+            ["id"],
+        )
         timings["write_s"] = time.perf_counter() - t
 
         counts = _counts(docs, quarantine, stats)
@@ -174,11 +213,15 @@ def _counts(docs: DataFrame, quarantine: DataFrame, stats: dict[str, int]) -> di
 
     per_file_docs = {
         r["source"]: (r["records"], r["rows"])
-        for r in docs.groupBy("source").agg(F.countDistinct("record").alias("records"), F.count("*").alias("rows")).collect()
+        for r in docs.groupBy("source")
+        .agg(F.countDistinct("record").alias("records"), F.count("*").alias("rows"))
+        .collect()
     }
     per_file_q = {
         r["source"]: r["records"]
-        for r in quarantine.groupBy("source").agg(F.countDistinct("record").alias("records")).collect()
+        for r in quarantine.groupBy("source")
+        .agg(F.countDistinct("record").alias("records"))
+        .collect()
     }
     per_file: dict[str, dict[str, int]] = {}
     bad = []
@@ -193,20 +236,30 @@ def _counts(docs: DataFrame, quarantine: DataFrame, stats: dict[str, int]) -> di
         raise AccountingError("ingest lost track of records:\n  " + "\n  ".join(bad))
 
     per_domain: dict[str, dict[str, int]] = {}
-    for r in docs.groupBy("domain").agg(
-        F.countDistinct("source", "record").alias("records"), F.count("*").alias("rows")
-    ).collect():
+    for r in (
+        docs.groupBy("domain")
+        .agg(F.countDistinct("source", "record").alias("records"), F.count("*").alias("rows"))
+        .collect()
+    ):
         d = per_domain.setdefault(r["domain"], {"in": 0, "out": 0, "kept": 0, "quarantined": 0})
         d["kept"] += r["records"]
         d["in"] += r["records"]
         d["out"] += r["rows"]
-    for r in quarantine.groupBy("domain").agg(F.countDistinct("source", "record").alias("records")).collect():
-        d = per_domain.setdefault(r["domain"] or "", {"in": 0, "out": 0, "kept": 0, "quarantined": 0})
+    for r in (
+        quarantine.groupBy("domain")
+        .agg(F.countDistinct("source", "record").alias("records"))
+        .collect()
+    ):
+        d = per_domain.setdefault(
+            r["domain"] or "", {"in": 0, "out": 0, "kept": 0, "quarantined": 0}
+        )
         d["quarantined"] += r["records"]
         d["in"] += r["records"]
     reasons = {
         r["reason"]: r["records"]
-        for r in quarantine.groupBy("reason").agg(F.countDistinct("source", "record").alias("records")).collect()
+        for r in quarantine.groupBy("reason")
+        .agg(F.countDistinct("source", "record").alias("records"))
+        .collect()
     }
     kept = sum(v["ingested"] for v in per_file.values())
     quarantined = sum(v["quarantined"] for v in per_file.values())

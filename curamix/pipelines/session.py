@@ -33,7 +33,11 @@ class JavaMissingError(RuntimeError):
 def java_version() -> tuple[int, str]:
     """(major version, version string) of the ``java`` Spark will use; raises JavaMissingError."""
     home = os.environ.get("JAVA_HOME")
-    java = str(Path(home) / "bin" / "java") if home and (Path(home) / "bin" / "java").exists() else shutil.which("java")
+    java = (
+        str(Path(home) / "bin" / "java")
+        if home and (Path(home) / "bin" / "java").exists()
+        else shutil.which("java")
+    )
     if not java:
         raise JavaMissingError(f"no 'java' found on PATH. {JAVA_HINT}")
     try:
@@ -53,7 +57,9 @@ def check_java(min_major: int = 17) -> str:
     """Raise JavaMissingError with install advice unless Java ``min_major``+ is present."""
     major, version = java_version()
     if major < min_major:
-        raise JavaMissingError(f"Java {version} found, but {min_major} or newer is needed. {JAVA_HINT}")
+        raise JavaMissingError(
+            f"Java {version} found, but {min_major} or newer is needed. {JAVA_HINT}"
+        )
     return version
 
 
@@ -102,7 +108,9 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
     if cfg.ui:
         b = b.config("spark.driver.bindAddress", "127.0.0.1").config("spark.ui.host", "127.0.0.1")
     if is_local:
-        b = b.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
+        b = b.config("spark.driver.host", "127.0.0.1").config(
+            "spark.driver.bindAddress", "127.0.0.1"
+        )
     if cfg.executor_memory:
         b = b.config("spark.executor.memory", cfg.executor_memory)
     shuffle = cfg.shuffle_partitions or (2 * (os.cpu_count() or 2) if is_local else None)

@@ -1,0 +1,182 @@
+"""Shared fixtures: the real-data folder, a session-wide local[2] SparkSession, tiny corpora."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_data() -> Path:
+    env = os.environ.get("CURAMIX_SHARED_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``; tests using it are skipped when it is absent, unless
+    CURAMIX_REQUIRE_REALDATA=1 (CI), where its absence is a failure."""
+    path = _shared_data()
+    if not (path / "corpus").is_dir():
+        msg = f"real data folder not found at {path} (set CURAMIX_SHARED_DATA)"
+        if os.environ.get("CURAMIX_REQUIRE_REALDATA") == "1":
+            pytest.fail(msg + "; CURAMIX_REQUIRE_REALDATA=1 requires it")
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    """One local[2] SparkSession for the whole test session (UI off, loopback only)."""
+    from curamix.config import SparkConfig
+    from curamix.pipelines.session import get_spark
+
+    cfg = SparkConfig(
+        master="local[2]",
+        app_name="curamix-tests",
+        driver_memory="2g",
+        shuffle_partitions=4,
+        local_dir=str(tmp_path_factory.mktemp("spark-local")),
+    )
+    session = get_spark(cfg)
+    yield session
+    session.stop()
+
+
+def write_jsonl(path: Path, rows: list, gz: bool = False) -> Path:
+    """Rows as JSON Lines; ``bytes`` rows are written verbatim."""
+    data = b"".join((r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
+    return path
+
+
+def _readable_lines(data: bytes, kind: str) -> int:
+    """Complete lines in a truncated compressed stream (what a reader can still recover)."""
+    if kind == "gz":
+        import zlib
+
+        return zlib.decompressobj(wbits=31).decompress(data).count(b"\n")
+    import zstandard
+
+    return zstandard.ZstdDecompressor().decompressobj().decompress(data).count(b"\n")
+
+
+MAX_DOC_BYTES = 2000
+
+
+@pytest.fixture
+def bad_inputs(tmp_path) -> tuple[Path, dict]:
+    """A folder holding every kind of bad input, with the exact counts ingest must report.
+
+    Ingest it with ``max_doc_bytes=MAX_DOC_BYTES``. Returns (folder, expected) where expected
+    has ``reasons`` (quarantined records by reason), ``per_file`` (file name -> (records,
+    ingested, quarantined)), ``ingested``, ``quarantined`` and ``ignored``.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    root = tmp_path / "bad_inputs"
+    root.mkdir()
+    good = [
+        {"id": f"g{i}", "text": f"good document number {i} with a few words", "lang": "en"}
+        for i in range(5)
+    ]
+    write_jsonl(
+        root / "mixed.jsonl",
+        [
+            *good,
+            b'{"id": "broken", "text": "no closing',  # invalid_json
+            b'{"id": "latin1", "text": "caf\xe9"}',  # invalid_utf8
+            {"id": "m1", "body": "text is under the wrong key"},  # missing_text
+            {"id": "m2", "text": None},  # missing_text
+            {"id": "n1", "text": 12345},  # non_string_text
+            {"id": "n2", "text": ["a", "list"]},  # non_string_text
+            {"id": "e1", "text": ""},  # empty_text
+            {"id": "e2", "text": " \n\t "},  # empty_text
+            b'["an", "array"]',  # not_an_object
+            {"id": "big", "text": "word " * 1000},  # too_large (5000 bytes > 2000)
+            {"id": "g1", "text": "same id as an earlier record of this file"},  # duplicate_id
+            b"",  # blank line: no record
+            {"text": "no id here, gets a hash id"},
+            b'{"id": "surrogate", "text": "bad \\ud800 escape"}',  # invalid_utf8 (lone surrogate)
+        ],
+    )
+    write_jsonl(
+        root / "other.jsonl.gz",
+        [{"id": "g2", "text": "duplicate of g2 in mixed.jsonl"}, {"id": "o1", "text": "fine"}],
+        gz=True,
+    )
+    trunc_rows = [
+        {"id": f"t{i}", "text": f"truncated shard record {i} " + "x" * 200} for i in range(60)
+    ]
+    blob = gzip.compress(b"".join(json.dumps(r).encode() + b"\n" for r in trunc_rows), mtime=0)
+    (root / "trunc.jsonl.gz").write_bytes(blob[: len(blob) // 2])
+    n_trunc_gz = _readable_lines(blob[: len(blob) // 2], "gz")
+    # Several 128 KiB zstd blocks, so the first half of the stream decodes to whole lines.
+    zrows = [
+        {"id": f"z{i}", "text": f"zstd record {i} " + " ".join(str(i * j) for j in range(60))}
+        for i in range(2000)
+    ]
+    zblob = zstandard.ZstdCompressor().compress(
+        b"".join(json.dumps(r).encode() + b"\n" for r in zrows)
+    )
+    (root / "trunc.jsonl.zst").write_bytes(zblob[: len(zblob) // 2])
+    n_trunc_zst = _readable_lines(zblob[: len(zblob) // 2], "zst")
+    (root / "garbage.jsonl.gz").write_bytes(b"this is not gzip data at all\n" * 3)
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {"id": "p1", "text": "parquet row one", "n": 1},
+                {"id": "p2", "text": None, "n": 2},
+                {"id": "p3", "text": "parquet row three", "n": 3},
+            ]
+        ),
+        root / "table.parquet",
+    )
+    (root / "texts").mkdir()
+    (root / "texts" / "a.txt").write_text("a plain text document")
+    (root / "texts" / "b.txt").write_bytes(b"not utf-8: \xff\xfe")
+    (root / "texts" / "c.txt").write_text("   \n")
+    (root / "README.md").write_text("not data")
+    (root / ".hidden.jsonl").write_text('{"text": "hidden files are skipped"}\n')
+
+    per_file = {
+        "mixed.jsonl": (18, 6, 12),  # 5 good + the hash-id doc; 12 bad (the g1 duplicate included)
+        "other.jsonl.gz": (2, 1, 1),
+        "trunc.jsonl.gz": (n_trunc_gz + 1, n_trunc_gz, 1),
+        "trunc.jsonl.zst": (n_trunc_zst + 1, n_trunc_zst, 1),
+        "garbage.jsonl.gz": (1, 0, 1),
+        "table.parquet": (3, 2, 1),
+        "a.txt": (1, 1, 0),
+        "b.txt": (1, 0, 1),
+        "c.txt": (1, 0, 1),
+    }
+    reasons = {
+        "invalid_json": 1,
+        "invalid_utf8": 3,
+        "missing_text": 3,
+        "non_string_text": 2,
+        "empty_text": 3,
+        "not_an_object": 1,
+        "too_large": 1,
+        "duplicate_id": 2,
+        "truncated_file": 2,
+        "unreadable_file": 1,
+    }
+    expected = {
+        "per_file": per_file,
+        "reasons": reasons,
+        "ingested": sum(v[1] for v in per_file.values()),
+        "quarantined": sum(v[2] for v in per_file.values()),
+        "ignored": ["README.md"],
+    }
+    assert expected["quarantined"] == sum(reasons.values())
+    assert 0 < n_trunc_gz < 60 and 0 < n_trunc_zst < 2000
+    return root, expected

@@ -1,0 +1,46 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from curamix.cli import app
+from tests.conftest import write_jsonl
+
+runner = CliRunner()
+
+
+def test_bad_config_exits_2_with_the_field(tmp_path):
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("ingest:\n  inputs: [{path: x}]\n  oversize: explode\n")
+    out = runner.invoke(app, ["run", str(cfg)])
+    assert out.exit_code == 2
+    assert "ingest.oversize" in out.output and "'explode'" in out.output
+
+
+def test_status_of_missing_run(tmp_path):
+    out = runner.invoke(app, ["status", str(tmp_path / "nope")])
+    assert out.exit_code == 2 and "no run folder" in out.output
+
+
+def test_demo_without_run_prints_its_outputs(tmp_path):
+    out = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--n-docs", "200", "--no-run"])
+    assert out.exit_code == 0, out.output
+    assert "synthetic" in out.output and str(tmp_path / "d" / "raw") in out.output.replace("\n", "")
+    assert (tmp_path / "d" / "pipeline.yaml").is_file()
+
+
+@pytest.mark.spark
+def test_ingest_then_status(spark, tmp_path):
+    write_jsonl(
+        tmp_path / "in" / "web.jsonl",
+        [{"id": f"w{i}", "text": f"page {i}"} for i in range(10)] + [b"{oops"],
+    )
+    out = runner.invoke(app, ["ingest", str(tmp_path / "in"), "--run-dir", str(tmp_path / "run")])
+    assert out.exit_code == 0, out.output
+    assert "invalid_json=1" in out.output and "manifest" in out.output
+    status = runner.invoke(app, ["status", str(tmp_path / "run"), "--json"])
+    rows = json.loads(status.output)
+    assert rows[0]["stage"] == "ingest" and rows[0]["state"] == "done"
+    assert rows[0]["counts"]["in"] == 11 and rows[0]["counts"]["quarantined"] == 1
+    text = runner.invoke(app, ["status", str(tmp_path / "run")]).output
+    assert "remaining: nothing" in text

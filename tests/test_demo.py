@@ -1,0 +1,113 @@
+import gzip
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from curamix.demo import DOMAINS, make_demo_corpus, math_problem
+
+
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f.relative_to(root).as_posix().encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def test_same_seed_same_bytes_other_seed_other_corpus(tmp_path):
+    a = make_demo_corpus(tmp_path / "a", n_docs=300, seed=1)
+    b = make_demo_corpus(tmp_path / "b", n_docs=300, seed=1)
+    c = make_demo_corpus(tmp_path / "c", n_docs=300, seed=2)
+    assert _digest(a.root) == _digest(b.root)
+    assert _digest(a.root) != _digest(c.root)
+
+
+def test_corpus_has_what_every_stage_needs(tmp_path):
+    c = make_demo_corpus(tmp_path, n_docs=800, seed=0)
+    assert len(c.n_docs) >= 6 and set(c.n_docs) == set(DOMAINS)
+    formats = {p.name.split(".", 1)[1] if "." in p.name else "dir" for p in c.raw_dir.iterdir()}
+    assert {"jsonl", "jsonl.gz", "jsonl.zst", "parquet", "dir"} <= formats
+    dups = [json.loads(x) for x in (c.truth_dir / "duplicates.jsonl").read_text().splitlines()]
+    assert {d["kind"] for d in dups} >= {"exact", "near@0.02", "near@0.1"}
+    assert c.n_exact_dups > 0 and c.n_near_dups > 0
+    bad = [json.loads(x) for x in (c.truth_dir / "bad_records.jsonl").read_text().splitlines()]
+    assert {b["reason"] for b in bad} == {
+        "invalid_json",
+        "invalid_utf8",
+        "missing_text",
+        "non_string_text",
+        "empty_text",
+        "duplicate_id",
+        "too_large",
+        "truncated_file",
+    }
+    test_items = [
+        json.loads(x) for x in (c.targets_dir / "demobench_test.jsonl").read_text().splitlines()
+    ]
+    leaked = {
+        json.loads(x)["id"]
+        for x in (c.truth_dir / "leaked_test_items.jsonl").read_text().splitlines()
+    }
+    math_text = gzip.decompress((c.raw_dir / "math.jsonl.gz").read_bytes()).decode()
+    for item in test_items:
+        assert (item["question"] in math_text) == (item["id"] in leaked)
+    # Long and short documents.
+    lengths = [
+        len(json.loads(x)["text"])
+        for x in gzip.decompress((c.raw_dir / "news.jsonl.gz").read_bytes()).splitlines()
+        if x.startswith(b'{"id": "news-0')
+    ]
+    assert min(lengths) < 400 and max(lengths) > 5000
+
+
+def test_domains_have_distinct_vocabularies(tmp_path):
+    import random
+
+    r = random.Random(0)
+    vocab = {
+        d: set(" ".join(make(r) for _ in range(40)).lower().split()) for d, make in DOMAINS.items()
+    }
+    for d1 in vocab:
+        for d2 in vocab:
+            if d1 < d2:
+                jac = len(vocab[d1] & vocab[d2]) / len(vocab[d1] | vocab[d2])
+                assert jac < 0.25, (d1, d2, jac)
+
+
+def test_math_answers_are_correct():
+    import random
+
+    r = random.Random(3)
+    for _ in range(200):
+        _q, sol, ans = math_problem(r)
+        assert sol.rstrip(".").endswith(str(ans))
+
+
+def test_too_small_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="n_docs must be at least 100, got 5"):
+        make_demo_corpus(tmp_path, n_docs=5)
+
+
+@pytest.mark.spark
+def test_demo_ingest_matches_the_generator(spark, tmp_path):
+    from curamix.config import load_config
+    from curamix.demo import write_demo_pipeline
+    from curamix.runner import run_pipeline
+
+    c = make_demo_corpus(tmp_path, n_docs=400, seed=0)
+    cfg = load_config(write_demo_pipeline(tmp_path), use_env=False)
+    res = run_pipeline(cfg, spark=spark)["ingest"]
+    per_domain = res.counts["per_domain"]
+    assert {d: v["kept"] for d, v in per_domain.items()} == c.n_docs
+    assert {d: v["quarantined"] for d, v in per_domain.items()} == c.n_bad
+    assert res.counts["quarantine_reasons"] == {
+        "duplicate_id": 1,
+        "empty_text": 1,
+        "invalid_json": 1,
+        "invalid_utf8": 1,
+        "missing_text": 1,
+        "non_string_text": 1,
+        "too_large": 1,
+        "truncated_file": 1,
+    }
