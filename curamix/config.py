@@ -105,8 +105,6 @@ class IngestConfig(CuramixModel):
     oversize: Literal["quarantine", "split"] = "quarantine"
     """``split`` cuts oversize documents at paragraph, line or word boundaries into chunks of at
     most ``max_doc_bytes``; chunk ids are ``<id>#<k>`` and ``meta.parent_id`` names the parent."""
-    rows_per_file: int = Field(default=200_000, gt=0)
-    """Target rows per output Parquet file."""
 
 
 class PipelineConfig(CuramixModel):

@@ -1,41 +1,199 @@
 """Ingest: raw files -> the Parquet document store, with every bad record quarantined.
 
-Spark glue over :func:`curamix.io.records.read_unit`: one task per read unit reads its files
-in ``mapInArrow``; the job then sets aside records whose id was already seen (the first
-occurrence by file path and record number is kept), writes documents, quarantine and ledger,
-and checks for every file that records read = records ingested + records quarantined.
+Thin Spark glue over plain functions. Spark schedules the work; Python workers stream the
+data, so text never crosses into the JVM:
+
+A. :func:`ingest_unit`, one task per read unit: stream the unit's files through
+   :func:`curamix.io.records.read_unit` into ``data/part-<unit>.parquet`` (documents, in file
+   order), ``quarantine/part-<unit>.parquet`` and a small ``_ids`` side file; return counts.
+B. Spark reads only the ``_ids`` columns to find ids seen more than once. The first occurrence
+   (by file path, then record number) is kept; every other record holding that id is set
+   aside as ``duplicate_id`` (all chunks of a split record go together).
+C. :func:`finish_unit`, one task per unit: move those records from data to quarantine and write
+   ``ledger/part-<unit>.parquet`` (one row per record: kept or quarantined).
+
+The driver then checks, for every file, records read = ingested + quarantined.
 """
 
 from __future__ import annotations
 
-import math
+import json
+import os
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curamix.config import PipelineConfig, config_hash
 from curamix.io.inputs import expand_inputs
-from curamix.io.records import PARSED_SCHEMA, STATS_REASON, ReadUnit, read_unit
+from curamix.io.records import STATS_REASON, ReadUnit, read_unit
 from curamix.io.store import JobResult, load_completed, stage_writer
 from curamix.schema import DOC_SCHEMA, LEDGER_SCHEMA, QUARANTINE_SCHEMA, Decision, QuarantineReason
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import SparkSession
 
 STAGE = "ingest"
+KEPT = str(Decision.KEPT)
+MAX_DUPLICATE_ID_ROWS = 5_000_000
+"""Above this many records with a repeated id, the id field is almost surely the wrong one."""
+
+Q_SCHEMA = QUARANTINE_SCHEMA.append(pa.field("domain", pa.string())).append(pa.field("ref_id", pa.string()))
+"""Quarantine files: the quarantine schema plus the record's domain and, for duplicates, the kept id."""
+IDS_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("record", pa.int64()), ("domain", pa.string()), ("unit", pa.int64()), ("pos", pa.int64())])
+COUNTS_SCHEMA = pa.schema([("source", pa.string()), ("domain", pa.string()), ("kind", pa.string()), ("records", pa.int64()), ("rows", pa.int64())])
+"""Per (file, domain, kind) counts; ``kind`` is ``kept``, a quarantine reason, or the stats
+reason (``records`` = records the reader saw in the file)."""
+PART_ROW_GROUP = 50_000
 
 
 class AccountingError(RuntimeError):
     """Records read from a file do not equal records ingested plus quarantined."""
 
 
-def _read_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+class DuplicateIdError(ValueError):
+    """Too many records share ids: the configured id field does not hold unique ids."""
+
+
+def part_name(unit_index: int) -> str:
+    return f"part-{unit_index:05d}.parquet"
+
+
+def _counts_table(counts: dict[tuple[str, str, str], list[Any]]) -> pa.Table:
+    rows = [
+        {"source": s, "domain": d, "kind": k, "records": len(recs) if isinstance(recs, set) else recs, "rows": n}
+        for (s, d, k), (recs, n) in counts.items()
+    ]
+    return pa.Table.from_pylist(rows, schema=COUNTS_SCHEMA)
+
+
+def ingest_unit(unit: ReadUnit, unit_index: int, out_dir: str) -> pa.Table:
+    """Phase A for one read unit: write its documents, quarantine and id side file under
+    ``out_dir``; return its counts (:data:`COUNTS_SCHEMA`)."""
+    name = part_name(unit_index)
+    for sub in ("data", "quarantine", "_ids"):
+        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+    writers = {
+        "data": pq.ParquetWriter(os.path.join(out_dir, "data", name), DOC_SCHEMA, compression="zstd"),
+        "quarantine": pq.ParquetWriter(os.path.join(out_dir, "quarantine", name), Q_SCHEMA, compression="zstd"),
+        "_ids": pq.ParquetWriter(os.path.join(out_dir, "_ids", name), IDS_SCHEMA, compression="zstd"),
+    }
+    # (source, domain, kind) -> [set of records or count, rows]
+    counts: dict[tuple[str, str, str], list[Any]] = defaultdict(lambda: [set(), 0])
+    pos = 0
+    try:
+        for batch in read_unit(unit, batch_rows=4096):
+            t = pa.Table.from_batches([batch])
+            reason = t["reason"]
+            is_doc = pc.is_null(reason)
+            is_stats = pc.fill_null(pc.equal(reason, STATS_REASON), False)
+            docs = t.filter(is_doc)
+            bad = t.filter(pc.and_(pc.invert(is_doc), pc.invert(is_stats)))
+            stats = t.filter(is_stats)
+            if docs.num_rows:
+                writers["data"].write_table(docs.select(DOC_SCHEMA.names).cast(DOC_SCHEMA), row_group_size=PART_ROW_GROUP)
+                n = docs.num_rows
+                ids = docs.select(["id", "source", "record", "domain"]).append_column("unit", pa.array([unit_index] * n, pa.int64()))
+                writers["_ids"].write_table(ids.append_column("pos", pa.array(range(pos, pos + n), pa.int64())))
+                pos += n
+                for s, d, r in zip(docs["source"].to_pylist(), docs["domain"].to_pylist(), docs["record"].to_pylist(), strict=True):
+                    c = counts[(s, d, KEPT)]
+                    c[0].add(r)
+                    c[1] += 1
+            if bad.num_rows:
+                qt = bad.select([n for n in Q_SCHEMA.names if n != "ref_id"]).append_column("ref_id", pa.nulls(bad.num_rows, pa.string()))
+                writers["quarantine"].write_table(qt.cast(Q_SCHEMA))
+                for s, d, k, r in zip(bad["source"].to_pylist(), bad["domain"].to_pylist(), bad["reason"].to_pylist(), bad["record"].to_pylist(), strict=True):
+                    c = counts[(s, d, k)]
+                    c[0].add(r)
+                    c[1] += 1
+            for s, d, r in zip(stats["source"].to_pylist(), stats["domain"].to_pylist(), stats["record"].to_pylist(), strict=True):
+                counts[(s, d, STATS_REASON)] = [r, 0]
+    finally:
+        for w in writers.values():
+            w.close()
+    return _counts_table(counts)
+
+
+def finish_unit(unit_index: int, out_dir: str, dup_rows: list[dict[str, Any]]) -> pa.Table:
+    """Phase C for one unit: move ``dup_rows`` (dicts with ``pos``, ``first`` and ``ref_id``)
+    from data to quarantine as ``duplicate_id``, then write the unit's ledger. Returns the
+    count changes (:data:`COUNTS_SCHEMA`, negative ``kept`` and positive ``duplicate_id``)."""
+    name = part_name(unit_index)
+    data_path = os.path.join(out_dir, "data", name)
+    q_path = os.path.join(out_dir, "quarantine", name)
+    delta: dict[tuple[str, str, str], list[Any]] = {}
+    if dup_rows:
+        docs = pq.read_table(data_path)
+        by_pos = {r["pos"]: r for r in dup_rows}
+        mask = pa.array([i in by_pos for i in range(docs.num_rows)])
+        moved = docs.filter(mask).to_pylist()
+        kept = docs.filter(pc.invert(mask))
+        q_rows = []
+        for row, info in zip(moved, (by_pos[p] for p in sorted(by_pos)), strict=True):
+            q_rows.append(
+                {
+                    "id": f"{row['source']}#{info['record']}:{row['id']}",
+                    "source": row["source"],
+                    "record": info["record"],
+                    "reason": str(QuarantineReason.DUPLICATE_ID),
+                    "detail": f"id {row['id']} was first seen at {info['first']}",
+                    "raw": json.dumps({k: row[k] for k in ("id", "text", "domain", "meta")}, ensure_ascii=False),
+                    "domain": row["domain"],
+                    "ref_id": row["id"],
+                }
+            )
+            for kind, sign in ((KEPT, -1), (str(QuarantineReason.DUPLICATE_ID), 1)):
+                c = delta.setdefault((row["source"], row["domain"], kind), [set(), 0])
+                c[0].add(info["record"])
+                c[1] += sign
+        quarantine = pa.concat_tables([pq.read_table(q_path), pa.Table.from_pylist(q_rows, schema=Q_SCHEMA)])
+        _replace_parquet(kept, data_path)
+        _replace_parquet(quarantine, q_path)
+    ids = pq.read_table(data_path, columns=["id"])["id"]
+    q = pq.read_table(q_path, columns=["id", "reason", "ref_id"])
+    n, m = len(ids), q.num_rows
+    ledger = pa.table(
+        {
+            "id": pa.concat_arrays([ids.combine_chunks(), q["id"].combine_chunks()]) if n + m else pa.array([], pa.string()),
+            "stage": pa.array([STAGE] * (n + m), pa.string()),
+            "decision": pa.array([KEPT] * n + [str(Decision.QUARANTINED)] * m, pa.string()),
+            "reason": pa.concat_arrays([pa.nulls(n, pa.string()), q["reason"].combine_chunks()]),
+            "score": pa.nulls(n + m, pa.float64()),
+            "ref_id": pa.concat_arrays([pa.nulls(n, pa.string()), q["ref_id"].combine_chunks()]),
+        },
+        schema=LEDGER_SCHEMA,
+    )
+    os.makedirs(os.path.join(out_dir, "ledger"), exist_ok=True)
+    pq.write_table(ledger, os.path.join(out_dir, "ledger", name), compression="zstd")
+    # Deltas: kept loses records and rows, duplicate_id gains them.
+    rows = []
+    for (s, d, k), (recs, nrows) in delta.items():
+        sign = -1 if k == KEPT else 1
+        rows.append({"source": s, "domain": d, "kind": k, "records": sign * len(recs), "rows": nrows})
+    return pa.Table.from_pylist(rows, schema=COUNTS_SCHEMA)
+
+
+def _replace_parquet(table: pa.Table, path: str) -> None:
+    tmp = path + ".tmp"
+    pq.write_table(table, tmp, compression="zstd", row_group_size=PART_ROW_GROUP)
+    os.replace(tmp, path)
+
+
+def _phase_a(batches: Iterator[pa.RecordBatch], out_dir: str) -> Iterator[pa.RecordBatch]:
     for batch in batches:
-        for unit_json in batch.column("unit").to_pylist():
-            yield from read_unit(ReadUnit.from_json(unit_json))
+        for idx, unit_json in zip(batch.column("idx").to_pylist(), batch.column("unit").to_pylist(), strict=True):
+            yield from ingest_unit(ReadUnit.from_json(unit_json), idx, out_dir).to_batches()
+
+
+def _phase_c(batches: Iterator[pa.RecordBatch], out_dir: str) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        for idx, dups in zip(batch.column("idx").to_pylist(), batch.column("dups").to_pylist(), strict=True):
+            yield from finish_unit(idx, out_dir, json.loads(dups)).to_batches()
 
 
 def ingest_key(cfg: PipelineConfig, fingerprints: list[dict]) -> str:
@@ -43,21 +201,35 @@ def ingest_key(cfg: PipelineConfig, fingerprints: list[dict]) -> str:
     return config_hash(STAGE, cfg.ingest, fingerprints)
 
 
-def _write(
-    df: DataFrame, path: str, schema: pa.Schema, n_rows: int, rows_per_file: int, order: list[str]
-) -> None:
-    """Write ``df`` sorted by ``order`` in ceil(n_rows / rows_per_file) files; an empty
-    dataset still gets one readable file with ``schema``."""
-    if n_rows == 0:
-        import os
+def _find_duplicate_ids(spark: SparkSession, ids_path: str) -> dict[int, list[dict[str, Any]]]:
+    """Rows to set aside as duplicate_id, by unit: every record (all its rows) that holds an
+    id already held by an earlier record, ordered by (source, record)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
 
-        os.makedirs(path, exist_ok=True)
-        pq.write_table(schema.empty_table(), f"{path}/part-00000.parquet")
-        return
-    n_files = max(1, math.ceil(n_rows / rows_per_file))
-    df.select(*schema.names).repartitionByRange(n_files, *order).sortWithinPartitions(
-        *order
-    ).write.parquet(path)
+    ids = spark.read.parquet(ids_path)
+    repeated = ids.groupBy("id").count().filter(F.col("count") > 1).select("id").cache()
+    if repeated.isEmpty():  # the common case: one job, and done
+        repeated.unpersist()
+        return {}
+    cand = ids.join(F.broadcast(repeated) if repeated.count() < 1_000_000 else repeated, "id")
+    by_id = Window.partitionBy("id").orderBy("source", "record")
+    ranked = cand.withColumn("_rank", F.dense_rank().over(by_id)).withColumn(
+        "first", F.concat(F.first("source").over(by_id), F.lit(":"), F.first("record").over(by_id).cast("string"))
+    )
+    dup_records = ranked.filter(F.col("_rank") > 1).select("source", "record", "first").dropDuplicates(["source", "record"])
+    rows = ids.join(dup_records, ["source", "record"]).select("unit", "pos", "record", "first")
+    collected = rows.limit(MAX_DUPLICATE_ID_ROWS + 1).collect()
+    repeated.unpersist()
+    if len(collected) > MAX_DUPLICATE_ID_ROWS:
+        raise DuplicateIdError(
+            f"more than {MAX_DUPLICATE_ID_ROWS} records reuse an id seen earlier: the id field does not "
+            "hold unique ids. Set `id_field: null` on the input to give every record a content-and-source hash id."
+        )
+    out: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in collected:
+        out[r["unit"]].append({"pos": r["pos"], "record": r["record"], "first": r["first"]})
+    return out
 
 
 def run_ingest(
@@ -66,8 +238,6 @@ def run_ingest(
     on_step: Callable[[str], None] | None = None,
 ) -> JobResult:
     """Ingest ``cfg.ingest.inputs`` into ``cfg.run_dir``; skipped when already completed."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
     if cfg.ingest is None:
@@ -82,185 +252,83 @@ def run_ingest(
         return done
 
     timings: dict[str, float] = {}
+    counts_schema = from_arrow_schema(COUNTS_SCHEMA)
     with stage_writer(cfg.run_dir, STAGE, key) as w:
-        say(f"ingest: reading {len(expanded.fingerprints)} files in {len(expanded.units)} tasks")
+        out_dir = str(w.tmp)
+        n_units = len(expanded.units)
+        say(f"ingest: reading {len(expanded.fingerprints)} files in {n_units} tasks")
         t = time.perf_counter()
         units = spark.sparkContext.parallelize(
-            [(u.to_json(),) for u in expanded.units], numSlices=len(expanded.units)
-        ).toDF("unit string")
-        parsed_path = str(w.path("_parsed"))
-        units.mapInArrow(_read_partition, from_arrow_schema(PARSED_SCHEMA)).write.parquet(
-            parsed_path
-        )
+            [(i, u.to_json()) for i, u in enumerate(expanded.units)], numSlices=n_units
+        ).toDF("idx long, unit string")
+        counts = units.mapInArrow(lambda it: _phase_a(it, out_dir), counts_schema).toArrow()
         timings["read_s"] = time.perf_counter() - t
 
-        say("ingest: checking ids and writing documents, quarantine and ledger")
+        say("ingest: checking ids across files")
         t = time.perf_counter()
-        p = spark.read.parquet(parsed_path)
-        stats = {
-            r["source"]: r["record"]
-            for r in p.filter(F.col("reason") == STATS_REASON).select("source", "record").collect()
-        }
-        docs_all = p.filter(F.col("reason").isNull())
-        by_id = Window.partitionBy("id").orderBy("source", "record")
-        ranked = docs_all.withColumn("_rn", F.row_number().over(by_id)).withColumn(
-            "_first",
-            F.concat(
-                F.first("source").over(by_id),
-                F.lit(":"),
-                F.first("record").over(by_id).cast("string"),
-            ),
-        )
-        dup_records = ranked.filter(F.col("_rn") > 1).select("source", "record").distinct()
-        is_dup = ranked.join(
-            dup_records.withColumn("_dup", F.lit(True)), ["source", "record"], "left"
-        )
-        is_dup = is_dup.cache()
-        docs = is_dup.filter(F.col("_dup").isNull())
-        dups = is_dup.filter(F.col("_dup")).select(
-            F.concat("source", F.lit("#"), F.col("record").cast("string"), F.lit(":"), "id").alias(
-                "id"
-            ),
-            "source",
-            "record",
-            F.lit(str(QuarantineReason.DUPLICATE_ID)).alias("reason"),
-            F.concat(F.lit("id "), "id", F.lit(" was first seen at "), "_first").alias("detail"),
-            F.to_json(F.struct("id", "text", "domain", "meta")).alias("raw"),
-            "domain",
-            F.col("id").alias("ref_id"),
-        )
-        bad = p.filter(F.col("reason").isNotNull() & (F.col("reason") != STATS_REASON)).select(
-            "id",
-            "source",
-            "record",
-            "reason",
-            "detail",
-            "raw",
-            "domain",
-            F.lit(None).cast("string").alias("ref_id"),
-        )
-        quarantine = bad.unionByName(dups).cache()
+        dups = _find_duplicate_ids(spark, os.path.join(out_dir, "_ids"))
+        timings["duplicate_ids_s"] = time.perf_counter() - t
 
-        n_docs = docs.count()
-        n_quarantine_rows = quarantine.count()
-        rows_per_file = cfg.ingest.rows_per_file
-        _write(docs, str(w.path("data")), DOC_SCHEMA, n_docs, rows_per_file, ["id"])
-        q_schema = QUARANTINE_SCHEMA.append(pa.field("domain", pa.string()))
-        _write(
-            quarantine,
-            str(w.path("quarantine")),
-            q_schema,
-            n_quarantine_rows,
-            rows_per_file,
-            ["source", "record"],
-        )
-        ledger = docs.select(
-            "id",
-            F.lit(STAGE).alias("stage"),
-            F.lit(str(Decision.KEPT)).alias("decision"),
-            F.lit(None).cast("string").alias("reason"),
-            F.lit(None).cast("double").alias("score"),
-            F.lit(None).cast("string").alias("ref_id"),
-        ).unionByName(
-            quarantine.select(
-                "id",
-                F.lit(STAGE).alias("stage"),
-                F.lit(str(Decision.QUARANTINED)).alias("decision"),
-                "reason",
-                F.lit(None).cast("double").alias("score"),
-                "ref_id",
-            )
-        )
-        _write(
-            ledger,
-            str(w.path("ledger")),
-            LEDGER_SCHEMA,
-            n_docs + n_quarantine_rows,
-            rows_per_file,
-            ["id"],
-        )
-        timings["write_s"] = time.perf_counter() - t
+        say("ingest: writing the ledger")
+        t = time.perf_counter()
+        finish = spark.sparkContext.parallelize(
+            [(i, json.dumps(dups.get(i, []))) for i in range(n_units)], numSlices=max(1, min(n_units, 4 * spark.sparkContext.defaultParallelism))
+        ).toDF("idx long, dups string")
+        deltas = finish.mapInArrow(lambda it: _phase_c(it, out_dir), counts_schema).toArrow()
+        timings["ledger_s"] = time.perf_counter() - t
 
-        counts = _counts(docs, quarantine, stats)
-        is_dup.unpersist()
-        quarantine.unpersist()
         import shutil
 
-        shutil.rmtree(parsed_path)
+        shutil.rmtree(os.path.join(out_dir, "_ids"))
+        summary = summarize_counts(pa.concat_tables([counts, deltas]))
         timings["total_s"] = time.perf_counter() - t0
         manifest: dict[str, Any] = {
             "config": cfg.ingest.model_dump(mode="json"),
             "config_hash": config_hash(cfg.ingest),
             "inputs": {"files": expanded.fingerprints, "manifests": {}},
             "ignored_files": expanded.ignored_files,
-            "counts": counts,
+            "counts": summary,
             "timings": {k: round(v, 3) for k, v in timings.items()},
             "spark": {"master": spark.sparkContext.master, "version": spark.version},
             "outputs": {"data": "data", "ledger": "ledger", "quarantine": "quarantine"},
         }
         result = w.commit(manifest)
     say(
-        f"ingest: {counts['kept']} records ingested as {counts['out']} documents, "
-        f"{counts['quarantined']} quarantined, from {counts['in']} records -> {result.path}"
+        f"ingest: {summary['kept']} records ingested as {summary['out']} documents, "
+        f"{summary['quarantined']} quarantined, from {summary['in']} records -> {result.path}"
     )
     return result
 
 
-def _counts(docs: DataFrame, quarantine: DataFrame, stats: dict[str, int]) -> dict[str, Any]:
-    """Per-file, per-domain and per-reason counts; raises AccountingError when a file's
-    records read differ from its records ingested plus quarantined."""
-    from pyspark.sql import functions as F
-
-    per_file_docs = {
-        r["source"]: (r["records"], r["rows"])
-        for r in docs.groupBy("source")
-        .agg(F.countDistinct("record").alias("records"), F.count("*").alias("rows"))
-        .collect()
-    }
-    per_file_q = {
-        r["source"]: r["records"]
-        for r in quarantine.groupBy("source")
-        .agg(F.countDistinct("record").alias("records"))
-        .collect()
-    }
-    per_file: dict[str, dict[str, int]] = {}
-    bad = []
-    for source in sorted(set(stats) | set(per_file_docs) | set(per_file_q)):
-        kept, rows = per_file_docs.get(source, (0, 0))
-        q = per_file_q.get(source, 0)
-        read = stats.get(source, -1)
-        per_file[source] = {"records": read, "ingested": kept, "quarantined": q, "rows": rows}
-        if read != kept + q:
-            bad.append(f"{source}: read {read}, ingested {kept} + quarantined {q}")
+def summarize_counts(counts: pa.Table) -> dict[str, Any]:
+    """Per-file, per-domain and per-reason record counts from the tasks' count rows; raises
+    AccountingError when a file's records read differ from its records ingested plus
+    quarantined."""
+    per_file: dict[str, dict[str, int]] = defaultdict(lambda: {"records": 0, "ingested": 0, "quarantined": 0, "rows": 0})
+    per_domain: dict[str, dict[str, int]] = defaultdict(lambda: {"in": 0, "out": 0, "kept": 0, "quarantined": 0})
+    reasons: dict[str, int] = defaultdict(int)
+    for r in counts.to_pylist():
+        f, d = per_file[r["source"]], r["domain"] or ""
+        if r["kind"] == STATS_REASON:
+            f["records"] += r["records"]
+        elif r["kind"] == KEPT:
+            f["ingested"] += r["records"]
+            f["rows"] += r["rows"]
+            per_domain[d]["kept"] += r["records"]
+            per_domain[d]["in"] += r["records"]
+            per_domain[d]["out"] += r["rows"]
+        else:
+            f["quarantined"] += r["records"]
+            per_domain[d]["quarantined"] += r["records"]
+            per_domain[d]["in"] += r["records"]
+            reasons[r["kind"]] += r["records"]
+    bad = [
+        f"{src}: read {v['records']}, ingested {v['ingested']} + quarantined {v['quarantined']}"
+        for src, v in per_file.items()
+        if v["records"] != v["ingested"] + v["quarantined"]
+    ]
     if bad:
-        raise AccountingError("ingest lost track of records:\n  " + "\n  ".join(bad))
-
-    per_domain: dict[str, dict[str, int]] = {}
-    for r in (
-        docs.groupBy("domain")
-        .agg(F.countDistinct("source", "record").alias("records"), F.count("*").alias("rows"))
-        .collect()
-    ):
-        d = per_domain.setdefault(r["domain"], {"in": 0, "out": 0, "kept": 0, "quarantined": 0})
-        d["kept"] += r["records"]
-        d["in"] += r["records"]
-        d["out"] += r["rows"]
-    for r in (
-        quarantine.groupBy("domain")
-        .agg(F.countDistinct("source", "record").alias("records"))
-        .collect()
-    ):
-        d = per_domain.setdefault(
-            r["domain"] or "", {"in": 0, "out": 0, "kept": 0, "quarantined": 0}
-        )
-        d["quarantined"] += r["records"]
-        d["in"] += r["records"]
-    reasons = {
-        r["reason"]: r["records"]
-        for r in quarantine.groupBy("reason")
-        .agg(F.countDistinct("source", "record").alias("records"))
-        .collect()
-    }
+        raise AccountingError("ingest lost track of records:\n  " + "\n  ".join(sorted(bad)))
     kept = sum(v["ingested"] for v in per_file.values())
     quarantined = sum(v["quarantined"] for v in per_file.values())
     return {
@@ -269,7 +337,7 @@ def _counts(docs: DataFrame, quarantine: DataFrame, stats: dict[str, int]) -> di
         "removed": 0,
         "quarantined": quarantined,
         "out": sum(v["rows"] for v in per_file.values()),
-        "per_domain": dict(sorted(per_domain.items())),
-        "per_file": per_file,
-        "quarantine_reasons": dict(sorted(reasons.items())),
+        "per_domain": {k: per_domain[k] for k in sorted(per_domain)},
+        "per_file": {k: per_file[k] for k in sorted(per_file)},
+        "quarantine_reasons": dict(sorted((k, v) for k, v in reasons.items() if v)),
     }
