@@ -136,7 +136,7 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(
-        f"machine: {platform.node()} {os.cpu_count()} cores, python {platform.python_version()}, workers={args.workers}"
+        f"machine: {platform.node()} {os.cpu_count()} cores, python {platform.python_version()}, workers={args.workers}, best of {args.repeats}"
     )
     print(f"data: {len(files)} files from {args.data}")
     print(f"{'tool':<22}{'docs':>8}{'seconds':>10}{'docs/s':>10}{'curamix/peer':>14}")

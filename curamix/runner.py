@@ -82,10 +82,13 @@ def run_status(run_dir: str | Path) -> list[StageStatus]:
     cfg_path = run_dir / RUN_CONFIG
     stages: list[str] = list(index)
     cfg: PipelineConfig | None = None
-    if cfg_path.is_file():
-        cfg = load_config(cfg_path, use_env=False)
-        stages = list(cfg.stages) + [s for s in index if s not in cfg.stages]
     out = []
+    if cfg_path.is_file():
+        try:
+            cfg = load_config(cfg_path, use_env=False)
+            stages = list(cfg.stages) + [s for s in index if s not in cfg.stages]
+        except ConfigError as err:  # e.g. written by another curamix version
+            out.append(StageStatus("pipeline.yaml", "error", None, {}, str(err).replace("\n", " ")))
     for stage in stages:
         latest = index.get(stage, {}).get("folder")
         if cfg is None or stage not in cfg.stages:

@@ -153,7 +153,11 @@ def expand_inputs(cfg: IngestConfig) -> ExpandedInputs:
             root, files, ignored = _list_files(spec, i)
             out.ignored_files += ignored
             for f in ignored:
-                log.warning("ingest: ignoring %s (not a %s file)", f, "data" if spec.format == "auto" else spec.format)
+                log.warning(
+                    "ingest: ignoring %s (not a %s file)",
+                    f,
+                    "data" if spec.format == "auto" else spec.format,
+                )
             by_fmt: dict[str, list[str]] = {}
             for f in files:
                 by_fmt.setdefault(file_format(f) or "", []).append(f)

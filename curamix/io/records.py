@@ -389,6 +389,7 @@ def _read_jsonl(fr: _FileReader) -> Iterator[None]:
                 if not line.strip():
                     continue  # blank lines hold no record
                 fr.n_records += 1
+                line = line.rstrip(b"\r\n")
                 try:
                     s = line.decode("utf-8")
                 except UnicodeDecodeError as err:
@@ -396,14 +397,14 @@ def _read_jsonl(fr: _FileReader) -> Iterator[None]:
                         line_no,
                         QR.INVALID_UTF8,
                         str(err),
-                        line.decode("utf-8", "replace").rstrip("\r\n"),
+                        line.decode("utf-8", "replace"),
                     )
                     yield
                     continue
                 try:
                     obj = json.loads(s)
                 except json.JSONDecodeError as err:
-                    fr.quarantine(line_no, QR.INVALID_JSON, str(err), s.rstrip("\r\n"))
+                    fr.quarantine(line_no, QR.INVALID_JSON, str(err), s)
                     yield
                     continue
                 fr.record(line_no, obj, None)

@@ -42,10 +42,29 @@ KEPT = str(Decision.KEPT)
 MAX_DUPLICATE_ID_ROWS = 5_000_000
 """Above this many records with a repeated id, the id field is almost surely the wrong one."""
 
-Q_SCHEMA = QUARANTINE_SCHEMA.append(pa.field("domain", pa.string())).append(pa.field("ref_id", pa.string()))
+Q_SCHEMA = QUARANTINE_SCHEMA.append(pa.field("domain", pa.string())).append(
+    pa.field("ref_id", pa.string())
+)
 """Quarantine files: the quarantine schema plus the record's domain and, for duplicates, the kept id."""
-IDS_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("record", pa.int64()), ("domain", pa.string()), ("unit", pa.int64()), ("pos", pa.int64())])
-COUNTS_SCHEMA = pa.schema([("source", pa.string()), ("domain", pa.string()), ("kind", pa.string()), ("records", pa.int64()), ("rows", pa.int64())])
+IDS_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("record", pa.int64()),
+        ("domain", pa.string()),
+        ("unit", pa.int64()),
+        ("pos", pa.int64()),
+    ]
+)
+COUNTS_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("domain", pa.string()),
+        ("kind", pa.string()),
+        ("records", pa.int64()),
+        ("rows", pa.int64()),
+    ]
+)
 """Per (file, domain, kind) counts; ``kind`` is ``kept``, a quarantine reason, or the stats
 reason (``records`` = records the reader saw in the file)."""
 PART_ROW_GROUP = 50_000
@@ -65,7 +84,13 @@ def part_name(unit_index: int) -> str:
 
 def _counts_table(counts: dict[tuple[str, str, str], list[Any]]) -> pa.Table:
     rows = [
-        {"source": s, "domain": d, "kind": k, "records": len(recs) if isinstance(recs, set) else recs, "rows": n}
+        {
+            "source": s,
+            "domain": d,
+            "kind": k,
+            "records": len(recs) if isinstance(recs, set) else recs,
+            "rows": n,
+        }
         for (s, d, k), (recs, n) in counts.items()
     ]
     return pa.Table.from_pylist(rows, schema=COUNTS_SCHEMA)
@@ -78,9 +103,15 @@ def ingest_unit(unit: ReadUnit, unit_index: int, out_dir: str) -> pa.Table:
     for sub in ("data", "quarantine", "_ids"):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
     writers = {
-        "data": pq.ParquetWriter(os.path.join(out_dir, "data", name), DOC_SCHEMA, compression="zstd"),
-        "quarantine": pq.ParquetWriter(os.path.join(out_dir, "quarantine", name), Q_SCHEMA, compression="zstd"),
-        "_ids": pq.ParquetWriter(os.path.join(out_dir, "_ids", name), IDS_SCHEMA, compression="zstd"),
+        "data": pq.ParquetWriter(
+            os.path.join(out_dir, "data", name), DOC_SCHEMA, compression="zstd"
+        ),
+        "quarantine": pq.ParquetWriter(
+            os.path.join(out_dir, "quarantine", name), Q_SCHEMA, compression="zstd"
+        ),
+        "_ids": pq.ParquetWriter(
+            os.path.join(out_dir, "_ids", name), IDS_SCHEMA, compression="zstd"
+        ),
     }
     # (source, domain, kind) -> [set of records or count, rows]
     counts: dict[tuple[str, str, str], list[Any]] = defaultdict(lambda: [set(), 0])
@@ -95,23 +126,47 @@ def ingest_unit(unit: ReadUnit, unit_index: int, out_dir: str) -> pa.Table:
             bad = t.filter(pc.and_(pc.invert(is_doc), pc.invert(is_stats)))
             stats = t.filter(is_stats)
             if docs.num_rows:
-                writers["data"].write_table(docs.select(DOC_SCHEMA.names).cast(DOC_SCHEMA), row_group_size=PART_ROW_GROUP)
+                writers["data"].write_table(
+                    docs.select(DOC_SCHEMA.names).cast(DOC_SCHEMA), row_group_size=PART_ROW_GROUP
+                )
                 n = docs.num_rows
-                ids = docs.select(["id", "source", "record", "domain"]).append_column("unit", pa.array([unit_index] * n, pa.int64()))
-                writers["_ids"].write_table(ids.append_column("pos", pa.array(range(pos, pos + n), pa.int64())))
+                ids = docs.select(["id", "source", "record", "domain"]).append_column(
+                    "unit", pa.array([unit_index] * n, pa.int64())
+                )
+                writers["_ids"].write_table(
+                    ids.append_column("pos", pa.array(range(pos, pos + n), pa.int64()))
+                )
                 pos += n
-                for s, d, r in zip(docs["source"].to_pylist(), docs["domain"].to_pylist(), docs["record"].to_pylist(), strict=True):
+                for s, d, r in zip(
+                    docs["source"].to_pylist(),
+                    docs["domain"].to_pylist(),
+                    docs["record"].to_pylist(),
+                    strict=True,
+                ):
                     c = counts[(s, d, KEPT)]
                     c[0].add(r)
                     c[1] += 1
             if bad.num_rows:
-                qt = bad.select([n for n in Q_SCHEMA.names if n != "ref_id"]).append_column("ref_id", pa.nulls(bad.num_rows, pa.string()))
+                qt = bad.select([n for n in Q_SCHEMA.names if n != "ref_id"]).append_column(
+                    "ref_id", pa.nulls(bad.num_rows, pa.string())
+                )
                 writers["quarantine"].write_table(qt.cast(Q_SCHEMA))
-                for s, d, k, r in zip(bad["source"].to_pylist(), bad["domain"].to_pylist(), bad["reason"].to_pylist(), bad["record"].to_pylist(), strict=True):
+                for s, d, k, r in zip(
+                    bad["source"].to_pylist(),
+                    bad["domain"].to_pylist(),
+                    bad["reason"].to_pylist(),
+                    bad["record"].to_pylist(),
+                    strict=True,
+                ):
                     c = counts[(s, d, k)]
                     c[0].add(r)
                     c[1] += 1
-            for s, d, r in zip(stats["source"].to_pylist(), stats["domain"].to_pylist(), stats["record"].to_pylist(), strict=True):
+            for s, d, r in zip(
+                stats["source"].to_pylist(),
+                stats["domain"].to_pylist(),
+                stats["record"].to_pylist(),
+                strict=True,
+            ):
                 counts[(s, d, STATS_REASON)] = [r, 0]
     finally:
         for w in writers.values():
@@ -142,7 +197,9 @@ def finish_unit(unit_index: int, out_dir: str, dup_rows: list[dict[str, Any]]) -
                     "record": info["record"],
                     "reason": str(QuarantineReason.DUPLICATE_ID),
                     "detail": f"id {row['id']} was first seen at {info['first']}",
-                    "raw": json.dumps({k: row[k] for k in ("id", "text", "domain", "meta")}, ensure_ascii=False),
+                    "raw": json.dumps(
+                        {k: row[k] for k in ("id", "text", "domain", "meta")}, ensure_ascii=False
+                    ),
                     "domain": row["domain"],
                     "ref_id": row["id"],
                 }
@@ -151,7 +208,9 @@ def finish_unit(unit_index: int, out_dir: str, dup_rows: list[dict[str, Any]]) -
                 c = delta.setdefault((row["source"], row["domain"], kind), [set(), 0])
                 c[0].add(info["record"])
                 c[1] += sign
-        quarantine = pa.concat_tables([pq.read_table(q_path), pa.Table.from_pylist(q_rows, schema=Q_SCHEMA)])
+        quarantine = pa.concat_tables(
+            [pq.read_table(q_path), pa.Table.from_pylist(q_rows, schema=Q_SCHEMA)]
+        )
         _replace_parquet(kept, data_path)
         _replace_parquet(quarantine, q_path)
     ids = pq.read_table(data_path, columns=["id"])["id"]
@@ -159,7 +218,9 @@ def finish_unit(unit_index: int, out_dir: str, dup_rows: list[dict[str, Any]]) -
     n, m = len(ids), q.num_rows
     ledger = pa.table(
         {
-            "id": pa.concat_arrays([ids.combine_chunks(), q["id"].combine_chunks()]) if n + m else pa.array([], pa.string()),
+            "id": pa.concat_arrays([ids.combine_chunks(), q["id"].combine_chunks()])
+            if n + m
+            else pa.array([], pa.string()),
             "stage": pa.array([STAGE] * (n + m), pa.string()),
             "decision": pa.array([KEPT] * n + [str(Decision.QUARANTINED)] * m, pa.string()),
             "reason": pa.concat_arrays([pa.nulls(n, pa.string()), q["reason"].combine_chunks()]),
@@ -174,7 +235,9 @@ def finish_unit(unit_index: int, out_dir: str, dup_rows: list[dict[str, Any]]) -
     rows = []
     for (s, d, k), (recs, nrows) in delta.items():
         sign = -1 if k == KEPT else 1
-        rows.append({"source": s, "domain": d, "kind": k, "records": sign * len(recs), "rows": nrows})
+        rows.append(
+            {"source": s, "domain": d, "kind": k, "records": sign * len(recs), "rows": nrows}
+        )
     return pa.Table.from_pylist(rows, schema=COUNTS_SCHEMA)
 
 
@@ -186,13 +249,17 @@ def _replace_parquet(table: pa.Table, path: str) -> None:
 
 def _phase_a(batches: Iterator[pa.RecordBatch], out_dir: str) -> Iterator[pa.RecordBatch]:
     for batch in batches:
-        for idx, unit_json in zip(batch.column("idx").to_pylist(), batch.column("unit").to_pylist(), strict=True):
+        for idx, unit_json in zip(
+            batch.column("idx").to_pylist(), batch.column("unit").to_pylist(), strict=True
+        ):
             yield from ingest_unit(ReadUnit.from_json(unit_json), idx, out_dir).to_batches()
 
 
 def _phase_c(batches: Iterator[pa.RecordBatch], out_dir: str) -> Iterator[pa.RecordBatch]:
     for batch in batches:
-        for idx, dups in zip(batch.column("idx").to_pylist(), batch.column("dups").to_pylist(), strict=True):
+        for idx, dups in zip(
+            batch.column("idx").to_pylist(), batch.column("dups").to_pylist(), strict=True
+        ):
             yield from finish_unit(idx, out_dir, json.loads(dups)).to_batches()
 
 
@@ -215,9 +282,16 @@ def _find_duplicate_ids(spark: SparkSession, ids_path: str) -> dict[int, list[di
     cand = ids.join(F.broadcast(repeated) if repeated.count() < 1_000_000 else repeated, "id")
     by_id = Window.partitionBy("id").orderBy("source", "record")
     ranked = cand.withColumn("_rank", F.dense_rank().over(by_id)).withColumn(
-        "first", F.concat(F.first("source").over(by_id), F.lit(":"), F.first("record").over(by_id).cast("string"))
+        "first",
+        F.concat(
+            F.first("source").over(by_id), F.lit(":"), F.first("record").over(by_id).cast("string")
+        ),
     )
-    dup_records = ranked.filter(F.col("_rank") > 1).select("source", "record", "first").dropDuplicates(["source", "record"])
+    dup_records = (
+        ranked.filter(F.col("_rank") > 1)
+        .select("source", "record", "first")
+        .dropDuplicates(["source", "record"])
+    )
     rows = ids.join(dup_records, ["source", "record"]).select("unit", "pos", "record", "first")
     collected = rows.limit(MAX_DUPLICATE_ID_ROWS + 1).collect()
     repeated.unpersist()
@@ -272,7 +346,8 @@ def run_ingest(
         say("ingest: writing the ledger")
         t = time.perf_counter()
         finish = spark.sparkContext.parallelize(
-            [(i, json.dumps(dups.get(i, []))) for i in range(n_units)], numSlices=max(1, min(n_units, 4 * spark.sparkContext.defaultParallelism))
+            [(i, json.dumps(dups.get(i, []))) for i in range(n_units)],
+            numSlices=max(1, min(n_units, 4 * spark.sparkContext.defaultParallelism)),
         ).toDF("idx long, dups string")
         deltas = finish.mapInArrow(lambda it: _phase_c(it, out_dir), counts_schema).toArrow()
         timings["ledger_s"] = time.perf_counter() - t
@@ -304,8 +379,12 @@ def summarize_counts(counts: pa.Table) -> dict[str, Any]:
     """Per-file, per-domain and per-reason record counts from the tasks' count rows; raises
     AccountingError when a file's records read differ from its records ingested plus
     quarantined."""
-    per_file: dict[str, dict[str, int]] = defaultdict(lambda: {"records": 0, "ingested": 0, "quarantined": 0, "rows": 0})
-    per_domain: dict[str, dict[str, int]] = defaultdict(lambda: {"in": 0, "out": 0, "kept": 0, "quarantined": 0})
+    per_file: dict[str, dict[str, int]] = defaultdict(
+        lambda: {"records": 0, "ingested": 0, "quarantined": 0, "rows": 0}
+    )
+    per_domain: dict[str, dict[str, int]] = defaultdict(
+        lambda: {"in": 0, "out": 0, "kept": 0, "quarantined": 0}
+    )
     reasons: dict[str, int] = defaultdict(int)
     for r in counts.to_pylist():
         f, d = per_file[r["source"]], r["domain"] or ""

@@ -58,6 +58,7 @@ def test_record_numbers_raw_text_and_details(bad_inputs):
             by_reason.setdefault(r["reason"], r)  # the first of each reason
     assert by_reason["invalid_json"]["record"] == 6
     assert by_reason["invalid_json"]["raw"] == '{"id": "broken", "text": "no closing'
+    assert by_reason["invalid_json"]["detail"].startswith("Unterminated string")
     assert (
         by_reason["invalid_utf8"]["record"] == 7 and "caf\ufffd" in by_reason["invalid_utf8"]["raw"]
     )

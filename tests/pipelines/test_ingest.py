@@ -110,12 +110,20 @@ def test_spark_job_matches_the_plain_kernel(spark, bad_inputs, tmp_path):
     from curamix.io.records import read_unit_table
 
     folder, _ = bad_inputs
-    res = run_ingest(spark, _cfg(tmp_path / "run", [{"path": str(folder)}], max_doc_bytes=MAX_DOC_BYTES))
-    units = expand_inputs(IngestConfig(inputs=[InputSpec(path=str(folder))], max_doc_bytes=MAX_DOC_BYTES)).units
+    res = run_ingest(
+        spark, _cfg(tmp_path / "run", [{"path": str(folder)}], max_doc_bytes=MAX_DOC_BYTES)
+    )
+    units = expand_inputs(
+        IngestConfig(inputs=[InputSpec(path=str(folder))], max_doc_bytes=MAX_DOC_BYTES)
+    ).units
     local = pa.concat_tables([read_unit_table(u) for u in units])
     local_docs = local.filter(pc.is_null(local["reason"])).select(DOC_SCHEMA.names)
     spark_docs = pq.read_table(res.data_path)
-    dup = {r["ref_id"] for r in pq.read_table(res.quarantine_path).to_pylist() if r["reason"] == "duplicate_id"}
+    dup = {
+        r["ref_id"]
+        for r in pq.read_table(res.quarantine_path).to_pylist()
+        if r["reason"] == "duplicate_id"
+    }
     spark_keys = sorted((d["id"], d["source"]) for d in spark_docs.to_pylist())
     local_keys = sorted((d["id"], d["source"]) for d in local_docs.to_pylist())
     assert set(spark_keys) <= set(local_keys) and len(local_keys) - len(spark_keys) == len(dup)
