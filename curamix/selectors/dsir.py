@@ -1,0 +1,589 @@
+"""DSIR: data selection with importance resampling over hashed n-gram features.
+
+Plain kernels (tokenize, hashed n-gram counts of a batch as a sparse matrix, log-importance
+weights, Gumbel top-k with per-document noise from (seed, id)) and a small estimator,
+:class:`DSIRSelector`, that a notebook, the Spark job and the tests all share.
+
+Two hash modes: ``sha256`` is bit-compatible with the reference package ``data-selection``
+(``int(sha256(gram).hexdigest(), 16) % num_buckets``); ``fast`` (the default) hashes each
+distinct word once with BLAKE2b-64 and derives bigram hashes arithmetically in numpy, so the
+buckets differ from the reference's only through hash collisions.
+
+References
+----------
+Xie, Santurkar, Ma, Liang. "Data Selection for Language Models via Importance Resampling."
+NeurIPS 2023. arXiv:2302.03169. Reference code: github.com/p-lambda/dsir (PyPI data-selection).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
+from typing import Literal
+
+import numpy as np
+import regex
+import scipy.sparse as sp
+
+WORDPUNCT_PATTERN = r"\w+|[^\w\s]+"
+"""NLTK's ``WordPunctTokenizer`` pattern, the reference's default tokenizer."""
+WORDPUNCT = regex.compile(WORDPUNCT_PATTERN, regex.UNICODE | regex.MULTILINE | regex.DOTALL)
+r"""As NLTK compiles it: with the ``regex`` module, whose Unicode ``\w`` differs from ``re``'s
+(subscript and superscript digits are not word characters)."""
+_WORDPUNCT_ASCII = re.compile(WORDPUNCT_PATTERN)
+_INFO_SEPARATORS = re.compile("[\x1c-\x1f]")  # whitespace to ``re``, not to ``regex``
+EPS = 1e-8
+"""The reference's smoothing inside the logs of ``log_diff``."""
+HashMode = Literal["fast", "sha256"]
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+_CACHE_LIMIT = 4_000_000
+
+
+def tokenize(text: str) -> list[str]:
+    """Lowercase, then split into word and punctuation runs, exactly as the reference does
+    (``WordPunctTokenizer``); ASCII text takes the faster ``re`` engine, which agrees there."""
+    low = text.lower()
+    if low.isascii() and not _INFO_SEPARATORS.search(low):
+        return _WORDPUNCT_ASCII.findall(low)
+    return WORDPUNCT.findall(low)
+
+
+def hash_buckets(gram: str, num_buckets: int = 10_000) -> int:
+    """The reference's bucket of one n-gram: ``int(sha256(gram), 16) % num_buckets``."""
+    return int(hashlib.sha256(gram.encode("utf-8")).hexdigest(), 16) % num_buckets
+
+
+class _Sha256Buckets:
+    """Memoized :func:`hash_buckets` for words and space-joined n-grams."""
+
+    def __init__(self, num_buckets: int):
+        self.num_buckets = num_buckets
+        self.cache: dict[str, int] = {}
+
+    def __call__(self, grams: list[str]) -> np.ndarray:
+        cache, nb = self.cache, self.num_buckets
+        if len(cache) > _CACHE_LIMIT:
+            cache.clear()
+        for g in set(grams).difference(cache):
+            cache[g] = hash_buckets(g, nb)
+        return np.fromiter(map(cache.__getitem__, grams), dtype=np.int64, count=len(grams))
+
+
+class _WordHashes:
+    """Memoized 64-bit BLAKE2b hashes of words (the fast mode's only per-word Python work)."""
+
+    def __init__(self):
+        self.cache: dict[str, int] = {}
+
+    def __call__(self, words: list[str]) -> np.ndarray:
+        cache = self.cache
+        if len(cache) > _CACHE_LIMIT:
+            cache.clear()
+        for w in set(words).difference(cache):
+            cache[w] = int.from_bytes(
+                hashlib.blake2b(w.encode("utf-8"), digest_size=8).digest(), "little"
+            )
+        return np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finalizer: a bijective mix of 64-bit integers (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        x = x ^ (x >> np.uint64(30))
+        x = x * np.uint64(0xBF58476D1CE4E5B9)
+        x = x ^ (x >> np.uint64(27))
+        x = x * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+_HASHERS: dict[tuple[str, int], object] = {}
+
+
+def _hasher(mode: HashMode, num_buckets: int):
+    key = (mode, num_buckets if mode == "sha256" else 0)
+    if key not in _HASHERS:
+        _HASHERS[key] = _Sha256Buckets(num_buckets) if mode == "sha256" else _WordHashes()
+    return _HASHERS[key]
+
+
+class Grams:
+    """The n-grams of a batch, flattened: ``buckets[i]`` belongs to row ``row[i]``.
+
+    A row is a document, or a chunk of one with ``chunk_tokens``; ``row_doc`` maps rows to
+    documents and ``n_tokens`` holds each document's token count."""
+
+    __slots__ = ("buckets", "n_rows", "n_tokens", "row", "row_doc")
+
+    def __init__(
+        self,
+        buckets: np.ndarray,
+        row: np.ndarray,
+        n_rows: int,
+        row_doc: np.ndarray,
+        n_tokens: np.ndarray,
+    ):
+        self.buckets, self.row, self.n_rows, self.row_doc, self.n_tokens = (
+            buckets,
+            row,
+            n_rows,
+            row_doc,
+            n_tokens,
+        )
+
+    def counts(self, num_buckets: int) -> sp.csr_matrix:
+        m = sp.csr_matrix(
+            (np.ones(len(self.buckets), dtype=np.int64), (self.row, self.buckets)),
+            shape=(self.n_rows, num_buckets),
+        )
+        m.sum_duplicates()
+        return m
+
+
+def batch_grams(
+    texts: Sequence[str],
+    num_buckets: int = 10_000,
+    ngrams: int = 2,
+    hash_mode: HashMode = "fast",
+    chunk_tokens: int | None = None,
+) -> Grams:
+    """Bucket ids of every n-gram (orders 1..``ngrams``) of a batch of texts; n-grams never
+    cross a document (or chunk) boundary."""
+    if hash_mode not in ("fast", "sha256"):
+        raise ValueError(f"hash_mode must be 'fast' or 'sha256', got {hash_mode!r}")
+    toks = [tokenize(t) for t in texts]
+    n = len(texts)
+    n_tokens = np.fromiter(map(len, toks), dtype=np.int64, count=n)
+    flat = list(chain.from_iterable(toks))
+    total = len(flat)
+    if chunk_tokens:
+        starts = (
+            np.concatenate([[0], np.cumsum(n_tokens)[:-1]]).astype(np.int64)
+            if n
+            else np.zeros(0, np.int64)
+        )
+        pos = np.arange(total, dtype=np.int64) - np.repeat(starts, n_tokens)
+        n_chunks = np.maximum(
+            -(-n_tokens // chunk_tokens), 1
+        )  # an empty doc still has one (empty) row
+        first_row = (
+            np.concatenate([[0], np.cumsum(n_chunks)[:-1]]).astype(np.int64)
+            if n
+            else np.zeros(0, np.int64)
+        )
+        seg = np.repeat(first_row, n_tokens) + pos // chunk_tokens
+        row_doc = np.repeat(np.arange(n, dtype=np.int64), n_chunks)
+        n_rows = int(n_chunks.sum())
+    else:
+        seg = np.repeat(np.arange(n, dtype=np.int64), n_tokens)
+        row_doc = np.arange(n, dtype=np.int64)
+        n_rows = n
+    buckets, rows = [], []
+    if hash_mode == "fast":
+        h = _hasher("fast", 0)(flat)
+        buckets.append((h % np.uint64(num_buckets)).astype(np.int64))
+        rows.append(seg)
+        acc = h
+        with np.errstate(over="ignore"):
+            for order in range(2, ngrams + 1):
+                acc = _mix64(
+                    acc[:-1] * np.uint64(0x9E3779B97F4A7C15) + h[order - 1 :] + np.uint64(order)
+                )
+                valid = seg[: total - order + 1] == seg[order - 1 :]
+                buckets.append((acc[valid] % np.uint64(num_buckets)).astype(np.int64))
+                rows.append(seg[: total - order + 1][valid])
+    else:
+        hasher = _hasher("sha256", num_buckets)
+        buckets.append(hasher(flat))
+        rows.append(seg)
+        for order in range(2, ngrams + 1):
+            valid = seg[: total - order + 1] == seg[order - 1 :]
+            if order == 2:
+                grams = [
+                    f"{a} {b}" for a, b, v in zip(flat, flat[1:], valid.tolist(), strict=False) if v
+                ]
+            else:
+                grams = [" ".join(flat[i : i + order]) for i in np.nonzero(valid)[0]]
+            buckets.append(hasher(grams))
+            rows.append(seg[: total - order + 1][valid])
+    return Grams(np.concatenate(buckets), np.concatenate(rows), n_rows, row_doc, n_tokens)
+
+
+def ngram_counts(
+    texts: Sequence[str],
+    num_buckets: int = 10_000,
+    ngrams: int = 2,
+    hash_mode: HashMode = "fast",
+    chunk_tokens: int | None = None,
+) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    """Hashed n-gram counts of a batch of texts.
+
+    Returns ``(counts, n_tokens, row_doc)``: ``counts`` is a sparse (rows, num_buckets) int
+    matrix with one row per text, or, with ``chunk_tokens``, one row per chunk of at most that
+    many tokens; ``n_tokens`` the token count of each text; ``row_doc`` the text of each row.
+    """
+    g = batch_grams(texts, num_buckets, ngrams, hash_mode, chunk_tokens)
+    return g.counts(num_buckets), g.n_tokens, g.row_doc
+
+
+def total_counts(
+    texts: Iterable[str],
+    num_buckets: int = 10_000,
+    ngrams: int = 2,
+    hash_mode: HashMode = "fast",
+    max_tokens: int | None = None,
+    batch_size: int = 2048,
+) -> np.ndarray:
+    """Summed n-gram bucket counts of ``texts`` (a 1-D int64 vector).
+
+    With ``max_tokens``, stops after the first document that brings the n-gram count above it
+    (the reference's ``num_tokens_to_fit`` rule)."""
+    total = np.zeros(num_buckets, dtype=np.int64)
+    seen = 0
+    batch: list[str] = []
+
+    def flush() -> bool:
+        nonlocal total, seen
+        if not batch:
+            return False
+        g = batch_grams(batch, num_buckets, ngrams, hash_mode)
+        batch.clear()
+        if max_tokens is not None:
+            per_doc = np.bincount(g.row, minlength=g.n_rows)
+            over = np.nonzero(seen + np.cumsum(per_doc) > max_tokens)[0]
+            if len(over):
+                total += np.bincount(g.buckets[g.row <= over[0]], minlength=num_buckets)
+                return True
+            seen += len(g.buckets)
+        total += np.bincount(g.buckets, minlength=num_buckets)
+        return False
+
+    for text in texts:
+        batch.append(text)
+        if len(batch) >= batch_size and flush():
+            return total
+    flush()
+    return total
+
+
+def example_length(counts_row_sums: np.ndarray, ngrams: int = 2) -> np.ndarray:
+    """The reference's example length from n-gram count sums: ``(sum + n(n-1)/2) // n``
+    (the token count, for documents of at least ``ngrams`` tokens)."""
+    return (counts_row_sums + ngrams * (ngrams - 1) // 2) // ngrams
+
+
+def log_importance(
+    raw_counts: np.ndarray, target_counts: np.ndarray, laplace: float = 0.0
+) -> np.ndarray:
+    """``log(p_tgt + 1e-8) - log(p_raw + 1e-8)`` from bucket counts.
+
+    ``target_counts`` may be 2-D (one row per target); ``laplace`` is added to every target
+    bucket before normalizing. Raises ValueError for empty inputs; warns when target buckets
+    are empty without smoothing (their weight falls to log(1e-8) - log(p_raw)).
+    """
+    raw = np.asarray(raw_counts, dtype=np.float64)
+    tgt = np.atleast_2d(np.asarray(target_counts, dtype=np.float64))
+    if laplace < 0:
+        raise ValueError(f"laplace must be >= 0, got {laplace}")
+    if raw.sum() <= 0:
+        raise ValueError("the raw data has no n-grams: nothing to estimate p_raw from")
+    empty = np.nonzero(tgt.sum(axis=1) <= 0)[0]
+    if len(empty):
+        raise ValueError(
+            f"target {empty.tolist()} has no n-grams after tokenization: nothing to estimate p_target from"
+        )
+    tgt = tgt + laplace
+    if laplace == 0:
+        unseen = float((raw / raw.sum())[(tgt == 0).any(axis=0)].sum())
+        if unseen > 0.01:
+            warnings.warn(
+                f"{unseen:.1%} of the raw n-grams fall in buckets the target never uses and laplace=0: "
+                "documents made of them get weights near log(1e-8); set laplace > 0 to smooth",
+                stacklevel=2,
+            )
+    p_raw = raw / raw.sum()
+    p_tgt = tgt / tgt.sum(axis=1, keepdims=True)
+    out = np.log(p_tgt + EPS) - np.log(p_raw + EPS)
+    return out[0] if np.ndim(target_counts) == 1 else out
+
+
+def gumbel_from_ids(ids: Sequence[str], seed: int) -> np.ndarray:
+    """Gumbel(0, 1) noise per document from a hash of (seed, id): the same for a document
+    whatever the order or partitioning it is scored in."""
+    out = np.empty(len(ids), dtype=np.float64)
+    prefix = f"{int(seed)}\x00".encode()
+    for i, doc_id in enumerate(ids):
+        h = int.from_bytes(
+            hashlib.blake2b(prefix + str(doc_id).encode("utf-8"), digest_size=8).digest(), "little"
+        )
+        out[i] = (h >> 11) * (1.0 / (1 << 53))
+    u = np.clip(out, 1e-300, 1.0 - 2**-53)  # (h >> 11) / 2^53 is in [0, 1); keep it open
+    return -np.log(-np.log(u))
+
+
+def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """``sum p log((p + 1e-8) / (q + 1e-8))`` of two count or probability vectors."""
+    p = np.asarray(p, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    p, q = p / p.sum(), q / q.sum()
+    return float(np.sum(p * (np.log(p + EPS) - np.log(q + EPS))))
+
+
+def kl_reduction(
+    target_counts: np.ndarray, raw_counts: np.ndarray, selected_counts: np.ndarray
+) -> float:
+    """DSIR's proxy metric: ``mean_t [KL(p_t || q_raw) - KL(p_t || q_selected)]``."""
+    tgt = np.atleast_2d(target_counts)
+    return float(
+        np.mean([kl_divergence(t, raw_counts) - kl_divergence(t, selected_counts) for t in tgt])
+    )
+
+
+class DSIRSelector:
+    """Importance resampling toward a target distribution of hashed n-grams.
+
+    Parameters
+    ----------
+    num_buckets, ngrams : hashed feature space (reference defaults 10,000 and 2).
+    hash_mode : ``"fast"`` (default) or ``"sha256"`` (bit-compatible with the reference).
+    laplace : pseudo-count added to every target bucket (reference: 0).
+    min_example_length : documents with fewer tokens are masked out of selection (100).
+    num_tokens_to_fit : n-grams of raw data used to fit ``p_raw``: ``"auto"`` (100k x
+        num_buckets, the reference's rule), ``"all"``, or a number.
+    length_normalize : divide each log weight by the document's token count.
+    chunk_tokens : score long documents as the mean log weight of chunks of this many tokens.
+    separate_targets : with several named targets, one ``log_diff`` per target and quotas by
+        target token share (or ``target_proportions``).
+
+    Attributes (after ``fit``): ``raw_counts_``, ``target_counts_`` (n_targets, B),
+    ``log_diff_`` (B,) or (n_targets, B), ``target_names_``, ``target_proportions_``.
+
+    Examples
+    --------
+    >>> sel = DSIRSelector(min_example_length=0).fit(["the cat sat"], ["a dog ran", "the cat sat down"])
+    >>> scores = sel.score_samples(["the cat", "a dog"])
+    >>> sel.select(scores, 1, ids=["x", "y"], random_state=0).tolist()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        num_buckets: int = 10_000,
+        ngrams: int = 2,
+        hash_mode: HashMode = "fast",
+        laplace: float = 0.0,
+        min_example_length: int = 100,
+        num_tokens_to_fit: int | Literal["auto", "all"] = "auto",
+        length_normalize: bool = False,
+        chunk_tokens: int | None = None,
+        separate_targets: bool = False,
+        target_proportions: Sequence[float] | None = None,
+    ):
+        self.num_buckets = num_buckets
+        self.ngrams = ngrams
+        self.hash_mode = hash_mode
+        self.laplace = laplace
+        self.min_example_length = min_example_length
+        self.num_tokens_to_fit = num_tokens_to_fit
+        self.length_normalize = length_normalize
+        self.chunk_tokens = chunk_tokens
+        self.separate_targets = separate_targets
+        self.target_proportions = target_proportions
+
+    # -- parameters
+    def _check_params(self) -> None:
+        if not isinstance(self.num_buckets, int) or self.num_buckets < 1:
+            raise ValueError(f"num_buckets must be a positive int, got {self.num_buckets!r}")
+        if not isinstance(self.ngrams, int) or self.ngrams < 1:
+            raise ValueError(f"ngrams must be a positive int, got {self.ngrams!r}")
+        if self.hash_mode not in ("fast", "sha256"):
+            raise ValueError(f"hash_mode must be 'fast' or 'sha256', got {self.hash_mode!r}")
+        if self.chunk_tokens is not None and self.chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be >= 1 or None, got {self.chunk_tokens!r}")
+
+    def _max_raw_tokens(self) -> int | None:
+        n = self.num_tokens_to_fit
+        if n == "auto":
+            return 100_000 * self.num_buckets
+        if n == "all":
+            return None
+        if isinstance(n, int) and n > 0:
+            return n
+        raise ValueError(f"num_tokens_to_fit must be 'auto', 'all' or a positive int, got {n!r}")
+
+    def counts(self, texts: Iterable[str], max_tokens: int | None = None) -> np.ndarray:
+        """Summed bucket counts of ``texts`` with this selector's featurization."""
+        return total_counts(texts, self.num_buckets, self.ngrams, self.hash_mode, max_tokens)
+
+    # -- fitting
+    def fit(
+        self, target: Sequence[str] | Mapping[str, Sequence[str]], raw: Iterable[str]
+    ) -> DSIRSelector:
+        """Estimate ``p_target`` from ``target`` (texts, or name -> texts) and ``p_raw`` from
+        ``raw`` (up to ``num_tokens_to_fit`` n-grams)."""
+        self._check_params()
+        named = dict(target) if isinstance(target, Mapping) else {"target": list(target)}
+        if not named or any(len(v) == 0 for v in named.values()):
+            raise ValueError(
+                f"target is empty: got { ({k: len(v) for k, v in named.items()} or 'no targets') }"
+            )
+        tgt = np.stack([self.counts(texts) for texts in named.values()])
+        raw_counts = self.counts(raw, self._max_raw_tokens())
+        return self.fit_counts(tgt, raw_counts, list(named))
+
+    def fit_counts(
+        self,
+        target_counts: np.ndarray,
+        raw_counts: np.ndarray,
+        target_names: Sequence[str] | None = None,
+    ) -> DSIRSelector:
+        """Fit from precomputed bucket counts (what the Spark job aggregates)."""
+        self._check_params()
+        tgt = np.atleast_2d(np.asarray(target_counts, dtype=np.int64))
+        names = (
+            list(target_names)
+            if target_names is not None
+            else [f"target{i}" for i in range(len(tgt))]
+        )
+        if len(names) != len(tgt):
+            raise ValueError(f"{len(names)} target names for {len(tgt)} target count vectors")
+        self.target_names_ = names
+        self.raw_counts_ = np.asarray(raw_counts, dtype=np.int64)
+        self.target_counts_ = tgt
+        if self.separate_targets and len(tgt) > 1:
+            self.log_diff_ = log_importance(self.raw_counts_, tgt, self.laplace)
+            props = np.asarray(
+                self.target_proportions if self.target_proportions is not None else tgt.sum(axis=1),
+                dtype=np.float64,
+            )
+            if props.shape != (len(tgt),) or (props < 0).any() or props.sum() <= 0:
+                raise ValueError(
+                    f"target_proportions must be {len(tgt)} non-negative numbers, got {self.target_proportions!r}"
+                )
+            self.target_proportions_ = props / props.sum()
+        else:
+            self.log_diff_ = log_importance(self.raw_counts_, tgt.sum(axis=0), self.laplace)
+            self.target_proportions_ = np.ones(1)
+        return self
+
+    # -- scoring
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "log_diff_"):
+            raise RuntimeError("this DSIRSelector is not fitted yet: call fit(target, raw) first")
+
+    def score_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(log weights, example lengths) of a batch; log weights are (n,) or, with separate
+        targets, (n, n_targets)."""
+        self._check_fitted()
+        g = batch_grams(texts, self.num_buckets, self.ngrams, self.hash_mode, self.chunk_tokens)
+        ld = np.atleast_2d(self.log_diff_)
+        n = len(texts)
+        rows = np.stack(
+            [
+                np.bincount(g.row, weights=ld[t][g.buckets], minlength=g.n_rows)
+                for t in range(len(ld))
+            ],
+            axis=1,
+        )
+        if self.chunk_tokens:
+            per_doc = np.bincount(g.row_doc, minlength=n).astype(np.float64)
+            scores = np.stack(
+                [np.bincount(g.row_doc, weights=rows[:, t], minlength=n) for t in range(len(ld))],
+                axis=1,
+            )
+            scores /= np.maximum(per_doc, 1)[:, None]
+        else:
+            scores = rows
+        lengths = example_length(np.bincount(g.row_doc[g.row], minlength=n), self.ngrams)
+        if self.length_normalize:
+            scores = scores / np.maximum(g.n_tokens, 1)[:, None]
+        out = scores[:, 0] if np.ndim(self.log_diff_) == 1 else scores
+        return out, lengths
+
+    def score_samples(self, docs: Sequence[str], batch_size: int = 1024) -> np.ndarray:
+        """Log importance weight of each document (not length-normalized unless asked)."""
+        parts = [
+            self.score_batch(docs[i : i + batch_size])[0] for i in range(0, len(docs), batch_size)
+        ]
+        if not parts:
+            return np.zeros((0,) if np.ndim(self.log_diff_) == 1 else (0, len(self.log_diff_)))
+        return np.concatenate(parts)
+
+    def lengths(self, docs: Sequence[str], batch_size: int = 1024) -> np.ndarray:
+        """The reference's example length (tokens) of each document."""
+        return np.concatenate(
+            [self.score_batch(docs[i : i + batch_size])[1] for i in range(0, len(docs), batch_size)]
+        )
+
+    # -- selection
+    def select(
+        self,
+        scores: np.ndarray,
+        k: int,
+        *,
+        ids: Sequence[str] | None = None,
+        random_state: int | None = 0,
+        top_k: bool = False,
+        lengths: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Indices of ``k`` documents sampled without replacement with probability ∝ weight
+        (Gumbel top-k), or the ``k`` highest with ``top_k=True``.
+
+        Noise comes from a hash of (``random_state``, id) when ``ids`` are given (stable under
+        any order or partitioning), else from ``numpy.random.default_rng(random_state)``.
+        Documents shorter than ``min_example_length`` (``lengths``) are never selected.
+        With separate targets, quotas follow ``target_proportions_`` and no document is
+        chosen twice. Returned indices are sorted.
+        """
+        self._check_fitted()
+        scores = np.asarray(scores, dtype=np.float64)
+        n = len(scores)
+        if not isinstance(k, int | np.integer) or k <= 0:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        mask = (
+            np.ones(n, dtype=bool)
+            if lengths is None
+            else np.asarray(lengths) >= self.min_example_length
+        )
+        if k > int(mask.sum()):
+            raise ValueError(
+                f"k={k} is larger than the {int(mask.sum())} selectable documents (of {n}; the rest are shorter than min_example_length={self.min_example_length})"
+            )
+        if np.isnan(scores).any():
+            raise ValueError("scores contain NaN")
+        if ids is not None and len(ids) != n:
+            raise ValueError(f"{len(ids)} ids for {n} scores")
+        s2 = scores[:, None] if scores.ndim == 1 else scores
+        quotas = [int(k * p) for p in self.target_proportions_] if s2.shape[1] > 1 else [k]
+        quotas[-1] += k - sum(quotas)
+        chosen = np.zeros(n, dtype=bool)
+        for t, q in enumerate(quotas):
+            if q == 0:
+                continue
+            key = s2[:, t].copy()
+            if not top_k:
+                noise = (
+                    gumbel_from_ids(ids, (random_state or 0) * 1_000_003 + t)
+                    if ids is not None
+                    else np.random.default_rng(
+                        None if random_state is None else [random_state, t]
+                    ).gumbel(size=n)
+                )
+                key += noise
+            key[~mask | chosen] = -np.inf
+            # Top q by key; ties broken by index for determinism.
+            order = np.lexsort((np.arange(n), -key))[:q]
+            chosen[order] = True
+        return np.nonzero(chosen)[0]
+
+    def kl_reduction(
+        self, selected_docs: Sequence[str] | None = None, selected_counts: np.ndarray | None = None
+    ) -> float:
+        """KL reduction of a selection (texts or their summed counts) against the fitted raw data."""
+        self._check_fitted()
+        if selected_counts is None:
+            if selected_docs is None:
+                raise ValueError("give selected_docs or selected_counts")
+            selected_counts = self.counts(selected_docs)
+        return kl_reduction(self.target_counts_, self.raw_counts_, selected_counts)
