@@ -297,3 +297,27 @@ def test_parity_with_data_selection_on_the_real_corpus(corpus, tmp_path):
     )
     assert overlap_fast >= 0.92
     assert overlap_fast >= overlap_salted - 0.005, (overlap_fast, overlap_salted)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_twenty_percent_toward_wiki_and_books(corpus):
+    texts, domains, ids = corpus
+    target = [t for t, d in zip(texts, domains, strict=True) if d in ("wiki", "books")]
+    sel = DSIRSelector().fit(target, texts)
+    scores, lengths = sel.score_batch(texts)
+    k = len(texts) // 5
+    chosen = sel.select(scores, k, ids=ids, random_state=0, lengths=lengths)
+    picked = [domains[i] for i in chosen]
+    share = {d: picked.count(d) / k for d in set(domains)}
+    pool = {d: domains.count(d) / len(domains) for d in set(domains)}
+    assert share["books"] >= 2 * pool["books"] and share["wiki"] >= 2 * pool["wiki"]
+    assert share["code"] + share["math"] < 0.02
+    rng = np.random.default_rng(0)
+    random_pick = rng.choice(np.nonzero(lengths >= 100)[0], k, replace=False)
+    kl_sel = sel.kl_reduction([texts[i] for i in chosen])
+    kl_rand = sel.kl_reduction([texts[i] for i in random_pick])
+    assert kl_sel > kl_rand and kl_sel > 0
+    # Another seed draws another sample of the same kind.
+    other = sel.select(scores, k, ids=ids, random_state=1, lengths=lengths)
+    assert 0.5 < len(set(other.tolist()) & set(chosen.tolist())) / k < 1.0
