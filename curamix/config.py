@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "CURAMIX_"
-KNOWN_STAGES: tuple[str, ...] = ("ingest",)
+KNOWN_STAGES: tuple[str, ...] = ("ingest", "dsir", "select")
 """Stages in their run order; each later issue adds its own (dedup, dsir, ...)."""
 
 
@@ -107,6 +107,51 @@ class IngestConfig(CuramixModel):
     most ``max_doc_bytes``; chunk ids are ``<id>#<k>`` and ``meta.parent_id`` names the parent."""
 
 
+class DSIRConfig(CuramixModel):
+    """DSIR scoring (Xie et al. 2023): fit hashed n-gram distributions of a target and of the
+    pool, score every pool document with its log importance weight. Reference defaults."""
+
+    target_inputs: list[InputSpec] = Field(default_factory=list)
+    """Target texts from files (benchmark sets, ...), read like ingest inputs."""
+    target_domains: list[str] = Field(default_factory=list)
+    """Domains of the pool used as target."""
+    num_buckets: int = Field(default=10_000, ge=1)
+    ngrams: int = Field(default=2, ge=1, le=5)
+    hash_mode: Literal["fast", "sha256"] = "fast"
+    laplace: float = Field(default=0.0, ge=0)
+    min_example_length: int = Field(default=100, ge=0)
+    num_tokens_to_fit: int | Literal["auto", "all"] = "auto"
+    length_normalize: bool = False
+    chunk_tokens: int | None = Field(default=None, ge=1)
+    separate_targets: bool = False
+    """One weight vector per target (named by the target's domain), quotas by token share."""
+    target_proportions: dict[str, float] | None = None
+
+    @model_validator(mode="after")
+    def _has_target(self) -> DSIRConfig:
+        if not self.target_inputs and not self.target_domains:
+            raise ValueError("give target_inputs and/or target_domains: DSIR needs a target")
+        return self
+
+
+class SelectConfig(CuramixModel):
+    """Selection of k documents from a scoring stage by importance resampling (Gumbel top-k)."""
+
+    scores: Literal["dsir"] = "dsir"
+    k: int | None = Field(default=None, gt=0)
+    fraction: float | None = Field(default=None, gt=0, le=1)
+    """Of all the pool's documents (as the reference's ``num_to_sample``); the selection is drawn
+    from the documents long enough to be eligible."""
+    top_k: bool = False
+    """Deterministic top k by weight instead of sampling."""
+
+    @model_validator(mode="after")
+    def _one_size(self) -> SelectConfig:
+        if (self.k is None) == (self.fraction is None):
+            raise ValueError(f"set exactly one of k ({self.k}) or fraction ({self.fraction})")
+        return self
+
+
 class PipelineConfig(CuramixModel):
     """A run: where its outputs go, which stages run, and each stage's section."""
 
@@ -115,6 +160,8 @@ class PipelineConfig(CuramixModel):
     stages: list[str] = Field(default_factory=lambda: ["ingest"])
     spark: SparkConfig = Field(default_factory=SparkConfig)
     ingest: IngestConfig | None = None
+    dsir: DSIRConfig | None = None
+    select: SelectConfig | None = None
 
     @field_validator("stages")
     @classmethod
@@ -214,9 +261,11 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
 
     if "run_dir" in data:
         data["run_dir"] = absolute(data["run_dir"])
-    ingest = data.get("ingest")
-    if isinstance(ingest, dict):
-        for spec in ingest.get("inputs") or []:
+    sections = [(data.get("ingest"), "inputs"), (data.get("dsir"), "target_inputs")]
+    for section, key in sections:
+        if not isinstance(section, dict):
+            continue
+        for spec in section.get(key) or []:
             if isinstance(spec, dict) and "path" in spec:
                 # A hub dataset name ("org/name") is left alone when nothing exists at that path.
                 p = spec["path"]

@@ -20,20 +20,65 @@ RUN_CONFIG = "pipeline.yaml"
 
 
 def _stage_runners() -> dict[str, Callable[..., JobResult]]:
+    from curamix.pipelines.dsir import run_dsir
     from curamix.pipelines.ingest import run_ingest
+    from curamix.pipelines.select import run_select
 
-    return {"ingest": run_ingest}
+    return {"ingest": run_ingest, "dsir": run_dsir, "select": run_select}
 
 
 def stage_key(cfg: PipelineConfig, stage: str) -> str:
-    """The key a stage's output folder will carry for ``cfg`` (config + inputs hash)."""
+    """The key a stage's output folder will carry for ``cfg`` (config + inputs hash).
+
+    Raises :class:`MissingUpstreamError` when a stage it reads has not completed yet."""
     if stage == "ingest":
         from curamix.io.inputs import expand_inputs
         from curamix.pipelines.ingest import ingest_key
 
         assert cfg.ingest is not None
         return ingest_key(cfg, expand_inputs(cfg.ingest).fingerprints)
+    if stage == "dsir":
+        from curamix.config import IngestConfig
+        from curamix.io.inputs import expand_inputs
+        from curamix.pipelines.dsir import dsir_key
+
+        assert cfg.dsir is not None
+        targets = (
+            expand_inputs(IngestConfig(inputs=cfg.dsir.target_inputs)).fingerprints
+            if cfg.dsir.target_inputs
+            else []
+        )
+        return dsir_key(cfg, require_upstream(cfg, "ingest"), targets)
+    if stage == "select":
+        from curamix.pipelines.select import select_key
+
+        assert cfg.select is not None
+        return select_key(cfg, require_upstream(cfg, cfg.select.scores))
     raise ValueError(f"no key rule for stage {stage!r}")
+
+
+class MissingUpstreamError(ConfigError):
+    """A stage needs the output of a stage that has not completed for this config."""
+
+
+def require_upstream(
+    cfg: PipelineConfig, stage: str, given: dict[str, JobResult] | None = None
+) -> JobResult:
+    """The completed output of ``stage`` for ``cfg``: from ``given`` (this run's results), or the
+    run folder's output whose key matches the current config and inputs."""
+    if given and stage in given:
+        return given[stage]
+    if getattr(cfg, stage, None) is None:
+        raise MissingUpstreamError(
+            f"this step needs the '{stage}' stage, and the config has no '{stage}:' section"
+        )
+    done = load_completed(cfg.run_dir, stage, stage_key(cfg, stage))
+    if done is None:
+        raise MissingUpstreamError(
+            f"this step needs the '{stage}' stage's output for the current config and inputs in {cfg.run_dir}; "
+            f"run it first (add '{stage}' to stages)"
+        )
+    return done
 
 
 def run_pipeline(
@@ -54,7 +99,8 @@ def run_pipeline(
     runners = _stage_runners()
     results: dict[str, JobResult] = {}
     for stage in cfg.stages:
-        results[stage] = runners[stage](spark, cfg, on_step=on_step)
+        kwargs = {} if stage == "ingest" else {"upstream": results}
+        results[stage] = runners[stage](spark, cfg, on_step=on_step, **kwargs)
     write_json_atomic(
         run_dir / "last_run.json",
         {s: {"folder": r.path.name, "skipped": r.skipped} for s, r in results.items()},
@@ -105,6 +151,15 @@ def run_status(run_dir: str | Path) -> list[StageStatus]:
             continue
         try:
             key = stage_key(cfg, stage)
+        except MissingUpstreamError as err:
+            res = _load(run_dir, latest)
+            state = "stale" if res else "pending"
+            out.append(
+                StageStatus(
+                    stage, state, latest, res.counts if res else {}, f"waits for upstream: {err}"
+                )
+            )
+            continue
         except (ConfigError, OSError) as err:
             out.append(StageStatus(stage, "error", latest, {}, str(err)))
             continue

@@ -1,0 +1,391 @@
+"""DSIR scoring job: fit hashed n-gram distributions, score every pool document.
+
+Spark glue over :mod:`curamix.selectors.dsir`. One task per ingest part file:
+
+1. count pass: each task sums the bucket counts of its part (raw, capped at
+   ``num_tokens_to_fit / n_parts`` n-grams like the reference's per-shard cap) and of its
+   documents in ``target_domains``; target files are read with the ingest readers. Only
+   count vectors reach the driver, never documents.
+2. the driver fits :class:`~curamix.selectors.dsir.DSIRSelector` from the summed counts;
+3. score pass: each task scores its part with that selector and writes
+   ``scores/part-<i>.parquet`` (id, domain, score, length, one ``score__<target>`` column per
+   target with separate targets) and ``ledger/part-<i>.parquet``.
+
+The fitted model is saved as ``model.npz`` (arrays, no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curamix.config import DSIRConfig, IngestConfig, PipelineConfig, config_hash
+from curamix.io.inputs import expand_inputs
+from curamix.io.records import ReadUnit, read_unit
+from curamix.io.store import JobResult, load_completed, stage_writer
+from curamix.pipelines.parts import map_parts, part_files
+from curamix.selectors.dsir import DSIRSelector, batch_grams
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+STAGE = "dsir"
+MASKED_REASON = "below_min_example_length"
+COUNTS_SCHEMA = pa.schema(
+    [
+        ("kind", pa.string()),
+        ("name", pa.string()),
+        ("n_docs", pa.int64()),
+        ("counts", pa.list_(pa.int64())),
+    ]
+)
+SUMMARY_SCHEMA = pa.schema(
+    [
+        ("domain", pa.string()),
+        ("n_docs", pa.int64()),
+        ("n_eligible", pa.int64()),
+        ("score_sum", pa.float64()),
+    ]
+)
+BATCH = 2048
+
+
+def make_selector(cfg: DSIRConfig) -> DSIRSelector:
+    """The estimator a DSIR config describes."""
+    return DSIRSelector(
+        num_buckets=cfg.num_buckets,
+        ngrams=cfg.ngrams,
+        hash_mode=cfg.hash_mode,
+        laplace=cfg.laplace,
+        min_example_length=cfg.min_example_length,
+        num_tokens_to_fit=cfg.num_tokens_to_fit,
+        length_normalize=cfg.length_normalize,
+        chunk_tokens=cfg.chunk_tokens,
+        separate_targets=cfg.separate_targets,
+    )
+
+
+def _bincount(sel: DSIRSelector, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(summed bucket counts, n-grams per text) of a batch."""
+    g = batch_grams(texts, sel.num_buckets, sel.ngrams, sel.hash_mode)
+    return np.bincount(g.buckets, minlength=sel.num_buckets), np.bincount(g.row, minlength=g.n_rows)
+
+
+def count_part(
+    path: str, sel: DSIRSelector, max_tokens: int | None, target_domains: list[str]
+) -> pa.Table:
+    """Raw counts of one part (capped at ``max_tokens`` n-grams, stopping after the document
+    that crosses the cap) and the counts of its documents in ``target_domains``."""
+    nb = sel.num_buckets
+    raw = np.zeros(nb, dtype=np.int64)
+    seen, n_raw, capped = 0, 0, False
+    tgt: dict[str, list[Any]] = {}
+    wanted = set(target_domains)
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH, columns=["text", "domain"]):
+        texts, domains = batch.column("text").to_pylist(), batch.column("domain").to_pylist()
+        if not capped:
+            g = batch_grams(texts, nb, sel.ngrams, sel.hash_mode)
+            per_doc = np.bincount(g.row, minlength=g.n_rows)
+            if max_tokens is not None:
+                over = np.nonzero(seen + np.cumsum(per_doc) > max_tokens)[0]
+                if len(over):
+                    raw += np.bincount(g.buckets[g.row <= over[0]], minlength=nb)
+                    n_raw += int(over[0]) + 1
+                    capped = True
+                else:
+                    raw += np.bincount(g.buckets, minlength=nb)
+                    n_raw += len(texts)
+                    seen += len(g.buckets)
+            else:
+                raw += np.bincount(g.buckets, minlength=nb)
+                n_raw += len(texts)
+        if wanted:
+            for d in wanted.intersection(domains):
+                sub = [t for t, x in zip(texts, domains, strict=True) if x == d]
+                c, _ = _bincount(sel, sub)
+                entry = tgt.setdefault(d, [np.zeros(nb, dtype=np.int64), 0])
+                entry[0] += c
+                entry[1] += len(sub)
+    rows = [{"kind": "raw", "name": "", "n_docs": n_raw, "counts": raw.tolist()}]
+    rows += [
+        {"kind": "target", "name": d, "n_docs": n, "counts": c.tolist()}
+        for d, (c, n) in sorted(tgt.items())
+    ]
+    return pa.Table.from_pylist(rows, schema=COUNTS_SCHEMA)
+
+
+def count_target_unit(unit: ReadUnit, sel: DSIRSelector) -> pa.Table:
+    """Counts of one target read unit, per domain; quarantined records are counted by reason."""
+    nb = sel.num_buckets
+    tgt: dict[str, list[Any]] = {}
+    bad: dict[str, int] = {}
+    for batch in read_unit(unit, batch_rows=BATCH):
+        t = batch.to_pydict()
+        docs: dict[str, list[str]] = {}
+        for text, domain, reason in zip(t["text"], t["domain"], t["reason"], strict=True):
+            if reason is None:
+                docs.setdefault(domain, []).append(text)
+            elif not reason.startswith("__"):
+                bad[reason] = bad.get(reason, 0) + 1
+        for d, texts in docs.items():
+            c, _ = _bincount(sel, texts)
+            entry = tgt.setdefault(d, [np.zeros(nb, dtype=np.int64), 0])
+            entry[0] += c
+            entry[1] += len(texts)
+    rows = [
+        {"kind": "target", "name": d, "n_docs": n, "counts": c.tolist()}
+        for d, (c, n) in sorted(tgt.items())
+    ]
+    rows += [
+        {"kind": "quarantined", "name": r, "n_docs": n, "counts": []}
+        for r, n in sorted(bad.items())
+    ]
+    return pa.Table.from_pylist(rows, schema=COUNTS_SCHEMA)
+
+
+def score_columns(sel: DSIRSelector) -> list[str]:
+    return [f"score__{n}" for n in sel.target_names_] if np.ndim(sel.log_diff_) == 2 else []
+
+
+def score_part(path: str, sel: DSIRSelector, out_dir: str, index: int) -> pa.Table:
+    """Score one part; write its scores and ledger parts; return per-domain sums."""
+    extra = score_columns(sel)
+    fields = [
+        ("id", pa.string()),
+        ("domain", pa.string()),
+        ("score", pa.float64()),
+        ("length", pa.int64()),
+    ]
+    schema = pa.schema(fields + [(c, pa.float64()) for c in extra])
+    name = f"part-{index:05d}.parquet"
+    from curamix.schema import LEDGER_SCHEMA
+
+    sums: dict[str, list[float]] = {}
+    with (
+        pq.ParquetWriter(os.path.join(out_dir, "scores", name), schema, compression="zstd") as sw,
+        pq.ParquetWriter(
+            os.path.join(out_dir, "ledger", name), LEDGER_SCHEMA, compression="zstd"
+        ) as lw,
+    ):
+        for batch in pq.ParquetFile(path).iter_batches(
+            batch_size=BATCH, columns=["id", "text", "domain"]
+        ):
+            ids, texts, domains = (batch.column(c).to_pylist() for c in ("id", "text", "domain"))
+            scores, lengths = sel.score_batch(texts)
+            if scores.ndim == 2:
+                # One weight to report: the proportion-weighted mixture of the targets' weights.
+                main = np.log(
+                    np.exp(scores - scores.max(axis=1, keepdims=True)) @ sel.target_proportions_
+                ) + scores.max(axis=1)
+            else:
+                main = scores
+            cols = {"id": ids, "domain": domains, "score": main, "length": lengths}
+            for j, c in enumerate(extra):
+                cols[c] = scores[:, j]
+            sw.write_table(pa.table(cols, schema=schema))
+            masked = lengths < sel.min_example_length
+            lw.write_table(
+                pa.table(
+                    {
+                        "id": ids,
+                        "stage": [STAGE] * len(ids),
+                        "decision": ["kept"] * len(ids),
+                        "reason": [MASKED_REASON if m else None for m in masked.tolist()],
+                        "score": main,
+                        "ref_id": [None] * len(ids),
+                    },
+                    schema=LEDGER_SCHEMA,
+                )
+            )
+            for d, s, m in zip(domains, main.tolist(), masked.tolist(), strict=True):
+                e = sums.setdefault(d, [0, 0, 0.0])
+                e[0] += 1
+                e[1] += 0 if m else 1
+                e[2] += s
+    rows = [
+        {"domain": d, "n_docs": int(a), "n_eligible": int(b), "score_sum": c}
+        for d, (a, b, c) in sorted(sums.items())
+    ]
+    return pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA)
+
+
+def save_model(sel: DSIRSelector, path: str) -> None:
+    np.savez_compressed(
+        path,
+        log_diff=sel.log_diff_,
+        raw_counts=sel.raw_counts_,
+        target_counts=sel.target_counts_,
+        target_names=np.asarray(sel.target_names_),
+        target_proportions=sel.target_proportions_,
+    )
+
+
+def load_model(path: str, cfg: DSIRConfig) -> DSIRSelector:
+    """The fitted selector a dsir stage saved."""
+    with np.load(path) as z:
+        sel = make_selector(cfg).fit_counts(
+            z["target_counts"], z["raw_counts"], z["target_names"].tolist()
+        )
+        sel.target_proportions_ = z["target_proportions"]
+    return sel
+
+
+def dsir_key(cfg: PipelineConfig, ingest: JobResult, target_fingerprints: list[dict]) -> str:
+    return config_hash(STAGE, cfg.dsir, ingest.manifest_hash, target_fingerprints)
+
+
+def run_dsir(
+    spark: SparkSession,
+    cfg: PipelineConfig,
+    on_step: Callable[[str], None] | None = None,
+    upstream: dict[str, JobResult] | None = None,
+) -> JobResult:
+    """Fit DSIR on the run's ingested pool and targets, and score every pool document."""
+    from curamix.runner import require_upstream
+
+    if cfg.dsir is None:
+        raise ValueError("run_dsir needs a 'dsir:' section in the config")
+    say = on_step or (lambda _msg: None)
+    dcfg = cfg.dsir
+    t0 = time.perf_counter()
+    ingest = require_upstream(cfg, "ingest", upstream)
+    targets = expand_inputs(IngestConfig(inputs=dcfg.target_inputs)) if dcfg.target_inputs else None
+    key = dsir_key(cfg, ingest, targets.fingerprints if targets else [])
+    done = load_completed(cfg.run_dir, STAGE, key)
+    if done is not None:
+        say(f"dsir: skipped, already complete at {done.path}")
+        return done
+    parts = part_files(ingest.data_path)
+    sel = make_selector(dcfg)
+    sel._check_params()
+    max_tokens = sel._max_raw_tokens()
+    per_part_cap = None if max_tokens is None else max(1, max_tokens // len(parts))
+    timings: dict[str, float] = {}
+    with stage_writer(cfg.run_dir, STAGE, key) as w:
+        say(
+            f"dsir: counting n-grams of {len(parts)} parts{' and the target files' if targets else ''}"
+        )
+        t = time.perf_counter()
+        domains = list(dcfg.target_domains)
+        counts = map_parts(
+            spark, parts, lambda i, p: count_part(p, sel, per_part_cap, domains), COUNTS_SCHEMA
+        )
+        if targets:
+            units = [u.to_json() for u in targets.units]
+            counts = pa.concat_tables(
+                [
+                    counts,
+                    map_parts(
+                        spark,
+                        units,
+                        lambda i, u: count_target_unit(ReadUnit.from_json(u), sel),
+                        COUNTS_SCHEMA,
+                    ),
+                ]
+            )
+        timings["count_s"] = time.perf_counter() - t
+
+        raw = np.zeros(dcfg.num_buckets, dtype=np.int64)
+        by_target: dict[str, list[Any]] = {}
+        quarantined: dict[str, int] = {}
+        n_raw_fit = 0
+        for r in counts.to_pylist():
+            if r["kind"] == "raw":
+                raw += np.asarray(r["counts"], dtype=np.int64)
+                n_raw_fit += r["n_docs"]
+            elif r["kind"] == "target":
+                e = by_target.setdefault(r["name"], [np.zeros(dcfg.num_buckets, dtype=np.int64), 0])
+                e[0] += np.asarray(r["counts"], dtype=np.int64)
+                e[1] += r["n_docs"]
+            else:
+                quarantined[r["name"]] = quarantined.get(r["name"], 0) + r["n_docs"]
+        missing = [d for d in dcfg.target_domains if d not in by_target]
+        if missing:
+            known = sorted(ingest.counts.get("per_domain", {}))
+            raise ValueError(
+                f"dsir.target_domains: {missing} not found in the pool (its domains: {known})"
+            )
+        if not by_target:
+            raise ValueError("dsir: the targets hold no documents")
+        names = sorted(by_target)
+        sel.target_proportions = (
+            [dcfg.target_proportions.get(n, 0.0) for n in names]
+            if dcfg.target_proportions
+            else None
+        )
+        sel.fit_counts(np.stack([by_target[n][0] for n in names]), raw, names)
+        save_model(sel, str(w.path("model.npz")))
+
+        say("dsir: scoring every pool document")
+        t = time.perf_counter()
+        for sub in ("scores", "ledger"):
+            os.makedirs(w.path(sub), exist_ok=True)
+        out_dir = str(w.tmp)
+        summary = map_parts(
+            spark, parts, lambda i, p: score_part(p, sel, out_dir, i), SUMMARY_SCHEMA
+        )
+        timings["score_s"] = time.perf_counter() - t
+        per_domain: dict[str, dict[str, Any]] = {}
+        for r in summary.to_pylist():
+            e = per_domain.setdefault(r["domain"], {"n_docs": 0, "n_eligible": 0, "score_sum": 0.0})
+            e["n_docs"] += r["n_docs"]
+            e["n_eligible"] += r["n_eligible"]
+            e["score_sum"] += r["score_sum"]
+        n_docs = sum(e["n_docs"] for e in per_domain.values())
+        n_eligible = sum(e["n_eligible"] for e in per_domain.values())
+        if n_docs != ingest.counts.get("out", n_docs):
+            raise RuntimeError(
+                f"dsir scored {n_docs} documents, but ingest wrote {ingest.counts.get('out')}"
+            )
+        timings["total_s"] = time.perf_counter() - t0
+        manifest = {
+            "config": dcfg.model_dump(mode="json"),
+            "config_hash": config_hash(dcfg),
+            "inputs": {
+                "manifests": {"ingest": ingest.manifest_hash},
+                "target_files": targets.fingerprints if targets else [],
+            },
+            "counts": {
+                "in": n_docs,
+                "out": n_docs,
+                "kept": n_docs,
+                "removed": 0,
+                "quarantined": 0,
+                "eligible": n_eligible,
+                "masked_short": n_docs - n_eligible,
+                "per_domain": {
+                    d: {
+                        "in": e["n_docs"],
+                        "eligible": e["n_eligible"],
+                        "mean_score": e["score_sum"] / max(e["n_docs"], 1),
+                    }
+                    for d, e in sorted(per_domain.items())
+                },
+            },
+            "fit": {
+                "raw_docs_used": n_raw_fit,
+                "raw_ngrams": int(raw.sum()),
+                "targets": {
+                    n: {"docs": by_target[n][1], "ngrams": int(by_target[n][0].sum())}
+                    for n in names
+                },
+                "target_proportions": dict(
+                    zip(names, sel.target_proportions_.tolist(), strict=False)
+                )
+                if dcfg.separate_targets
+                else None,
+                "target_quarantined": quarantined,
+            },
+            "timings": {k: round(v, 3) for k, v in timings.items()},
+            "outputs": {"scores": "scores", "ledger": "ledger", "model": "model.npz"},
+        }
+        result = w.commit(json.loads(json.dumps(manifest, default=float)))
+    say(f"dsir: scored {n_docs} documents ({n_eligible} long enough to select) -> {result.path}")
+    return result
