@@ -53,36 +53,44 @@ def _steps() -> Iterator[Callable[[str], None]]:
     yield say
 
 
+def _fmt(v: object) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
 def _results_table(results: dict) -> None:
     for stage, res in results.items():
         c = res.counts
+        per_domain = c.get("per_domain", {})
+        cols = list(dict.fromkeys(k for d in per_domain.values() for k in d))
         table = Table(
             title=f"{stage}: {'skipped (already complete)' if res.skipped else 'done'}",
             title_justify="left",
         )
-        for col in ("domain", "in", "kept", "quarantined", "out"):
-            table.add_column(col, justify="right" if col != "domain" else "left")
-        for domain, d in c.get("per_domain", {}).items():
-            table.add_row(
-                domain or "?", *(str(d.get(k, 0)) for k in ("in", "kept", "quarantined", "out"))
-            )
-        table.add_row(
-            "[bold]total", *(f"[bold]{c.get(k, 0)}" for k in ("in", "kept", "quarantined", "out"))
-        )
+        table.add_column("domain")
+        for col in cols:
+            table.add_column(col, justify="right")
+        for domain, d in per_domain.items():
+            table.add_row(domain or "?", *(_fmt(d.get(k, "")) for k in cols))
+        table.add_row("[bold]total", *(f"[bold]{_fmt(c[k])}" if k in c else "" for k in cols))
         console.print(table)
         if c.get("quarantine_reasons"):
             console.print(
                 "quarantined by reason: "
                 + ", ".join(f"{k}={v}" for k, v in c["quarantine_reasons"].items())
             )
+        if "kl_reduction" in res.manifest:
+            kl = res.manifest["kl_reduction"]
+            console.print(
+                f"KL reduction toward the target: {kl['selected']:.4f} (random selection of the same size: {kl['random_same_size']:.4f})"
+            )
         console.print(f"outputs: [cyan]{res.path}[/]")
-        for name in ("data", "ledger", "quarantine"):
+        for name in ("data", "scores", "ledger", "quarantine", "report.md", "scores_hist.png"):
             if (res.path / name).exists():
-                console.print(f"  {name:<11} {res.path / name}")
-        console.print(f"  {'manifest':<11} {res.path / 'manifest.json'}")
+                console.print(f"  {name:<15} {res.path / name}")
+        console.print(f"  {'manifest':<15} {res.path / 'manifest.json'}")
 
 
-def _run(cfg: PipelineConfig) -> dict:
+def _run(cfg: PipelineConfig, only: list[str] | None = None) -> dict:
     from curamix.pipelines.session import get_spark
     from curamix.progress import spark_progress
     from curamix.runner import run_pipeline
@@ -92,7 +100,7 @@ def _run(cfg: PipelineConfig) -> dict:
         say(f"starting Spark ({cfg.spark.master})")
         spark = get_spark(cfg.spark)
         with spark_progress(spark, console):
-            results = run_pipeline(cfg, spark=spark, on_step=say)
+            results = run_pipeline(cfg, spark=spark, on_step=say, only=only)
     _results_table(results)
     return results
 
@@ -156,6 +164,84 @@ def run(
     with _friendly_errors():
         cfg = load_config(config, set_ or [])
         _run(cfg)
+
+
+score_app = typer.Typer(
+    help="Score the documents of a run (DSIR now; BETR with its issue).", no_args_is_help=True
+)
+app.add_typer(score_app, name="score")
+
+
+@score_app.command("dsir")
+def score_dsir(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder with a completed ingest.")],
+    target_domain: Annotated[
+        list[str] | None,
+        typer.Option("--target-domain", "-d", help="Pool domain used as target (repeatable)."),
+    ] = None,
+    target: Annotated[
+        list[str] | None,
+        typer.Option("--target", "-t", help="Target file, folder or glob (repeatable)."),
+    ] = None,
+    hash_mode: Annotated[
+        str, typer.Option(help="fast, or sha256 (bit-compatible with data-selection).")
+    ] = "fast",
+    num_buckets: Annotated[int, typer.Option(help="Hashed n-gram buckets.")] = 10_000,
+    ngrams: Annotated[int, typer.Option(help="Longest n-gram.")] = 2,
+    laplace: Annotated[float, typer.Option(help="Pseudo-count added to target buckets.")] = 0.0,
+    min_example_length: Annotated[
+        int, typer.Option(help="Shorter documents are never selected (tokens).")
+    ] = 100,
+    length_normalize: Annotated[
+        bool, typer.Option(help="Divide log weights by token count.")
+    ] = False,
+    chunk_tokens: Annotated[
+        int | None,
+        typer.Option(help="Score long documents as the mean of chunks of this many tokens."),
+    ] = None,
+    separate_targets: Annotated[
+        bool, typer.Option(help="One weight vector per target domain.")
+    ] = False,
+) -> None:
+    """Fit DSIR toward the targets and score every document of the run (Xie et al. 2023)."""
+    from curamix.runner import extend_run_config
+
+    with _friendly_errors():
+        section = {
+            "target_domains": target_domain or [],
+            "target_inputs": [{"path": str(Path(p).resolve())} for p in target or []],
+            "hash_mode": hash_mode,
+            "num_buckets": num_buckets,
+            "ngrams": ngrams,
+            "laplace": laplace,
+            "min_example_length": min_example_length,
+            "length_normalize": length_normalize,
+            "chunk_tokens": chunk_tokens,
+            "separate_targets": separate_targets,
+        }
+        _run(extend_run_config(run_dir, "dsir", section), only=["dsir"])
+
+
+@app.command("select")
+def select_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder with a completed scoring stage.")],
+    k: Annotated[int | None, typer.Option(help="Documents to select.")] = None,
+    fraction: Annotated[float | None, typer.Option(help="Share of the pool to select.")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the Gumbel noise (default: the run's).")
+    ] = None,
+    top_k: Annotated[bool, typer.Option("--top-k", help="Highest weights, no sampling.")] = False,
+) -> None:
+    """Select documents by importance resampling over the run's DSIR scores."""
+    from curamix.runner import extend_run_config
+
+    with _friendly_errors():
+        cfg = extend_run_config(run_dir, "select", {"k": k, "fraction": fraction, "top_k": top_k})
+        if seed is not None:
+            cfg = cfg.model_copy(update={"seed": seed})
+        results = _run(cfg, only=["select"])
+        report = results["select"].path / "report.md"
+        console.print(f"report: [cyan]{report}[/]")
 
 
 @app.command()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from curamix.config import ConfigError, PipelineConfig, dump_config, load_config
+from curamix.config import KNOWN_STAGES, ConfigError, PipelineConfig, dump_config, load_config
 from curamix.io.store import JobResult, load_completed, read_stages_index, write_json_atomic
 
 if TYPE_CHECKING:
@@ -25,6 +25,23 @@ def _stage_runners() -> dict[str, Callable[..., JobResult]]:
     from curamix.pipelines.select import run_select
 
     return {"ingest": run_ingest, "dsir": run_dsir, "select": run_select}
+
+
+def extend_run_config(run_dir: str | Path, stage: str, section: dict[str, Any]) -> PipelineConfig:
+    """The run's saved config with ``stage`` added to its stages and its section replaced."""
+    path = Path(run_dir) / RUN_CONFIG
+    if not path.is_file():
+        raise ConfigError(
+            f"no {RUN_CONFIG} in {run_dir}: run `curamix ingest` or `curamix run` there first"
+        )
+    import yaml
+
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data["stages"] = sorted(set(data.get("stages", [])) | {stage}, key=list(KNOWN_STAGES).index)
+    data[stage] = section
+    from curamix.config import build_config
+
+    return build_config(data, base_dir=run_dir, origin=f"{path} + command line")
 
 
 def stage_key(cfg: PipelineConfig, stage: str) -> str:
@@ -85,8 +102,10 @@ def run_pipeline(
     cfg: PipelineConfig,
     spark: SparkSession | None = None,
     on_step: Callable[[str], None] | None = None,
+    only: list[str] | None = None,
 ) -> dict[str, JobResult]:
-    """Run ``cfg.stages`` in order into ``cfg.run_dir``; finished stages are skipped."""
+    """Run ``cfg.stages`` (or the ``only`` ones among them) in order into ``cfg.run_dir``;
+    finished stages are skipped, and upstream stages not run here come from the run folder."""
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / f".{RUN_CONFIG}.tmp"
@@ -99,6 +118,8 @@ def run_pipeline(
     runners = _stage_runners()
     results: dict[str, JobResult] = {}
     for stage in cfg.stages:
+        if only is not None and stage not in only:
+            continue
         kwargs = {} if stage == "ingest" else {"upstream": results}
         results[stage] = runners[stage](spark, cfg, on_step=on_step, **kwargs)
     write_json_atomic(

@@ -44,3 +44,56 @@ def test_ingest_then_status(spark, tmp_path):
     assert rows[0]["counts"]["in"] == 11 and rows[0]["counts"]["quarantined"] == 1
     text = runner.invoke(app, ["status", str(tmp_path / "run")]).output
     assert "remaining: nothing" in text
+
+
+@pytest.mark.spark
+def test_score_dsir_then_select(spark, tmp_path):
+    rows = [
+        {"id": f"m{i}", "text": f"add {i} and {i + 1} to get {2 * i + 1} apples"} for i in range(30)
+    ]
+    rows += [
+        {"id": f"p{i}", "text": f"the poem number {i} sings of rivers and moons"} for i in range(30)
+    ]
+    write_jsonl(tmp_path / "in" / "pool.jsonl", rows)
+    write_jsonl(tmp_path / "target.jsonl", [{"text": "add 3 and 4 to get 7 apples"}])
+    assert (
+        runner.invoke(
+            app, ["ingest", str(tmp_path / "in"), "--run-dir", str(tmp_path / "run")]
+        ).exit_code
+        == 0
+    )
+    out = runner.invoke(
+        app,
+        [
+            "score",
+            "dsir",
+            str(tmp_path / "run"),
+            "--target",
+            str(tmp_path / "target.jsonl"),
+            "--min-example-length",
+            "0",
+            "--laplace",
+            "1",
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    assert "eligible" in out.output and "scores" in out.output
+    out = runner.invoke(app, ["select", str(tmp_path / "run"), "--k", "20", "--top-k"])
+    assert out.exit_code == 0, out.output
+    assert "report.md" in out.output and "KL reduction" in out.output
+    rows = json.loads(runner.invoke(app, ["status", str(tmp_path / "run"), "--json"]).output)
+    assert [(r["stage"], r["state"]) for r in rows] == [
+        ("ingest", "done"),
+        ("dsir", "done"),
+        ("select", "done"),
+    ]
+    import pyarrow.parquet as pq
+
+    from curamix.io.store import latest_result
+
+    picked = pq.read_table(latest_result(tmp_path / "run", "select").data_path, columns=["id"])[
+        "id"
+    ].to_pylist()
+    assert len(picked) == 20 and all(p.startswith("m") for p in picked)
+    bad = runner.invoke(app, ["select", str(tmp_path / "run"), "--k", "5", "--fraction", "0.1"])
+    assert bad.exit_code == 2 and "exactly one of k" in bad.output
