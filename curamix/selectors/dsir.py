@@ -5,9 +5,10 @@ weights, Gumbel top-k with per-document noise from (seed, id)) and a small estim
 :class:`DSIRSelector`, that a notebook, the Spark job and the tests all share.
 
 Two hash modes: ``sha256`` is bit-compatible with the reference package ``data-selection``
-(``int(sha256(gram).hexdigest(), 16) % num_buckets``); ``fast`` (the default) hashes each
-distinct word once with BLAKE2b-64 and derives bigram hashes arithmetically in numpy, so the
-buckets differ from the reference's only through hash collisions.
+(``int(sha256(gram).hexdigest(), 16) % num_buckets``); ``fast`` (the default) finds the same
+tokens on the code points of the text in numpy, hashes them with a vectorized 64-bit
+polynomial hash and derives n-gram hashes arithmetically, so its buckets differ from the
+reference's only through hash collisions.
 
 References
 ----------
@@ -72,23 +73,6 @@ class _Sha256Buckets:
         return np.fromiter(map(cache.__getitem__, grams), dtype=np.int64, count=len(grams))
 
 
-class _WordHashes:
-    """Memoized 64-bit BLAKE2b hashes of words (the fast mode's only per-word Python work)."""
-
-    def __init__(self):
-        self.cache: dict[str, int] = {}
-
-    def __call__(self, words: list[str]) -> np.ndarray:
-        cache = self.cache
-        if len(cache) > _CACHE_LIMIT:
-            cache.clear()
-        for w in set(words).difference(cache):
-            cache[w] = int.from_bytes(
-                hashlib.blake2b(w.encode("utf-8"), digest_size=8).digest(), "little"
-            )
-        return np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
-
-
 def _mix64(x: np.ndarray) -> np.ndarray:
     """SplitMix64 finalizer: a bijective mix of 64-bit integers (wrapping arithmetic)."""
     with np.errstate(over="ignore"):
@@ -99,14 +83,96 @@ def _mix64(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
-_HASHERS: dict[tuple[str, int], object] = {}
+_HASHERS: dict[tuple[str, int], _Sha256Buckets] = {}
 
 
-def _hasher(mode: HashMode, num_buckets: int):
-    key = (mode, num_buckets if mode == "sha256" else 0)
+def _hasher(mode: HashMode, num_buckets: int) -> _Sha256Buckets:
+    key = (mode, num_buckets)
     if key not in _HASHERS:
-        _HASHERS[key] = _Sha256Buckets(num_buckets) if mode == "sha256" else _WordHashes()
+        _HASHERS[key] = _Sha256Buckets(num_buckets)
     return _HASHERS[key]
+
+
+_WORD = regex.compile(r"\w", regex.UNICODE)
+_SPACE = regex.compile(r"\s", regex.UNICODE)
+_CP_CLASS: dict[int, int] = {}
+
+
+def _cp_class(cp: int) -> int:
+    """0 space, 1 word, 2 punctuation: a code point's class under the reference's regex engine."""
+    c = _CP_CLASS.get(cp)
+    if c is None:
+        ch = chr(cp)
+        c = _CP_CLASS[cp] = 1 if _WORD.fullmatch(ch) else (0 if _SPACE.fullmatch(ch) else 2)
+    return c
+
+
+_B = 0x100000001B3  # odd, so invertible mod 2^64
+_POW = np.ones(1, dtype=np.uint64)
+_IPOW = np.ones(1, dtype=np.uint64)
+_BMP_CLASS: np.ndarray | None = None
+
+
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """B^k and B^-k mod 2^64 for k < n (cached, grown on demand)."""
+    global _POW, _IPOW
+    if len(_POW) < n:
+        size = max(n, 2 * len(_POW))
+        pw = np.full(size, _B, dtype=np.uint64)
+        ipw = np.full(size, pow(_B, -1, 1 << 64), dtype=np.uint64)
+        pw[0] = ipw[0] = 1
+        with np.errstate(over="ignore"):
+            _POW = np.cumprod(pw, dtype=np.uint64)
+            _IPOW = np.cumprod(ipw, dtype=np.uint64)
+    return _POW[:n], _IPOW[:n]
+
+
+def _classes(cps: np.ndarray) -> np.ndarray:
+    """Class of every code point: one table lookup in the Basic Multilingual Plane."""
+    global _BMP_CLASS
+    if _BMP_CLASS is None:
+        _BMP_CLASS = np.array(
+            [_cp_class(c) if not 0xD800 <= c < 0xE000 else 2 for c in range(0x10000)], dtype=np.int8
+        )
+    out = _BMP_CLASS[np.minimum(cps, 0xFFFF)]
+    astral = np.flatnonzero(cps > 0xFFFF)
+    if len(astral):
+        out[astral] = [_cp_class(int(cp)) for cp in cps[astral]]
+    return out
+
+
+def _fast_token_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(64-bit token hashes in document order, document of each token) for the fast mode.
+
+    Tokens are the maximal runs of word or of punctuation code points of the lowercased text,
+    which is exactly what ``\\w+|[^\\w\\s]+`` finds. A token's hash is its polynomial
+    ``sum cp_j B^j`` (mod 2^64) from one prefix sum over the batch, shifted to start at j=0 by
+    B's inverse, then mixed with the length. All in numpy, with no Python per token."""
+    n = len(texts)
+    lows = [t.lower() for t in texts]
+    cps = np.frombuffer("\n".join(lows).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    if len(cps) == 0:
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+    c = _classes(cps)
+    change = np.empty(len(c), dtype=bool)
+    change[0] = True
+    np.not_equal(c[1:], c[:-1], out=change[1:])
+    run_starts = np.flatnonzero(change)
+    run_ends = np.append(run_starts[1:], len(c))
+    keep = c[run_starts] != 0
+    starts, ends = run_starts[keep], run_ends[keep]
+    if len(starts) == 0:
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+    pw, ipw = _powers(len(cps))
+    with np.errstate(over="ignore"):
+        prefix = np.cumsum(cps.astype(np.uint64) * pw, dtype=np.uint64)
+        before = np.where(starts > 0, prefix[np.maximum(starts - 1, 0)], np.uint64(0))
+        poly = (prefix[ends - 1] - before) * ipw[starts]
+        lengths = (ends - starts).astype(np.uint64)
+        h = _mix64(poly ^ (lengths * np.uint64(0xD6E8FEB86659FD93)))
+    doc_start = np.cumsum([0] + [len(s) + 1 for s in lows[:-1]])
+    per_doc = np.diff(np.append(np.searchsorted(starts, doc_start), len(starts)))
+    return h, np.repeat(np.arange(n, dtype=np.int64), per_doc)
 
 
 class Grams:
@@ -153,11 +219,16 @@ def batch_grams(
     cross a document (or chunk) boundary."""
     if hash_mode not in ("fast", "sha256"):
         raise ValueError(f"hash_mode must be 'fast' or 'sha256', got {hash_mode!r}")
-    toks = [tokenize(t) for t in texts]
     n = len(texts)
-    n_tokens = np.fromiter(map(len, toks), dtype=np.int64, count=n)
-    flat = list(chain.from_iterable(toks))
-    total = len(flat)
+    if hash_mode == "fast":
+        h, doc_of_tok = _fast_token_hashes(texts)
+        n_tokens = np.bincount(doc_of_tok, minlength=n).astype(np.int64)
+        flat: list[str] = []
+    else:
+        toks = [tokenize(t) for t in texts]
+        n_tokens = np.fromiter(map(len, toks), dtype=np.int64, count=n)
+        flat = list(chain.from_iterable(toks))
+    total = int(n_tokens.sum())
     if chunk_tokens:
         starts = (
             np.concatenate([[0], np.cumsum(n_tokens)[:-1]]).astype(np.int64)
@@ -182,7 +253,6 @@ def batch_grams(
         n_rows = n
     buckets, rows = [], []
     if hash_mode == "fast":
-        h = _hasher("fast", 0)(flat)
         buckets.append((h % np.uint64(num_buckets)).astype(np.int64))
         rows.append(seg)
         acc = h

@@ -58,6 +58,35 @@ def test_batches_do_not_leak_ngrams_across_documents():
     assert fast.sum(axis=1).ravel().tolist() == [[3, 3, 0]]
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Hello world, it's me é",
+        "x'₃⁴₅'y H₂O — “quoted” naïve_test",
+        "a\x1cb\x1fc KELVIN \u212a İstanbul",
+        "",
+        "   ",
+        "日本語。です",
+        "emoji 😀😀 ok 𝔘𝔫𝔦",
+    ],
+)
+def test_fast_tokens_are_wordpunct_tokens(text):
+    from nltk.tokenize import WordPunctTokenizer
+
+    from curamix.selectors.dsir import batch_grams
+
+    g = batch_grams([text], hash_mode="fast", ngrams=1)
+    assert g.n_tokens.tolist() == [len(WordPunctTokenizer().tokenize(text.lower()))]
+
+
+def test_fast_token_hash_does_not_depend_on_position():
+    from curamix.selectors.dsir import _fast_token_hashes
+
+    h1, _ = _fast_token_hashes(["naïve test"])
+    h2, _ = _fast_token_hashes(["a naïve test!", "x " * 700 + "naïve"])
+    assert h1[0] == h2[1] and h1[1] == h2[2] and h1[0] == h2[-1]
+
+
 def test_fast_mode_is_stable_and_spreads():
     c1, _, _ = ngram_counts(["the quick brown fox jumps"], num_buckets=1000)
     c2, _, _ = ngram_counts(["the quick brown fox jumps"], num_buckets=1000)
@@ -273,6 +302,7 @@ def test_parity_with_data_selection_on_the_real_corpus(corpus, tmp_path):
     # than its own) keeps 0.931 of its own selection here. Fast mode must do at least as well.
     fast = DSIRSelector(hash_mode="fast").fit(by_domain, raw_in_file_order)
     fscores, flengths = fast.score_batch(texts)
+    assert np.array_equal(flengths, lengths)  # same tokens on every document, only hashes differ
     fsel = fast.select(fscores, k, top_k=True, lengths=flengths)
     overlap_fast = len(set(fsel.tolist()) & set(mine.tolist())) / k
 
