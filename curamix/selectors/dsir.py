@@ -117,7 +117,7 @@ def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
     """B^k and B^-k mod 2^64 for k < n (cached, grown on demand)."""
     global _POW, _IPOW
     if len(_POW) < n:
-        size = max(n, 2 * len(_POW))
+        size = n
         pw = np.full(size, _B, dtype=np.uint64)
         ipw = np.full(size, pow(_B, -1, 1 << 64), dtype=np.uint64)
         pw[0] = ipw[0] = 1
@@ -141,7 +141,30 @@ def _classes(cps: np.ndarray) -> np.ndarray:
     return out
 
 
+_GROUP_CODEPOINTS = 1 << 22
+"""Code points hashed together: the power tables hold this many entries (32 MB each)."""
+
+
 def _fast_token_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(64-bit token hashes in document order, document of each token) for the fast mode;
+    documents are hashed in groups of at most ``_GROUP_CODEPOINTS`` code points."""
+    hs, ds = [], []
+    i, n = 0, len(texts)
+    while i < n:
+        j, size = i, 0
+        while j < n and (j == i or size + len(texts[j]) + 1 <= _GROUP_CODEPOINTS):
+            size += len(texts[j]) + 1
+            j += 1
+        h, d = _group_token_hashes(texts[i:j])
+        hs.append(h)
+        ds.append(d + i)
+        i = j
+    if not hs:
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(hs), np.concatenate(ds)
+
+
+def _group_token_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(64-bit token hashes in document order, document of each token) for the fast mode.
 
     Tokens are the maximal runs of word or of punctuation code points of the lowercased text,
@@ -163,7 +186,8 @@ def _fast_token_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     starts, ends = run_starts[keep], run_ends[keep]
     if len(starts) == 0:
         return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
-    pw, ipw = _powers(len(cps))
+    pw, ipw = _powers(max(len(cps), _GROUP_CODEPOINTS))
+    pw, ipw = pw[: len(cps)], ipw[: len(cps)]
     with np.errstate(over="ignore"):
         prefix = np.cumsum(cps.astype(np.uint64) * pw, dtype=np.uint64)
         before = np.where(starts > 0, prefix[np.maximum(starts - 1, 0)], np.uint64(0))
@@ -173,6 +197,12 @@ def _fast_token_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     doc_start = np.cumsum([0] + [len(s) + 1 for s in lows[:-1]])
     per_doc = np.diff(np.append(np.searchsorted(starts, doc_start), len(starts)))
     return h, np.repeat(np.arange(n, dtype=np.int64), per_doc)
+
+
+def _to_buckets(h: np.ndarray, num_buckets: int) -> np.ndarray:
+    """Map 64-bit hashes to [0, num_buckets) by multiply-shift on the high 32 bits (Lemire's
+    fast range reduction): uniform like a modulo, without 64-bit division."""
+    return (((h >> np.uint64(32)) * np.uint64(num_buckets)) >> np.uint64(32)).astype(np.int64)
 
 
 class Grams:
@@ -253,7 +283,7 @@ def batch_grams(
         n_rows = n
     buckets, rows = [], []
     if hash_mode == "fast":
-        buckets.append((h % np.uint64(num_buckets)).astype(np.int64))
+        buckets.append(_to_buckets(h, num_buckets))
         rows.append(seg)
         acc = h
         with np.errstate(over="ignore"):
@@ -262,7 +292,7 @@ def batch_grams(
                     acc[:-1] * np.uint64(0x9E3779B97F4A7C15) + h[order - 1 :] + np.uint64(order)
                 )
                 valid = seg[: total - order + 1] == seg[order - 1 :]
-                buckets.append((acc[valid] % np.uint64(num_buckets)).astype(np.int64))
+                buckets.append(_to_buckets(acc[valid], num_buckets))
                 rows.append(seg[: total - order + 1][valid])
     else:
         hasher = _hasher("sha256", num_buckets)
@@ -463,8 +493,8 @@ class DSIRSelector:
 
     # -- parameters
     def _check_params(self) -> None:
-        if not isinstance(self.num_buckets, int) or self.num_buckets < 1:
-            raise ValueError(f"num_buckets must be a positive int, got {self.num_buckets!r}")
+        if not isinstance(self.num_buckets, int) or not 1 <= self.num_buckets < 2**32:
+            raise ValueError(f"num_buckets must be an int in 1..2**32-1, got {self.num_buckets!r}")
         if not isinstance(self.ngrams, int) or self.ngrams < 1:
             raise ValueError(f"ngrams must be a positive int, got {self.ngrams!r}")
         if self.hash_mode not in ("fast", "sha256"):

@@ -156,3 +156,36 @@ def test_bad_inputs_name_the_value(spark, demo_run, tmp_path):
         build_config({"select": {"k": 3, "fraction": 0.1}, "stages": []}, use_env=False)
     with pytest.raises(Exception, match="DSIR needs a target"):
         build_config({"dsir": {}, "stages": []}, use_env=False)
+
+
+@pytest.mark.slow
+def test_same_selection_on_one_core(demo_run, tmp_path):
+    """The local[2] fixture run and a local[1] run in a fresh process select the same ids."""
+    import json
+    import subprocess
+    import sys
+
+    cfg, res = demo_run
+    one = cfg.model_copy(
+        update={
+            "run_dir": str(tmp_path / "run1"),
+            "spark": cfg.spark.model_copy(update={"master": "local[1]"}),
+        }
+    )
+    script = (
+        "import json, sys, pyarrow.parquet as pq\n"
+        "from curamix.config import PipelineConfig\n"
+        "from curamix.runner import run_pipeline\n"
+        "cfg = PipelineConfig.model_validate_json(sys.argv[1])\n"
+        "res = run_pipeline(cfg)\n"
+        "print('IDS=' + json.dumps(sorted(pq.read_table(res['select'].data_path, columns=['id'])['id'].to_pylist())))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, one.model_dump_json()],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    ids = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("IDS="))[4:])
+    assert ids == sorted(pq.read_table(res["select"].data_path, columns=["id"])["id"].to_pylist())

@@ -1,0 +1,145 @@
+"""DSIR fit + score throughput: data-selection (reference) vs curamix, same corpus, one run.
+
+    .venv/bin/python bench/bench_dsir.py [--data ../shared/data/corpus] [--scale 10] [--reference-at-scale]
+
+Raw = every document of the corpus, target = wiki + books (as in the parity test). Timed:
+fitting both n-gram distributions and computing every document's log weight. The reference
+runs with num_proc=2 on JSONL; curamix runs in-process (one core) in fast and sha256 modes,
+and as the Spark stage (local[2], on the ingested Parquet; ingest not timed). ``--scale N``
+repeats the corpus N times (ids made unique) to show scaling; the reference joins that run
+only with ``--reference-at-scale`` (about 50 s per corpus copy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+
+def load(data: str) -> tuple[list[str], list[str]]:
+    texts, domains = [], []
+    for f in sorted(Path(data).glob("*.jsonl.gz")):
+        with gzip.open(f) as fh:
+            rows = [json.loads(x) for x in fh]
+        texts += [r["text"] for r in rows]
+        domains += [f.name.removesuffix(".jsonl.gz")] * len(rows)
+    return texts, domains
+
+
+def write_jsonl(folder: Path, texts: list[str], domains: list[str], copies: int) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for d in sorted(set(domains)):
+        p = folder / f"{d}.jsonl"
+        with open(p, "w") as fh:
+            for c in range(copies):
+                for i, (t, x) in enumerate(zip(texts, domains, strict=True)):
+                    if x == d:
+                        fh.write(json.dumps({"id": f"{d}/{c}/{i}", "text": t}) + "\n")
+        paths.append(str(p))
+    return paths
+
+
+def bench_reference(paths: list[str], cache: Path) -> float:
+    from data_selection import HashedNgramDSIR
+
+    targets = [p for p in paths if Path(p).stem in ("wiki", "books")]
+    t = time.perf_counter()
+    ref = HashedNgramDSIR(paths, targets, str(cache), num_proc=2)
+    ref.fit_importance_estimator(num_tokens_to_fit="auto")
+    ref.compute_importance_weights()
+    return time.perf_counter() - t
+
+
+def bench_inprocess(texts: list[str], domains: list[str], mode: str) -> float:
+    from curamix.selectors.dsir import DSIRSelector
+
+    target = [t for t, d in zip(texts, domains, strict=True) if d in ("wiki", "books")]
+    t = time.perf_counter()
+    sel = DSIRSelector(hash_mode=mode).fit(target, texts)
+    sel.score_samples(texts, batch_size=4096)
+    return time.perf_counter() - t
+
+
+def bench_spark(folder: Path, run_dir: Path) -> tuple[float, int]:
+    from curamix.config import build_config
+    from curamix.pipelines.dsir import run_dsir
+    from curamix.pipelines.ingest import run_ingest
+    from curamix.pipelines.session import get_spark
+
+    cfg = build_config(
+        {
+            "run_dir": str(run_dir),
+            "spark": {"master": "local[2]"},
+            "stages": ["ingest", "dsir"],
+            "ingest": {"inputs": [{"path": str(folder)}]},
+            "dsir": {"target_domains": ["wiki", "books"]},
+        },
+        use_env=False,
+    )
+    spark = get_spark(cfg.spark)
+    ingest = run_ingest(spark, cfg)
+    # Warm the Python workers once (as a long-running session would be), then time.
+    warm = cfg.model_copy(update={"dsir": cfg.dsir.model_copy(update={"num_buckets": 10_001})})
+    run_dsir(spark, warm, upstream={"ingest": ingest})
+    t = time.perf_counter()
+    res = run_dsir(spark, cfg, upstream={"ingest": ingest})
+    return time.perf_counter() - t, res.counts["in"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "corpus")
+    )
+    ap.add_argument(
+        "--scale", type=int, default=10, help="also run on N copies of the corpus (0: skip)"
+    )
+    ap.add_argument("--reference-at-scale", action="store_true")
+    args = ap.parse_args()
+    texts, domains = load(args.data)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-dsir-"))
+    rows = []
+    try:
+        for copies in [1] + ([args.scale] if args.scale > 1 else []):
+            n = len(texts) * copies
+            folder = tmp / f"x{copies}"
+            paths = write_jsonl(folder, texts, domains, copies)
+            many_t, many_d = texts * copies, domains * copies
+            ref = (
+                bench_reference(paths, tmp / f"cache{copies}")
+                if copies == 1 or args.reference_at_scale
+                else None
+            )
+            fast = bench_inprocess(many_t, many_d, "fast")
+            sha = bench_inprocess(many_t, many_d, "sha256") if copies == 1 else None
+            spark_s, n_spark = bench_spark(folder, tmp / f"run{copies}")
+            assert n_spark == n
+            rows.append((copies, n, ref, fast, sha, spark_s))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"machine: {platform.node()} {os.cpu_count()} cores, python {platform.python_version()}")
+    print(f"{'docs':>8} {'tool':<34}{'seconds':>9}{'docs/s':>10}{'vs reference':>14}")
+    for _copies, n, ref, fast, sha, spark_s in rows:
+        ref_rate = n / ref if ref else None
+        for name, t in [
+            ("data-selection 1.0.3 (num_proc=2)", ref),
+            ("curamix in-process, fast, 1 core", fast),
+            ("curamix in-process, sha256, 1 core", sha),
+            ("curamix Spark local[2], fast", spark_s),
+        ]:
+            if t is None:
+                continue
+            ratio = f"{(n / t) / ref_rate:.1f}x" if ref_rate and name.startswith("curamix") else ""
+            print(f"{n:>8} {name:<34}{t:>9.1f}{n / t:>10.0f}{ratio:>14}")
+
+
+if __name__ == "__main__":
+    main()
