@@ -126,6 +126,9 @@ class DSIRConfig(CuramixModel):
     separate_targets: bool = False
     """One weight vector per target (named by the target's domain), quotas by token share."""
     target_proportions: dict[str, float] | None = None
+    cache_features: bool = True
+    """Keep each document's n-gram buckets from the counting pass (temporary disk of about the
+    text's size, 2 bytes per n-gram) so the scoring pass need not featurize again."""
 
     @model_validator(mode="after")
     def _has_target(self) -> DSIRConfig:

@@ -78,25 +78,53 @@ def _bincount(sel: DSIRSelector, texts: list[str]) -> tuple[np.ndarray, np.ndarr
     return np.bincount(g.buckets, minlength=sel.num_buckets), np.bincount(g.row, minlength=g.n_rows)
 
 
+def _order_blocks(buckets: np.ndarray, n_tokens: np.ndarray, ngrams: int) -> list[np.ndarray]:
+    """Split :func:`batch_grams` buckets into one block per n-gram order (unigrams first)."""
+    sizes = [int(np.maximum(n_tokens - o + 1, 0).sum()) for o in range(1, ngrams + 1)]
+    return np.split(buckets, np.cumsum(sizes)[:-1])
+
+
+def _order_rows(n_tokens: np.ndarray, ngrams: int) -> list[np.ndarray]:
+    """Document of every n-gram, per order: order o has max(n_tokens - o + 1, 0) per document."""
+    docs = np.arange(len(n_tokens), dtype=np.int64)
+    return [np.repeat(docs, np.maximum(n_tokens - o + 1, 0)) for o in range(1, ngrams + 1)]
+
+
 def count_part(
-    path: str, sel: DSIRSelector, max_tokens: int | None, target_domains: list[str]
+    path: str,
+    sel: DSIRSelector,
+    max_tokens: int | None,
+    target_domains: list[str],
+    cache_path: str | None = None,
 ) -> pa.Table:
     """Raw counts of one part (capped at ``max_tokens`` n-grams, stopping after the document
-    that crosses the cap) and the counts of its documents in ``target_domains``."""
+    that crosses the cap) and the counts of its documents in ``target_domains``. With
+    ``cache_path``, also save every document's n-gram buckets there for :func:`score_part`."""
     nb = sel.num_buckets
     raw = np.zeros(nb, dtype=np.int64)
     seen, n_raw, capped = 0, 0, False
     tgt: dict[str, list[Any]] = {}
     wanted = set(target_domains)
+    cache: list[list[np.ndarray]] = [
+        [] for _ in range(sel.ngrams + 1)
+    ]  # n_tokens, then one list per order
+    dtype = np.uint16 if nb <= 1 << 16 else np.uint32
     for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH, columns=["text", "domain"]):
         texts, domains = batch.column("text").to_pylist(), batch.column("domain").to_pylist()
+        if capped and not wanted and cache_path is None:
+            break
+        g = batch_grams(texts, nb, sel.ngrams, sel.hash_mode)
+        doc_of_gram = g.row  # no chunking here: rows are documents
+        if cache_path is not None:
+            cache[0].append(g.n_tokens.astype(np.int32))
+            for o, block in enumerate(_order_blocks(g.buckets, g.n_tokens, sel.ngrams), start=1):
+                cache[o].append(block.astype(dtype))
         if not capped:
-            g = batch_grams(texts, nb, sel.ngrams, sel.hash_mode)
-            per_doc = np.bincount(g.row, minlength=g.n_rows)
             if max_tokens is not None:
+                per_doc = np.bincount(doc_of_gram, minlength=g.n_rows)
                 over = np.nonzero(seen + np.cumsum(per_doc) > max_tokens)[0]
                 if len(over):
-                    raw += np.bincount(g.buckets[g.row <= over[0]], minlength=nb)
+                    raw += np.bincount(g.buckets[doc_of_gram <= over[0]], minlength=nb)
                     n_raw += int(over[0]) + 1
                     capped = True
                 else:
@@ -107,18 +135,43 @@ def count_part(
                 raw += np.bincount(g.buckets, minlength=nb)
                 n_raw += len(texts)
         if wanted:
+            dom = np.asarray(domains, dtype=object)
             for d in wanted.intersection(domains):
-                sub = [t for t, x in zip(texts, domains, strict=True) if x == d]
-                c, _ = _bincount(sel, sub)
+                is_d = dom == d
                 entry = tgt.setdefault(d, [np.zeros(nb, dtype=np.int64), 0])
-                entry[0] += c
-                entry[1] += len(sub)
+                entry[0] += np.bincount(g.buckets[is_d[doc_of_gram]], minlength=nb)
+                entry[1] += int(is_d.sum())
+    if cache_path is not None:
+        arrays = {"n_tokens": np.concatenate(cache[0]) if cache[0] else np.zeros(0, np.int32)}
+        for o in range(1, sel.ngrams + 1):
+            arrays[f"order{o}"] = np.concatenate(cache[o]) if cache[o] else np.zeros(0, dtype)
+        np.savez(cache_path, **arrays)
     rows = [{"kind": "raw", "name": "", "n_docs": n_raw, "counts": raw.tolist()}]
     rows += [
         {"kind": "target", "name": d, "n_docs": n, "counts": c.tolist()}
         for d, (c, n) in sorted(tgt.items())
     ]
     return pa.Table.from_pylist(rows, schema=COUNTS_SCHEMA)
+
+
+def cached_scores(sel: DSIRSelector, cache_path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(log weights, example lengths) of a part from its cached n-gram buckets; equal to
+    :meth:`DSIRSelector.score_batch` on the part's texts (without ``chunk_tokens``)."""
+    with np.load(cache_path) as z:
+        n_tokens = z["n_tokens"].astype(np.int64)
+        blocks = [z[f"order{o}"] for o in range(1, sel.ngrams + 1)]
+    n = len(n_tokens)
+    ld = np.atleast_2d(sel.log_diff_)
+    rows = _order_rows(n_tokens, sel.ngrams)
+    scores = np.zeros((n, len(ld)))
+    for r, b in zip(rows, blocks, strict=True):
+        for t in range(len(ld)):
+            scores[:, t] += np.bincount(r, weights=ld[t][b.astype(np.int64)], minlength=n)
+    grams = sum(np.maximum(n_tokens - o + 1, 0) for o in range(1, sel.ngrams + 1))
+    lengths = (grams + sel.ngrams * (sel.ngrams - 1) // 2) // sel.ngrams
+    if sel.length_normalize:
+        scores = scores / np.maximum(n_tokens, 1)[:, None]
+    return (scores[:, 0] if np.ndim(sel.log_diff_) == 1 else scores), lengths
 
 
 def count_target_unit(unit: ReadUnit, sel: DSIRSelector) -> pa.Table:
@@ -154,8 +207,11 @@ def score_columns(sel: DSIRSelector) -> list[str]:
     return [f"score__{n}" for n in sel.target_names_] if np.ndim(sel.log_diff_) == 2 else []
 
 
-def score_part(path: str, sel: DSIRSelector, out_dir: str, index: int) -> pa.Table:
-    """Score one part; write its scores and ledger parts; return per-domain sums."""
+def score_part(
+    path: str, sel: DSIRSelector, out_dir: str, index: int, cache_path: str | None = None
+) -> pa.Table:
+    """Score one part (from its cached n-gram buckets when ``cache_path`` is given); write its
+    scores and ledger parts; return per-domain sums."""
     extra = score_columns(sel)
     fields = [
         ("id", pa.string()),
@@ -174,11 +230,18 @@ def score_part(path: str, sel: DSIRSelector, out_dir: str, index: int) -> pa.Tab
             os.path.join(out_dir, "ledger", name), LEDGER_SCHEMA, compression="zstd"
         ) as lw,
     ):
-        for batch in pq.ParquetFile(path).iter_batches(
-            batch_size=BATCH, columns=["id", "text", "domain"]
-        ):
-            ids, texts, domains = (batch.column(c).to_pylist() for c in ("id", "text", "domain"))
-            scores, lengths = sel.score_batch(texts)
+        if cache_path is not None:
+            all_scores, all_lengths = cached_scores(sel, cache_path)
+        cols_read = ["id", "domain"] if cache_path is not None else ["id", "text", "domain"]
+        offset = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH, columns=cols_read):
+            ids, domains = batch.column("id").to_pylist(), batch.column("domain").to_pylist()
+            if cache_path is not None:
+                scores = all_scores[offset : offset + len(ids)]
+                lengths = all_lengths[offset : offset + len(ids)]
+                offset += len(ids)
+            else:
+                scores, lengths = sel.score_batch(batch.column("text").to_pylist())
             if scores.ndim == 2:
                 # One weight to report: the proportion-weighted mixture of the targets' weights.
                 main = np.log(
@@ -274,8 +337,20 @@ def run_dsir(
         )
         t = time.perf_counter()
         domains = list(dcfg.target_domains)
+        cache_dir = (
+            str(w.path("_features")) if dcfg.cache_features and not dcfg.chunk_tokens else None
+        )
+        if cache_dir:
+            os.makedirs(cache_dir)
+
+        def cache_of(i: int) -> str | None:
+            return os.path.join(cache_dir, f"part-{i:05d}.npz") if cache_dir else None
+
         counts = map_parts(
-            spark, parts, lambda i, p: count_part(p, sel, per_part_cap, domains), COUNTS_SCHEMA
+            spark,
+            parts,
+            lambda i, p: count_part(p, sel, per_part_cap, domains, cache_of(i)),
+            COUNTS_SCHEMA,
         )
         if targets:
             units = [u.to_json() for u in targets.units]
@@ -329,9 +404,13 @@ def run_dsir(
             os.makedirs(w.path(sub), exist_ok=True)
         out_dir = str(w.tmp)
         summary = map_parts(
-            spark, parts, lambda i, p: score_part(p, sel, out_dir, i), SUMMARY_SCHEMA
+            spark, parts, lambda i, p: score_part(p, sel, out_dir, i, cache_of(i)), SUMMARY_SCHEMA
         )
         timings["score_s"] = time.perf_counter() - t
+        if cache_dir:
+            import shutil
+
+            shutil.rmtree(cache_dir)
         per_domain: dict[str, dict[str, Any]] = {}
         for r in summary.to_pylist():
             e = per_domain.setdefault(r["domain"], {"n_docs": 0, "n_eligible": 0, "score_sum": 0.0})
