@@ -145,9 +145,12 @@ _GROUP_CODEPOINTS = 1 << 22
 """Code points hashed together: the power tables hold this many entries (32 MB each)."""
 
 
-def _fast_token_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def _fast_token_hashes(
+    texts: Sequence[str], words_only: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(64-bit token hashes in document order, document of each token) for the fast mode;
-    documents are hashed in groups of at most ``_GROUP_CODEPOINTS`` code points."""
+    documents are hashed in groups of at most ``_GROUP_CODEPOINTS`` code points. With
+    ``words_only``, punctuation separates tokens like whitespace (tokens are ``\\w+``)."""
     hs, ds = [], []
     i, n = 0, len(texts)
     while i < n:
@@ -155,7 +158,7 @@ def _fast_token_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         while j < n and (j == i or size + len(texts[j]) + 1 <= _GROUP_CODEPOINTS):
             size += len(texts[j]) + 1
             j += 1
-        h, d = _group_token_hashes(texts[i:j])
+        h, d = _group_token_hashes(texts[i:j], words_only)
         hs.append(h)
         ds.append(d + i)
         i = j
@@ -164,7 +167,9 @@ def _fast_token_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(hs), np.concatenate(ds)
 
 
-def _group_token_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def _group_token_hashes(
+    texts: Sequence[str], words_only: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(64-bit token hashes in document order, document of each token) for the fast mode.
 
     Tokens are the maximal runs of word or of punctuation code points of the lowercased text,
@@ -177,6 +182,8 @@ def _group_token_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     if len(cps) == 0:
         return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
     c = _classes(cps)
+    if words_only:
+        c = np.where(c == 2, np.int8(0), c)
     change = np.empty(len(c), dtype=bool)
     change[0] = True
     np.not_equal(c[1:], c[:-1], out=change[1:])

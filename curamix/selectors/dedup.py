@@ -1,0 +1,307 @@
+"""Deduplication kernels: normalization, exact keys, shingles, MinHash, LSH banding,
+candidate verification and connected components.
+
+Plain numpy functions; the Spark dedup job and the tests call them. MinHash follows Broder
+(1997); the band/row choice follows datasketch's weighted false-positive/false-negative
+integral; shingles are word n-grams (default 5) of the normalized text, as in datatrove and
+text-dedup.
+
+References
+----------
+Broder. "On the resemblance and containment of documents." SEQUENCES 1997.
+Leskovec, Rajaraman, Ullman. "Mining of Massive Datasets", ch. 3 (LSH banding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+from curamix.selectors.dsir import _fast_token_hashes, _mix64
+
+MERSENNE_61 = np.uint64((1 << 61) - 1)
+_WS = re.compile(r"\s+")
+
+
+def normalize(
+    text: str, *, nfkc: bool = True, lowercase: bool = True, collapse_whitespace: bool = True
+) -> str:
+    """NFKC, lowercase and whitespace collapsed (each optional): the text dedup compares."""
+    if nfkc:
+        text = unicodedata.normalize("NFKC", text)
+    if lowercase:
+        text = text.lower()
+    if collapse_whitespace:
+        text = _WS.sub(" ", text).strip()
+    return text
+
+
+def exact_key(text: str, **norm: bool) -> str:
+    """128-bit BLAKE2b hex digest of the normalized text: equal keys = exact duplicates."""
+    return hashlib.blake2b(
+        normalize(text, **norm).encode("utf-8", "surrogatepass"), digest_size=16
+    ).hexdigest()
+
+
+def shingle_hashes(
+    texts: Sequence[str], n: int = 5, unit: Literal["word", "char"] = "word", **norm: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """64-bit hashes of the n-gram shingles of each normalized text, with the document of each.
+
+    Word shingles are n consecutive ``\\w+`` tokens; char shingles n consecutive code points.
+    A text shorter than n units gets one shingle of all its units, and a text with none gets the
+    shingle of the empty string, so no document is ever without a signature.
+    """
+    if n < 1:
+        raise ValueError(f"n-gram size must be >= 1, got {n}")
+    if unit not in ("word", "char"):
+        raise ValueError(f"unit must be 'word' or 'char', got {unit!r}")
+    normed = [normalize(t, **norm) for t in texts]
+    if unit == "word":
+        h, doc = _fast_token_hashes(normed, words_only=True)
+    else:
+        parts = [
+            np.frombuffer(t.encode("utf-32-le", "surrogatepass"), dtype=np.uint32) for t in normed
+        ]
+        cps = np.concatenate(parts) if parts else np.zeros(0, np.uint32)
+        h = _mix64(cps.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(1))
+        doc = np.repeat(np.arange(len(normed), dtype=np.int64), [len(p) for p in parts])
+    n_docs = len(texts)
+    n_units = np.bincount(doc, minlength=n_docs)
+    total = len(h)
+    acc = h
+    orders = [acc]
+    with np.errstate(over="ignore"):
+        for order in range(2, n + 1):
+            acc = _mix64(
+                acc[:-1] * np.uint64(0x9E3779B97F4A7C15) + h[order - 1 :] + np.uint64(order)
+            )
+            orders.append(acc)
+    # Full n-gram shingles where all n units lie in one document.
+    full = orders[n - 1]
+    valid = doc[: total - n + 1] == doc[n - 1 :] if total >= n else np.zeros(0, dtype=bool)
+    out_h, out_d = [full[valid]], [doc[: total - n + 1][valid]]
+    # Short documents: one shingle of all their units (the order-k hash at their first unit).
+    short = np.flatnonzero((n_units > 0) & (n_units < n))
+    if len(short):
+        first = np.searchsorted(doc, short)
+        k = n_units[short]
+        out_h.append(
+            np.array(
+                [orders[kk - 1][f] for kk, f in zip(k.tolist(), first.tolist(), strict=True)],
+                dtype=np.uint64,
+            )
+        )
+        out_d.append(short)
+    empty = np.flatnonzero(n_units == 0)
+    if len(empty):
+        out_h.append(np.full(len(empty), np.uint64(0x5EED0E4D7E00E4D7), dtype=np.uint64))
+        out_d.append(empty)
+    hh, dd = np.concatenate(out_h), np.concatenate(out_d)
+    order = np.argsort(dd, kind="stable")
+    return hh[order], dd[order]
+
+
+def minhash_permutations(num_perm: int = 128, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients (a, b) of ``num_perm`` universal hashes ``(a x + b) mod (2^61 - 1)``,
+    a uniform in [1, p) and b in [0, p)."""
+    if num_perm < 1:
+        raise ValueError(f"num_perm must be >= 1, got {num_perm}")
+    rng = np.random.default_rng(seed)
+    p = int(MERSENNE_61)
+    a = rng.integers(1, p, size=num_perm, dtype=np.uint64)
+    b = rng.integers(0, p, size=num_perm, dtype=np.uint64)
+    return a, b
+
+
+_LOW29 = np.uint64((1 << 29) - 1)
+_LOW32 = np.uint64((1 << 32) - 1)
+
+
+def _reduce61(y: np.ndarray) -> np.ndarray:
+    """y mod (2^61 - 1) for y < 2^64, using 2^61 = 1 (mod p); result in [0, p]."""
+    return (y & MERSENNE_61) + (y >> np.uint64(61))
+
+
+def universal_hash(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(a x + b) mod (2^61 - 1)`` for 32-bit ``x`` (column) and 61-bit ``a``, ``b`` (row),
+    exactly, in uint64: a = a1 2^32 + a0, and a1 x 2^32 is folded with 2^61 = 1 (mod p)."""
+    a0, a1 = a & _LOW32, a >> np.uint64(32)
+    with np.errstate(over="ignore"):
+        lo = _reduce61(x * a0)  # x a0 < 2^64
+        t = x * a1  # < 2^61
+        mid = (t >> np.uint64(29)) + ((t & _LOW29) << np.uint64(32))  # = t 2^32 (mod p), < 2^62
+        y = _reduce61(_reduce61(lo + mid) + b)
+    return np.where(y >= MERSENNE_61, y - MERSENNE_61, y)
+
+
+def minhash_signatures(
+    shingles: np.ndarray,
+    doc: np.ndarray,
+    n_docs: int,
+    num_perm: int = 128,
+    seed: int = 1,
+    block: int = 1 << 15,
+) -> np.ndarray:
+    """(n_docs, num_perm) uint64 MinHash signatures from :func:`shingle_hashes` output
+    (shingles grouped by document, every document present)."""
+    a, b = minhash_permutations(num_perm, seed)
+    x = (shingles >> np.uint64(32)).astype(np.uint64)  # 32-bit shingle values
+    sig = np.full((n_docs, num_perm), np.iinfo(np.uint64).max, dtype=np.uint64)
+    for s in range(0, len(x), block):
+        xs, ds = x[s : s + block], doc[s : s + block]
+        y = universal_hash(xs[:, None], a[None, :], b[None, :])
+        starts = np.flatnonzero(np.r_[True, ds[1:] != ds[:-1]])
+        np.minimum.at(sig, ds[starts], np.minimum.reduceat(y, starts, axis=0))
+    return sig
+
+
+def _integrate(f, a: float, b: float, steps: int = 200) -> float:
+    xs = np.linspace(a, b, steps + 1)
+    ys = f(xs)
+    return float(np.sum((ys[1:] + ys[:-1]) * np.diff(xs)) / 2)
+
+
+def optimal_bands(
+    threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5
+) -> tuple[int, int]:
+    """(bands, rows) with bands * rows <= num_perm minimizing the weighted false-positive
+    (Jaccard below ``threshold`` hashed together) and false-negative probability mass, as
+    datasketch's ``_optimal_param`` does."""
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    best, best_err = (1, num_perm), float("inf")
+    for b in range(1, num_perm + 1):
+        for r in range(1, num_perm // b + 1):
+            fp = _integrate(lambda s, b=b, r=r: 1 - (1 - s**r) ** b, 0.0, threshold)
+            fn = _integrate(lambda s, b=b, r=r: 1 - (1 - (1 - s**r) ** b), threshold, 1.0)
+            err = fp * fp_weight + fn * fn_weight
+            if err < best_err:
+                best, best_err = (b, r), err
+    return best
+
+
+def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(n_docs, bands) uint64 keys: documents sharing a key in a band are candidates."""
+    n, p = signatures.shape
+    if bands * rows > p:
+        raise ValueError(f"bands x rows = {bands} x {rows} = {bands * rows} exceeds num_perm = {p}")
+    keys = np.zeros((n, bands), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(bands):
+            acc = np.full(n, np.uint64(j + 1), dtype=np.uint64)
+            for c in signatures[:, j * rows : (j + 1) * rows].T:
+                acc = _mix64(acc * np.uint64(0x9E3779B97F4A7C15) + c)
+            keys[:, j] = acc
+    return keys
+
+
+def star_edges(keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Candidate edges (i, j) as index pairs: in every (band, key) bucket, each member to the
+    member with the smallest id (a star, never all pairs)."""
+    _n, bands = keys.shape
+    rank = np.argsort(np.argsort(ids, kind="stable"), kind="stable")  # smaller id -> smaller rank
+    edges = []
+    for j in range(bands):
+        order = np.lexsort((rank, keys[:, j]))
+        k = keys[order, j]
+        new = np.r_[True, k[1:] != k[:-1]]
+        head = order[np.flatnonzero(new)][np.cumsum(new) - 1]
+        pair = np.stack([order, head], axis=1)
+        edges.append(pair[pair[:, 0] != pair[:, 1]])
+    e = np.concatenate(edges) if edges else np.zeros((0, 2), dtype=np.int64)
+    return np.unique(e, axis=0)
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Jaccard similarity of two shingle-hash sets."""
+    ua, ub = np.unique(a), np.unique(b)
+    inter = len(np.intersect1d(ua, ub, assume_unique=True))
+    union = len(ua) + len(ub) - inter
+    return inter / union if union else 1.0
+
+
+def connected_components(n: int, edges: np.ndarray) -> np.ndarray:
+    """Component label of each of ``n`` nodes: the smallest node index in its component."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components as cc
+
+    if len(edges) == 0:
+        return np.arange(n)
+    g = sp.coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    _, labels = cc(g, directed=False)
+    first = np.full(labels.max() + 1, n, dtype=np.int64)
+    np.minimum.at(first, labels, np.arange(n))
+    return first[labels]
+
+
+def verify_edges(
+    edges: np.ndarray, shingles: np.ndarray, doc: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate edges whose true shingle-set Jaccard is >= ``threshold``, with their Jaccard."""
+    if len(edges) == 0:
+        return edges, np.zeros(0)
+    starts = np.searchsorted(doc, np.arange(doc.max() + 2))
+    sets = {}
+
+    def shingle_set(i: int) -> np.ndarray:
+        if i not in sets:
+            sets[i] = np.unique(shingles[starts[i] : starts[i + 1]])
+        return sets[i]
+
+    sims = np.array([jaccard(shingle_set(i), shingle_set(j)) for i, j in edges.tolist()])
+    keep = sims >= threshold
+    return edges[keep], sims[keep]
+
+
+def minhash_dedup(
+    ids: Sequence[str],
+    texts: Sequence[str],
+    threshold: float = 0.8,
+    num_perm: int = 128,
+    n: int = 5,
+    bands: int | None = None,
+    rows: int | None = None,
+    verify: bool = True,
+    seed: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """In-process near-duplicate removal: (component representative index, Jaccard to it) for
+    every document. A document is kept when it is its own representative (the smallest id of
+    its component); the others duplicate their representative."""
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    if (bands is None) != (rows is None):
+        raise ValueError(f"give both bands and rows or neither (got bands={bands}, rows={rows})")
+    if bands is None:
+        # With verification, favour recall: exact Jaccard removes the extra candidates after.
+        bands, rows = optimal_bands(threshold, num_perm, *((0.05, 0.95) if verify else (0.5, 0.5)))
+    elif bands * rows != num_perm:
+        raise ValueError(f"bands x rows must equal num_perm: {bands} x {rows} != {num_perm}")
+    sh, doc = shingle_hashes(texts, n)
+    sig = minhash_signatures(sh, doc, len(texts), num_perm, seed)
+    id_arr = np.asarray(ids, dtype=object)
+    edges = star_edges(band_keys(sig, bands, rows), id_arr)
+    sims = np.ones(len(edges))
+    if verify:
+        edges, sims = verify_edges(edges, sh, doc, threshold)
+    # Representatives: the smallest id of each component.
+    order = np.argsort(id_arr, kind="stable")
+    rank = np.empty(len(ids), dtype=np.int64)
+    rank[order] = np.arange(len(ids))
+    labels = connected_components(len(ids), rank[edges] if len(edges) else edges)  # in rank space
+    rep = order[labels[rank]]
+    sim = np.ones(len(ids))
+    if len(edges):
+        best = {}
+        for (i, j), s in zip(edges.tolist(), sims.tolist(), strict=True):
+            for a, b_ in ((i, j), (j, i)):
+                if b_ == rep[a]:
+                    best[a] = max(best.get(a, 0.0), s)
+        for a, s in best.items():
+            sim[a] = s
+    return rep, sim
