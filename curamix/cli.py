@@ -33,6 +33,7 @@ err_console = Console(stderr=True, highlight=False)
 
 @contextmanager
 def _friendly_errors() -> Iterator[None]:
+    from curamix.pipelines.dedup import DedupGateError
     from curamix.pipelines.session import JavaMissingError
 
     try:
@@ -40,6 +41,9 @@ def _friendly_errors() -> Iterator[None]:
     except (ConfigError, JavaMissingError) as err:
         err_console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(2) from None
+    except DedupGateError as err:
+        err_console.print(f"[bold red]safety gate:[/] {err}")
+        raise typer.Exit(3) from None
 
 
 @contextmanager
@@ -84,7 +88,15 @@ def _results_table(results: dict) -> None:
                 f"KL reduction toward the target: {kl['selected']:.4f} (random selection of the same size: {kl['random_same_size']:.4f})"
             )
         console.print(f"outputs: [cyan]{res.path}[/]")
-        for name in ("data", "scores", "ledger", "quarantine", "report.md", "scores_hist.png"):
+        for name in (
+            "data",
+            "scores",
+            "ledger",
+            "quarantine",
+            "report.md",
+            "scores_hist.png",
+            "component_sizes.png",
+        ):
             if (res.path / name).exists():
                 console.print(f"  {name:<15} {res.path / name}")
         console.print(f"  {'manifest':<15} {res.path / 'manifest.json'}")
@@ -220,6 +232,53 @@ def score_dsir(
             "separate_targets": separate_targets,
         }
         _run(extend_run_config(run_dir, "dsir", section), only=["dsir"])
+
+
+@app.command("dedup")
+def dedup_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder with a completed ingest.")],
+    threshold: Annotated[float, typer.Option(help="Jaccard threshold of near duplicates.")] = 0.8,
+    ngram: Annotated[int, typer.Option(help="Shingle size (words or characters).")] = 5,
+    unit: Annotated[str, typer.Option(help="word or char shingles.")] = "word",
+    num_perm: Annotated[int, typer.Option(help="MinHash permutations.")] = 128,
+    bands: Annotated[int | None, typer.Option(help="LSH bands (default: optimal).")] = None,
+    rows: Annotated[int | None, typer.Option(help="LSH rows per band.")] = None,
+    scope: Annotated[str, typer.Option(help="global, or local (within each domain).")] = "global",
+    exact: Annotated[bool, typer.Option(help="Remove exact duplicates.")] = True,
+    near: Annotated[bool, typer.Option(help="Remove MinHash near duplicates.")] = True,
+    verify: Annotated[bool, typer.Option(help="Check candidates by exact Jaccard.")] = True,
+    domain_priority: Annotated[
+        list[str] | None,
+        typer.Option("--prefer-domain", help="Keep documents of this domain first (repeatable)."),
+    ] = None,
+    max_removal_rate: Annotated[
+        float, typer.Option(help="Fail when a domain would lose more than this share.")
+    ] = 0.5,
+    max_component_size: Annotated[
+        int, typer.Option(help="List components larger than this in the report.")
+    ] = 1000,
+) -> None:
+    """Remove exact and MinHash-LSH near duplicates, with verified clusters and safety gates."""
+    from curamix.runner import extend_run_config
+
+    with _friendly_errors():
+        section = {
+            "threshold": threshold,
+            "ngram": ngram,
+            "unit": unit,
+            "num_perm": num_perm,
+            "bands": bands,
+            "rows": rows,
+            "scope": scope,
+            "exact": exact,
+            "near": near,
+            "verify": verify,
+            "domain_priority": domain_priority or [],
+            "max_removal_rate": max_removal_rate,
+            "max_component_size": max_component_size,
+        }
+        results = _run(extend_run_config(run_dir, "dedup", section), only=["dedup"])
+        console.print(f"report: [cyan]{results['dedup'].path / 'report.md'}[/]")
 
 
 @app.command("select")

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "CURAMIX_"
-KNOWN_STAGES: tuple[str, ...] = ("ingest", "dsir", "select")
+KNOWN_STAGES: tuple[str, ...] = ("ingest", "dedup", "dsir", "select")
 """Stages in their run order; each later issue adds its own (dedup, dsir, ...)."""
 
 
@@ -107,6 +107,49 @@ class IngestConfig(CuramixModel):
     most ``max_doc_bytes``; chunk ids are ``<id>#<k>`` and ``meta.parent_id`` names the parent."""
 
 
+class DedupConfig(CuramixModel):
+    """Exact and MinHash-LSH near-duplicate removal (see docs/dedup.md)."""
+
+    exact: bool = True
+    near: bool = True
+    scope: Literal["global", "local"] = "global"
+    """``global``: across all domains; ``local``: within each domain (SlimPajama-DC)."""
+    threshold: float = Field(default=0.8, gt=0, le=1)
+    ngram: int = Field(default=5, ge=1)
+    unit: Literal["word", "char"] = "word"
+    num_perm: int = Field(default=128, ge=1)
+    bands: int | None = Field(default=None, ge=1)
+    rows: int | None = Field(default=None, ge=1)
+    verify: bool = True
+    """Drop candidate pairs whose true shingle Jaccard is below ``threshold``."""
+    seed: int = 1
+    nfkc: bool = True
+    lowercase: bool = True
+    collapse_whitespace: bool = True
+    domain_priority: list[str] = Field(default_factory=list)
+    """Keep rule: a document from an earlier domain of this list wins; then the smallest id."""
+    max_removal_rate: float = Field(default=0.5, gt=0, le=1)
+    """Gate: the stage fails when any domain loses more than this share of its documents."""
+    max_component_size: int = Field(default=1000, ge=2)
+    """Alarm: components larger than this are listed in the report with sample members."""
+    components: Literal["auto", "distributed", "single_task"] = "auto"
+    """Connected components: ``distributed`` large-star/small-star rounds, or union-find in
+    one Spark task; ``auto`` takes the one-task path up to ``single_task_max_edges`` edges."""
+    single_task_max_edges: int = Field(default=2_000_000, ge=0)
+
+    @model_validator(mode="after")
+    def _bands_rows(self) -> DedupConfig:
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError(
+                f"set both bands and rows, or neither (got bands={self.bands}, rows={self.rows})"
+            )
+        if self.bands is not None and self.bands * self.rows != self.num_perm:
+            raise ValueError(
+                f"bands x rows must equal num_perm: {self.bands} x {self.rows} != {self.num_perm}"
+            )
+        return self
+
+
 class DSIRConfig(CuramixModel):
     """DSIR scoring (Xie et al. 2023): fit hashed n-gram distributions of a target and of the
     pool, score every pool document with its log importance weight. Reference defaults."""
@@ -163,6 +206,7 @@ class PipelineConfig(CuramixModel):
     stages: list[str] = Field(default_factory=lambda: ["ingest"])
     spark: SparkConfig = Field(default_factory=SparkConfig)
     ingest: IngestConfig | None = None
+    dedup: DedupConfig | None = None
     dsir: DSIRConfig | None = None
     select: SelectConfig | None = None
 

@@ -20,11 +20,17 @@ RUN_CONFIG = "pipeline.yaml"
 
 
 def _stage_runners() -> dict[str, Callable[..., JobResult]]:
+    from curamix.pipelines.dedup import run_dedup
     from curamix.pipelines.dsir import run_dsir
     from curamix.pipelines.ingest import run_ingest
     from curamix.pipelines.select import run_select
 
-    return {"ingest": run_ingest, "dsir": run_dsir, "select": run_select}
+    return {"ingest": run_ingest, "dedup": run_dedup, "dsir": run_dsir, "select": run_select}
+
+
+def pool_stage(cfg: PipelineConfig) -> str:
+    """The stage whose documents scoring and selection read: dedup when the run dedups."""
+    return "dedup" if "dedup" in cfg.stages and cfg.dedup is not None else "ingest"
 
 
 def extend_run_config(run_dir: str | Path, stage: str, section: dict[str, Any]) -> PipelineConfig:
@@ -65,7 +71,11 @@ def stage_key(cfg: PipelineConfig, stage: str) -> str:
             if cfg.dsir.target_inputs
             else []
         )
-        return dsir_key(cfg, require_upstream(cfg, "ingest"), targets)
+        return dsir_key(cfg, require_upstream(cfg, pool_stage(cfg)), targets)
+    if stage == "dedup":
+        from curamix.pipelines.dedup import dedup_key
+
+        return dedup_key(cfg, require_upstream(cfg, "ingest"))
     if stage == "select":
         from curamix.pipelines.select import select_key
 

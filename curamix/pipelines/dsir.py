@@ -311,14 +311,14 @@ def run_dsir(
     upstream: dict[str, JobResult] | None = None,
 ) -> JobResult:
     """Fit DSIR on the run's ingested pool and targets, and score every pool document."""
-    from curamix.runner import require_upstream
+    from curamix.runner import pool_stage, require_upstream
 
     if cfg.dsir is None:
         raise ValueError("run_dsir needs a 'dsir:' section in the config")
     say = on_step or (lambda _msg: None)
     dcfg = cfg.dsir
     t0 = time.perf_counter()
-    ingest = require_upstream(cfg, "ingest", upstream)
+    ingest = require_upstream(cfg, pool_stage(cfg), upstream)
     targets = expand_inputs(IngestConfig(inputs=dcfg.target_inputs)) if dcfg.target_inputs else None
     key = dsir_key(cfg, ingest, targets.fingerprints if targets else [])
     done = load_completed(cfg.run_dir, STAGE, key)

@@ -131,7 +131,7 @@ def run_select(
     from pyspark.sql import functions as F
 
     from curamix.pipelines.dsir import MASKED_REASON, load_model, score_columns
-    from curamix.runner import require_upstream
+    from curamix.runner import pool_stage, require_upstream
 
     if cfg.select is None:
         raise ValueError("run_select needs a 'select:' section in the config")
@@ -139,7 +139,7 @@ def run_select(
     scfg = cfg.select
     t0 = time.perf_counter()
     scores = require_upstream(cfg, scfg.scores, upstream)
-    ingest = require_upstream(cfg, "ingest", upstream)
+    ingest = require_upstream(cfg, pool_stage(cfg), upstream)
     key = select_key(cfg, scores)
     done = load_completed(cfg.run_dir, STAGE, key)
     if done is not None:

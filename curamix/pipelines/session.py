@@ -76,6 +76,14 @@ def _package_zip() -> str:
     return name
 
 
+def local_cores(master: str) -> int:
+    """Worker threads of a ``local``, ``local[N]``, ``local[*]`` or ``local[N,F]`` master."""
+    m = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\s*\d+)?\])?", master.strip())
+    if not m or m.group(1) in (None, "*"):
+        return (os.cpu_count() or 1) if m and m.group(1) == "*" else 1
+    return int(m.group(1))
+
+
 def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
     """Build (or return the active) SparkSession from ``cfg``.
 
@@ -113,7 +121,7 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
         )
     if cfg.executor_memory:
         b = b.config("spark.executor.memory", cfg.executor_memory)
-    shuffle = cfg.shuffle_partitions or (2 * (os.cpu_count() or 2) if is_local else None)
+    shuffle = cfg.shuffle_partitions or (2 * local_cores(cfg.master) if is_local else None)
     if shuffle:
         b = b.config("spark.sql.shuffle.partitions", str(shuffle))
     if cfg.local_dir:

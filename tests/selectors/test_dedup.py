@@ -54,6 +54,25 @@ def test_universal_hash_is_exact_modular_arithmetic():
     assert np.array_equal(got, np.array(want, dtype=np.uint64))
 
 
+def test_numba_and_numpy_kernels_agree_exactly():
+    texts = [" ".join(f"w{(i * 7 + j) % 97}" for j in range(40 + i)) for i in range(30)] + ["", "x"]
+    h, d = shingle_hashes(texts)
+    fast = minhash_signatures(h, d, len(texts), num_perm=64, seed=3, backend="numba")
+    ref = minhash_signatures(h, d, len(texts), num_perm=64, seed=3, backend="numpy")
+    assert np.array_equal(fast, ref)
+    # And both equal the exact modular arithmetic, shingle by shingle.
+    a, b = minhash_permutations(64, seed=3)
+    p = (1 << 61) - 1
+    want = [
+        [
+            min((int(ai) * (int(x) >> 32) + int(bi)) % p for x in h[d == k])
+            for ai, bi in zip(a, b, strict=True)
+        ]
+        for k in (0, 31)
+    ]
+    assert fast[[0, 31]].tolist() == want
+
+
 def test_minhash_estimates_jaccard_without_bias():
     rng = np.random.default_rng(0)
     vocab = [f"w{i}" for i in range(5000)]

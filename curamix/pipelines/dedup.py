@@ -1,0 +1,606 @@
+"""Dedup job: exact and MinHash-LSH near-duplicate removal with verified clusters and gates.
+
+Spark glue over :mod:`curamix.selectors.dedup`:
+
+A. one task per ingest part: exact key, MinHash band keys and shingle hashes of each doc
+   (``_sig/``), with the same kernels a notebook calls;
+B. exact duplicates: per (scope, exact key) the best document (domain priority, then smallest
+   id) is kept; near duplicates among the rest: every LSH bucket becomes a star to its best
+   member, candidate edges are verified by true shingle Jaccard, connected components come
+   from large-star/small-star (:mod:`curamix.pipelines.components`), the best member of each
+   component is kept, and each removed doc's Jaccard to the kept one is measured;
+C. decisions are written partitioned by ingest part, and one task per part writes the kept
+   documents and the ledger, so the output does not depend on Spark's partitioning.
+
+Gates: a domain losing more than ``max_removal_rate`` fails the stage (naming the domain and
+its rate); components above ``max_component_size`` are listed with sample members; the share
+of removed documents whose Jaccard to their kept document is below the threshold (merged
+through a chain) is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curamix.config import DedupConfig, PipelineConfig, config_hash
+from curamix.io.store import JobResult, load_completed, stage_writer
+from curamix.pipelines.parts import map_parts, part_files
+from curamix.schema import DOC_SCHEMA, LEDGER_SCHEMA
+from curamix.selectors.dedup import (
+    band_keys,
+    exact_key,
+    minhash_signatures,
+    normalize,
+    optimal_bands,
+    shingle_hashes,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+STAGE = "dedup"
+SIG_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("domain", pa.string()),
+        ("_part", pa.int64()),
+        ("exact_key", pa.string()),
+        ("bands", pa.list_(pa.int64())),
+        ("shingles", pa.list_(pa.int64())),
+    ]
+)
+COUNT_SCHEMA = pa.schema([("domain", pa.string()), ("kind", pa.string()), ("n", pa.int64())])
+SLICE_ROWS = 2048
+
+
+class DedupGateError(RuntimeError):
+    """A safety gate stopped the stage (e.g. a domain would lose too much of its data)."""
+
+
+def bands_rows(cfg: DedupConfig) -> tuple[int, int]:
+    if cfg.bands is not None and cfg.rows is not None:
+        return cfg.bands, cfg.rows
+    # With verification, favour recall: exact Jaccard removes the extra candidates after.
+    return optimal_bands(cfg.threshold, cfg.num_perm, *((0.05, 0.95) if cfg.verify else (0.5, 0.5)))
+
+
+def check_doc_schema(parts: list[str]) -> None:
+    """Raise ValueError naming the file and the missing columns unless every part has the
+    document schema's ``id``, ``text`` and ``domain`` (strings)."""
+    for path in parts:
+        schema = pq.read_schema(path)
+        missing = [c for c in ("id", "text", "domain") if c not in schema.names]
+        wrong = [
+            c
+            for c in ("id", "text", "domain")
+            if c in schema.names
+            and not (
+                pa.types.is_string(schema.field(c).type)
+                or pa.types.is_large_string(schema.field(c).type)
+            )
+        ]
+        if missing or wrong:
+            raise ValueError(
+                f"{path} does not have the document schema (id, text, domain as strings): "
+                + (f"missing {missing}" if missing else "")
+                + (f" wrong type for {wrong}" if wrong else "")
+            )
+
+
+def slices(parts: list[str], rows: int = SLICE_ROWS) -> list[str]:
+    """Work units of phase A: ``path|part index|first row|row count``, at most ``rows`` rows
+    each, so one big ingest part still spreads over all cores."""
+    out = []
+    for index, path in enumerate(parts):
+        n = pq.ParquetFile(path).metadata.num_rows
+        out += [f"{path}|{index}|{start}|{min(rows, n - start)}" for start in range(0, n, rows)]
+    return out
+
+
+def _read_rows(path: str, start: int, count: int, columns: list[str]) -> pa.Table:
+    """Rows [start, start + count) of a Parquet file, reading only the row groups they span."""
+    f = pq.ParquetFile(path)
+    groups, first, offset = [], None, 0
+    for g in range(f.metadata.num_row_groups):
+        n = f.metadata.row_group(g).num_rows
+        if offset + n > start and offset < start + count:
+            groups.append(g)
+            first = offset if first is None else first
+        offset += n
+    return f.read_row_groups(groups, columns=columns).slice(start - (first or 0), count)
+
+
+def signature_slice(payload: str, index: int, out_dir: str, cfg: DedupConfig) -> pa.Table:
+    """Phase A for one slice: exact keys, LSH band keys and shingle hashes of its documents."""
+    path, part, start, count = payload.rsplit("|", 3)
+    t = _read_rows(path, int(start), int(count), ["id", "text", "domain"])
+    texts = t.column("text").to_pylist()
+    normed = [
+        normalize(
+            x, nfkc=cfg.nfkc, lowercase=cfg.lowercase, collapse_whitespace=cfg.collapse_whitespace
+        )
+        for x in texts
+    ]
+    sh, doc = shingle_hashes(normed, cfg.ngram, cfg.unit, normalized=True)
+    b, r = bands_rows(cfg)
+    keys = band_keys(minhash_signatures(sh, doc, len(texts), cfg.num_perm, cfg.seed), b, r)
+    offsets = np.searchsorted(doc, np.arange(len(texts) + 1)).astype(np.int32)
+    table = pa.table(
+        {
+            "id": t.column("id"),
+            "domain": t.column("domain"),
+            "_part": pa.array(np.full(len(texts), int(part), dtype=np.int64)),
+            "exact_key": [exact_key(x, normalized=True) for x in normed],
+            "bands": pa.FixedSizeListArray.from_arrays(keys.view(np.int64).ravel(), b).cast(
+                pa.list_(pa.int64())
+            ),
+            "shingles": pa.ListArray.from_arrays(pa.array(offsets), pa.array(sh.view(np.int64))),
+        },
+        schema=SIG_SCHEMA,
+    )
+    pq.write_table(table, os.path.join(out_dir, f"part-{index:05d}.parquet"), compression="zstd")
+    domains, n = np.unique(
+        np.array(t.column("domain").to_pylist(), dtype=object), return_counts=True
+    )
+    return pa.table(
+        {"domain": domains.tolist(), "kind": ["in"] * len(n), "n": n.astype(np.int64)},
+        schema=COUNT_SCHEMA,
+    )
+
+
+def _jaccard_fn(batches):
+    """mapInArrow: Jaccard of the ``a`` and ``b`` shingle lists of each row."""
+    for batch in batches:
+        a, b = batch.column("a"), batch.column("b")
+        out = np.empty(batch.num_rows)
+        for i in range(batch.num_rows):
+            x = np.unique(np.asarray(a[i].values))
+            y = np.unique(np.asarray(b[i].values))
+            inter = len(np.intersect1d(x, y, assume_unique=True))
+            union = len(x) + len(y) - inter
+            out[i] = inter / union if union else 1.0
+        yield pa.RecordBatch.from_arrays(
+            [batch.column("u"), batch.column("v"), pa.array(out)], names=["u", "v", "sim"]
+        )
+
+
+def _with_jaccard(pairs: DataFrame, sig: DataFrame) -> DataFrame:
+    """(u, v, sim) for node pairs (u, v): the exact Jaccard of their shingle sets (``sig`` has
+    ``_node`` and ``shingles``)."""
+    from pyspark.sql import functions as F
+
+    sh = sig.select(F.col("_node").alias("id"), "shingles")
+    joined = (
+        pairs.join(sh.select(F.col("id").alias("u"), F.col("shingles").alias("a")), "u")
+        .join(sh.select(F.col("id").alias("v"), F.col("shingles").alias("b")), "v")
+        .select("u", "v", "a", "b")
+    )
+    return joined.mapInArrow(_jaccard_fn, "u string, v string, sim double")
+
+
+def finish_part(path: str, index: int, out_dir: str, decisions_dir: str) -> pa.Table:
+    """Phase C for one ingest part: write its kept documents and its ledger."""
+    docs = pq.read_table(path)
+    folder = os.path.join(decisions_dir, f"_part={index}")
+    if os.path.isdir(folder) and any(f.endswith(".parquet") for f in os.listdir(folder)):
+        dec = pq.read_table(folder, columns=["id", "reason", "ref_id", "sim"]).to_pylist()
+    else:
+        dec = []
+    removed = {d["id"]: d for d in dec}
+    keep = pa.array([i not in removed for i in docs["id"].to_pylist()])
+    pq.write_table(
+        docs.filter(keep).select(DOC_SCHEMA.names),
+        os.path.join(out_dir, "data", f"part-{index:05d}.parquet"),
+        compression="zstd",
+    )
+    ids = docs["id"].to_pylist()
+    ledger = pa.table(
+        {
+            "id": ids,
+            "stage": [STAGE] * len(ids),
+            "decision": ["removed" if i in removed else "kept" for i in ids],
+            "reason": [removed[i]["reason"] if i in removed else None for i in ids],
+            "score": [removed[i]["sim"] if i in removed else None for i in ids],
+            "ref_id": [removed[i]["ref_id"] if i in removed else None for i in ids],
+        },
+        schema=LEDGER_SCHEMA,
+    )
+    pq.write_table(
+        ledger, os.path.join(out_dir, "ledger", f"part-{index:05d}.parquet"), compression="zstd"
+    )
+    counts: dict[tuple[str, str], int] = {}
+    for d, i in zip(docs["domain"].to_pylist(), ids, strict=True):
+        kind = removed[i]["reason"] if i in removed else "kept"
+        counts[(d, kind)] = counts.get((d, kind), 0) + 1
+    return pa.Table.from_pylist(
+        [{"domain": d, "kind": k, "n": n} for (d, k), n in sorted(counts.items())],
+        schema=COUNT_SCHEMA,
+    )
+
+
+def dedup_key(cfg: PipelineConfig, ingest: JobResult) -> str:
+    return config_hash(STAGE, cfg.dedup, ingest.manifest_hash)
+
+
+PRIO_WIDTH = 6
+
+
+def _node(prio_col, id_col):
+    """Node name whose string order is (domain priority, id): components keep the best one.
+    The id is ``substring(node, PRIO_WIDTH + 2)``."""
+    from pyspark.sql import functions as F
+
+    return F.concat(F.lpad(prio_col.cast("string"), PRIO_WIDTH, "0"), F.lit("\u0001"), id_col)
+
+
+def _node_id(col):
+    from pyspark.sql import functions as F
+
+    return F.expr(f"substring({col}, {PRIO_WIDTH + 2})")
+
+
+def _timed(timings: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
+    t = time.perf_counter()
+    out = fn()
+    timings[name] = round(time.perf_counter() - t, 3)
+    return out
+
+
+def run_dedup(
+    spark: SparkSession,
+    cfg: PipelineConfig,
+    on_step: Callable[[str], None] | None = None,
+    upstream: dict[str, JobResult] | None = None,
+) -> JobResult:
+    """Remove exact and near duplicates from the run's ingested documents."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from curamix.pipelines.components import connected_components, connected_components_single_task
+    from curamix.runner import require_upstream
+
+    if cfg.dedup is None:
+        raise ValueError("run_dedup needs a 'dedup:' section in the config")
+    dc = cfg.dedup
+    say = on_step or (lambda _msg: None)
+    t0 = time.perf_counter()
+    ingest = require_upstream(cfg, "ingest", upstream)
+    key = dedup_key(cfg, ingest)
+    done = load_completed(cfg.run_dir, STAGE, key)
+    if done is not None:
+        say(f"dedup: skipped, already complete at {done.path}")
+        return done
+    parts = part_files(ingest.data_path)
+    check_doc_schema(parts)
+    b, r = bands_rows(dc)
+    timings: dict[str, float] = {}
+    with stage_writer(cfg.run_dir, STAGE, key) as w:
+        sig_dir, dec_dir = str(w.path("_sig")), str(w.path("_decisions"))
+        os.makedirs(sig_dir)
+        work = slices(parts)
+        say(
+            f"dedup: MinHash signatures of {ingest.counts.get('out', '?')} documents in {len(work)} tasks "
+            f"({dc.num_perm} permutations, {b} bands x {r} rows, {dc.ngram}-{dc.unit} shingles)"
+        )
+        seen = _timed(
+            timings,
+            "signatures_s",
+            lambda: map_parts(
+                spark, work, lambda i, p: signature_slice(p, i, sig_dir, dc), COUNT_SCHEMA
+            ),
+        )
+
+        prio_expr = F.lit(len(dc.domain_priority))
+        for k, d in reversed(list(enumerate(dc.domain_priority))):
+            prio_expr = F.when(F.col("domain") == d, F.lit(k)).otherwise(prio_expr)
+        raw = spark.read.parquet(sig_dir).withColumn("_node", _node(prio_expr, F.col("id")))
+        meta = raw.select(
+            "_node",
+            "id",
+            "domain",
+            "_part",
+            "exact_key",
+            "bands",
+            (F.col("domain") if dc.scope == "local" else F.lit("")).alias("_scope"),
+        ).cache()
+
+        # Exact duplicates: the best document of each (scope, normalized text) group stays.
+        if dc.exact:
+            say("dedup: exact duplicates")
+            by_key = Window.partitionBy("_scope", "exact_key").orderBy("_node")
+            ex = meta.withColumn("_rep", F.first("_node").over(by_key)).cache()
+            exact_pairs = ex.filter(F.col("_node") != F.col("_rep")).select("_node", "_rep")
+            survivors = ex.filter(F.col("_node") == F.col("_rep"))
+        else:
+            exact_pairs = spark.createDataFrame([], "_node string, _rep string")
+            survivors = meta
+        # Near duplicates: LSH stars -> verified edges -> connected components.
+        near_pairs = spark.createDataFrame([], "_node string, _rep string, sim double")
+        n_candidates = n_verified = 0
+        if dc.near:
+            say("dedup: LSH candidate pairs")
+            buckets = survivors.select(
+                "_scope", "_node", F.posexplode("bands").alias("_band", "_key")
+            )
+            by_bucket = Window.partitionBy("_scope", "_band", "_key")
+            cand = (
+                buckets.withColumn("_center", F.min("_node").over(by_bucket))
+                .filter(F.col("_node") != F.col("_center"))
+                .select(F.col("_node").alias("u"), F.col("_center").alias("v"))
+                .distinct()
+                .cache()
+            )
+            n_candidates = _timed(timings, "candidates_s", cand.count)
+            nodes = (
+                cand.select(F.col("u").alias("_node"))
+                .union(cand.select(F.col("v").alias("_node")))
+                .distinct()
+            )
+            shingles = raw.select("_node", "shingles").join(nodes, "_node", "left_semi").cache()
+            if dc.verify:
+                say(f"dedup: verifying {n_candidates} candidate pairs by exact Jaccard")
+                edges = (
+                    _with_jaccard(cand, shingles)
+                    .filter(F.col("sim") >= dc.threshold)
+                    .select("u", "v")
+                    .cache()
+                )
+            else:
+                edges = cand
+            n_verified = _timed(timings, "verify_s", edges.count)
+            single = dc.components == "single_task" or (
+                dc.components == "auto" and n_verified <= dc.single_task_max_edges
+            )
+            say(
+                f"dedup: connected components of {n_verified} edges ({'one task' if single else 'large-star/small-star rounds'})"
+            )
+            cc = connected_components_single_task if single else connected_components
+            comps = cc(edges).cache()
+            _timed(timings, "components_s", comps.count)
+            members = comps.filter(F.col("node") != F.col("component"))
+            sims = _with_jaccard(
+                members.select(F.col("node").alias("u"), F.col("component").alias("v")), shingles
+            )
+            near_pairs = sims.select(F.col("u").alias("_node"), F.col("v").alias("_rep"), "sim")
+        # Final decisions: an exact duplicate of a near-removed document points to its kept one.
+        near_pairs = near_pairs.cache()
+        resolved = exact_pairs.join(
+            near_pairs.select(F.col("_node").alias("_rep"), F.col("_rep").alias("_final"), "sim"),
+            "_rep",
+            "left",
+        ).select(
+            "_node",
+            F.coalesce("_final", "_rep").alias("_rep"),
+            F.coalesce("sim", F.lit(1.0)).alias("sim"),
+            F.lit("exact_duplicate").alias("reason"),
+        )
+        dec = (
+            resolved.unionByName(near_pairs.withColumn("reason", F.lit("near_duplicate")))
+            .join(meta.select("_node", "id", "domain", "_part"), "_node")
+            .join(
+                meta.select(F.col("_node").alias("_rep"), F.col("domain").alias("ref_domain")),
+                "_rep",
+            )
+            .select(
+                "id",
+                "_part",
+                "domain",
+                "reason",
+                _node_id("_rep").alias("ref_id"),
+                "sim",
+                "ref_domain",
+            )
+            .cache()
+        )
+        say("dedup: decisions and gates")
+
+        # Counts, component sizes and gates, from small aggregates.
+        per_domain: dict[str, dict[str, Any]] = {}
+        for row in seen.to_pylist():
+            e = per_domain.setdefault(
+                row["domain"],
+                {"in": 0, "kept": 0, "exact_duplicate": 0, "near_duplicate": 0, "cross_domain": 0},
+            )
+            e["in"] += row["n"]
+            e["kept"] += row["n"]
+        n_in = sum(e["in"] for e in per_domain.values())
+        below = 0
+        cross = (F.col("domain") != F.col("ref_domain")).alias("cross")
+        low = ((F.col("reason") == "near_duplicate") & (F.col("sim") < dc.threshold)).alias("below")
+        for row in dec.groupBy("domain", "reason", cross, low).count().collect():
+            e = per_domain[row["domain"]]
+            e[row["reason"]] += row["count"]
+            e["kept"] -= row["count"]
+            e["cross_domain"] += row["count"] if row["cross"] else 0
+            below += row["count"] if row["below"] else 0
+        n_removed = sum(e["in"] - e["kept"] for e in per_domain.values())
+        for e in per_domain.values():
+            e["removed"] = e["exact_duplicate"] + e["near_duplicate"]
+            e["removal_rate"] = e["removed"] / max(e["in"], 1)
+        sizes = dec.groupBy("ref_id").agg((F.count("*") + 1).alias("size"))
+        comp_sizes = [x.asDict() for x in sizes.groupBy("size").count().orderBy("size").collect()]
+        big_components = []
+        if any(c["size"] > dc.max_component_size for c in comp_sizes):
+            for row in (
+                sizes.filter(F.col("size") > dc.max_component_size)
+                .orderBy(F.desc("size"), "ref_id")
+                .limit(20)
+                .collect()
+            ):
+                sample = [
+                    x["id"]
+                    for x in dec.filter(F.col("ref_id") == row["ref_id"])
+                    .orderBy("id")
+                    .limit(5)
+                    .collect()
+                ]
+                big_components.append(
+                    {"kept": row["ref_id"], "size": row["size"], "sample_members": sample}
+                )
+        near_removed = sum(e["near_duplicate"] for e in per_domain.values())
+        n_kept = n_in - n_removed
+        if n_in != ingest.counts.get("out", n_in):
+            raise RuntimeError(
+                f"dedup read {n_in} documents, but ingest wrote {ingest.counts.get('out')}"
+            )
+        gates = {
+            "max_removal_rate": dc.max_removal_rate,
+            "domains_over_rate": {
+                d: round(e["removal_rate"], 4)
+                for d, e in sorted(per_domain.items())
+                if e["removal_rate"] > dc.max_removal_rate
+            },
+            "max_component_size": dc.max_component_size,
+            "components_over_size": big_components,
+            "removed_below_threshold": below,
+            "removed_below_threshold_share": below / near_removed if near_removed else 0.0,
+        }
+        manifest = {
+            "config": dc.model_dump(mode="json"),
+            "config_hash": config_hash(dc),
+            "inputs": {"manifests": {"ingest": ingest.manifest_hash}},
+            "lsh": {
+                "bands": b,
+                "rows": r,
+                "candidate_edges": n_candidates,
+                "verified_edges": n_verified,
+            },
+            "counts": {
+                "in": n_in,
+                "kept": n_kept,
+                "out": n_kept,
+                "removed": n_removed,
+                "quarantined": 0,
+                "removed_reasons": {
+                    "exact_duplicate": n_removed - near_removed,
+                    "near_duplicate": near_removed,
+                },
+                "cross_domain_removed": sum(e["cross_domain"] for e in per_domain.values()),
+                "per_domain": dict(sorted(per_domain.items())),
+            },
+            "component_sizes": comp_sizes,
+            "gates": gates,
+            "timings": timings,
+            "outputs": {
+                "data": "data",
+                "ledger": "ledger",
+                "report": "report.md",
+                "plot": "component_sizes.png",
+            },
+        }
+        _plot_sizes(comp_sizes, str(w.path("component_sizes.png")))
+        w.path("report.md").write_text(_report(manifest), encoding="utf-8")
+        if gates["domains_over_rate"]:
+            worst = ", ".join(f"{d}: {rate:.1%}" for d, rate in gates["domains_over_rate"].items())
+            kept_report = os.path.join(cfg.run_dir, f"{STAGE}-{key}.gate-failed.md")
+            shutil.copyfile(w.path("report.md"), kept_report)
+            raise DedupGateError(
+                f"dedup would remove more than dedup.max_removal_rate={dc.max_removal_rate:.0%} of domain(s) {worst}. "
+                f"See {kept_report} (largest components: templated documents?); raise dedup.max_removal_rate to accept."
+            )
+
+        say("dedup: writing kept documents and the ledger")
+        t = time.perf_counter()
+        dec.select("id", "_part", "reason", "ref_id", "sim").write.partitionBy("_part").parquet(
+            dec_dir
+        )
+        for sub in ("data", "ledger"):
+            os.makedirs(w.path(sub))
+        out_dir = str(w.tmp)
+        counts = map_parts(
+            spark, parts, lambda i, p: finish_part(p, i, out_dir, dec_dir), COUNT_SCHEMA
+        )
+        timings["write_s"] = round(time.perf_counter() - t, 3)
+        written: dict[tuple[str, str], int] = {}
+        for x in counts.to_pylist():
+            written[(x["domain"], x["kind"])] = written.get((x["domain"], x["kind"]), 0) + x["n"]
+        for d, e in per_domain.items():
+            got = (
+                written.get((d, "kept"), 0),
+                written.get((d, "exact_duplicate"), 0),
+                written.get((d, "near_duplicate"), 0),
+            )
+            if got != (e["kept"], e["exact_duplicate"], e["near_duplicate"]):
+                raise RuntimeError(
+                    f"dedup accounting mismatch in domain {d!r}: wrote {got}, decided {e}"
+                )
+        for df in (meta, dec, near_pairs):
+            df.unpersist()
+        shutil.rmtree(sig_dir)
+        shutil.rmtree(dec_dir)
+        timings["total_s"] = round(time.perf_counter() - t0, 3)
+        result = w.commit(json.loads(json.dumps(manifest, default=float)))
+    say(
+        f"dedup: kept {n_kept} of {n_in} documents ({n_removed} duplicates removed) -> {result.path}"
+    )
+    return result
+
+
+def _plot_sizes(sizes: list[dict[str, Any]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if sizes:
+        ax.bar([s["size"] for s in sizes], [s["count"] for s in sizes], width=0.8)
+        ax.set_yscale("log")
+        if max(s["size"] for s in sizes) > 50:
+            ax.set_xscale("log")
+    ax.set_xlabel("near-duplicate component size (documents)")
+    ax.set_ylabel("components")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _report(m: dict[str, Any]) -> str:
+    c, g = m["counts"], m["gates"]
+    lines = [
+        "# Dedup report",
+        "",
+        f"{c['removed']} of {c['in']} documents removed: {c['removed_reasons']['exact_duplicate']} exact, "
+        f"{c['removed_reasons']['near_duplicate']} near duplicates (scope: {m['config']['scope']}, threshold "
+        f"{m['config']['threshold']}, {m['lsh']['bands']} bands x {m['lsh']['rows']} rows). "
+        f"{c['cross_domain_removed']} removed documents duplicate a document of another domain.",
+        "",
+        f"LSH: {m['lsh']['candidate_edges']} candidate edges, {m['lsh']['verified_edges']} verified.",
+        "",
+        "| domain | in | kept | exact | near | removal rate |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for d, e in c["per_domain"].items():
+        flag = " **over the gate**" if d in g["domains_over_rate"] else ""
+        lines.append(
+            f"| {d} | {e['in']} | {e['kept']} | {e['exact_duplicate']} | {e['near_duplicate']} | {e['removal_rate']:.3f}{flag} |"
+        )
+    lines += ["", "## Gates", ""]
+    lines.append(
+        f"- removal-rate ceiling {g['max_removal_rate']:.0%}: "
+        + ("passed" if not g["domains_over_rate"] else f"FAILED for {g['domains_over_rate']}")
+    )
+    lines.append(
+        f"- components over {g['max_component_size']} documents: {len(g['components_over_size'])}"
+    )
+    for comp in g["components_over_size"]:
+        lines.append(
+            f"  - {comp['size']} docs, kept {comp['kept']}, e.g. {', '.join(comp['sample_members'])}"
+        )
+    lines.append(
+        f"- removed documents whose Jaccard to the kept one is below the threshold (merged through a chain): "
+        f"{g['removed_below_threshold']} ({g['removed_below_threshold_share']:.1%})"
+    )
+    lines += ["", "## Component sizes", "", "| size | components |", "|---:|---:|"]
+    lines += [f"| {s['size']} | {s['count']} |" for s in m["component_sizes"]]
+    lines += ["", "![component sizes](component_sizes.png)", ""]
+    return "\n".join(lines)
