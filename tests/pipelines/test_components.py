@@ -22,7 +22,16 @@ def _spark_labels(spark, edges: list[tuple[str, str]], impl: str = "distributed"
 def test_chain_star_and_isolated(spark, impl):
     edges = [("d", "c"), ("c", "b"), ("b", "a"), ("x", "y"), ("y", "z"), ("q", "q"), ("é", "z")]
     labels = _spark_labels(spark, edges, impl)
-    assert labels == {"a": "a", "b": "a", "c": "a", "d": "a", "x": "x", "y": "x", "z": "x", "é": "x"}
+    assert labels == {
+        "a": "a",
+        "b": "a",
+        "c": "a",
+        "d": "a",
+        "x": "x",
+        "y": "x",
+        "z": "x",
+        "é": "x",
+    }
 
 
 @pytest.mark.parametrize("impl", sorted(IMPLS))
