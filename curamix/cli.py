@@ -366,7 +366,15 @@ def demo(
         )
         if not run_pipeline:
             return
-        _run(load_config(pipeline))
+        results = _run(load_config(pipeline))
+        if "dedup" in results:
+            from curamix.demo import dedup_recall
+
+            found = dedup_recall(results["dedup"].path, corpus.truth_dir)
+            console.print(
+                "dedup vs the injected duplicates (truth/duplicates.jsonl): "
+                + ", ".join(f"{k} {f}/{n}" for k, (f, n) in found.items())
+            )
         console.print(f"next: [bold]curamix status {out / 'run'}[/]")
 
 

@@ -302,7 +302,13 @@ def run_dedup(
         prio_expr = F.lit(len(dc.domain_priority))
         for k, d in reversed(list(enumerate(dc.domain_priority))):
             prio_expr = F.when(F.col("domain") == d, F.lit(k)).otherwise(prio_expr)
-        raw = spark.read.parquet(sig_dir).withColumn("_node", _node(prio_expr, F.col("id")))
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        raw = (
+            spark.read.schema(from_arrow_schema(SIG_SCHEMA))
+            .parquet(sig_dir)
+            .withColumn("_node", _node(prio_expr, F.col("id")))
+        )
         meta = raw.select(
             "_node",
             "id",
@@ -416,6 +422,7 @@ def run_dedup(
         below = 0
         cross = (F.col("domain") != F.col("ref_domain")).alias("cross")
         low = ((F.col("reason") == "near_duplicate") & (F.col("sim") < dc.threshold)).alias("below")
+        t = time.perf_counter()
         for row in dec.groupBy("domain", "reason", cross, low).count().collect():
             e = per_domain[row["domain"]]
             e[row["reason"]] += row["count"]
@@ -426,6 +433,8 @@ def run_dedup(
         for e in per_domain.values():
             e["removed"] = e["exact_duplicate"] + e["near_duplicate"]
             e["removal_rate"] = e["removed"] / max(e["in"], 1)
+        timings["decisions_s"] = round(time.perf_counter() - t, 3)
+        t = time.perf_counter()
         sizes = dec.groupBy("ref_id").agg((F.count("*") + 1).alias("size"))
         comp_sizes = [x.asDict() for x in sizes.groupBy("size").count().orderBy("size").collect()]
         big_components = []
@@ -497,6 +506,8 @@ def run_dedup(
                 "plot": "component_sizes.png",
             },
         }
+        timings["sizes_s"] = round(time.perf_counter() - t, 3)
+        t = time.perf_counter()
         _plot_sizes(comp_sizes, str(w.path("component_sizes.png")))
         w.path("report.md").write_text(_report(manifest), encoding="utf-8")
         if gates["domains_over_rate"]:
@@ -508,6 +519,7 @@ def run_dedup(
                 f"See {kept_report} (largest components: templated documents?); raise dedup.max_removal_rate to accept."
             )
 
+        timings["report_s"] = round(time.perf_counter() - t, 3)
         say("dedup: writing kept documents and the ledger")
         t = time.perf_counter()
         dec.select("id", "_part", "reason", "ref_id", "sim").write.partitionBy("_part").parquet(
