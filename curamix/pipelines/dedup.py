@@ -586,7 +586,12 @@ def _report(m: dict[str, Any]) -> str:
         f"{m['config']['threshold']}, {m['lsh']['bands']} bands x {m['lsh']['rows']} rows). "
         f"{c['cross_domain_removed']} removed documents duplicate a document of another domain.",
         "",
-        f"LSH: {m['lsh']['candidate_edges']} candidate edges, {m['lsh']['verified_edges']} verified.",
+        f"LSH: {m['lsh']['candidate_edges']} candidate edges, "
+        + (
+            f"{m['lsh']['verified_edges']} verified (Jaccard >= {m['config']['threshold']})."
+            if m["config"]["verify"]
+            else "verification off (all kept)."
+        ),
         "",
         "| domain | in | kept | exact | near | removal rate |",
         "|---|---:|---:|---:|---:|---:|",

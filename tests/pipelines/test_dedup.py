@@ -272,3 +272,18 @@ def test_near_duplicate_benchmark_on_spark(spark, shared_data, tmp_path):
     assert found / len(clear) >= 0.97
     gates = res["dedup"].manifest["gates"]
     assert gates["domains_over_rate"] == {} and gates["removed_below_threshold_share"] < 0.02
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_real_corpus_report(spark, shared_data, tmp_path):
+    """The real corpus: the news domain's ~100 exact duplicate articles are found, templated
+    tech/math pages do not chain into giant components, and every gate passes."""
+    cfg = _cfg(tmp_path, [{"path": str(shared_data / "corpus")}])
+    m = run_pipeline(cfg, spark=spark)["dedup"].manifest
+    news = m["counts"]["per_domain"]["news"]
+    print(json.dumps(m["counts"]["per_domain"], indent=0))
+    assert 90 <= news["exact_duplicate"] <= 130
+    assert m["counts"]["in"] == 43_693
+    assert all(e["removal_rate"] < 0.05 for e in m["counts"]["per_domain"].values())
+    assert m["gates"]["components_over_size"] == [] and m["gates"]["removed_below_threshold"] == 0
