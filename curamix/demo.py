@@ -798,9 +798,12 @@ def dedup_recall(dedup_path: str | Path, truth_dir: str | Path) -> dict[str, tup
     import pyarrow.parquet as pq
 
     led = pq.read_table(Path(dedup_path) / "ledger", columns=["id", "decision", "ref_id"])
-    cluster = {
-        r["id"]: r["ref_id"] if r["decision"] == "removed" else r["id"] for r in led.to_pylist()
-    }
+    cluster: dict[str, str] = {}
+    for r in led.to_pylist():
+        c = r["ref_id"] if r["decision"] == "removed" else r["id"]
+        cluster[r["id"]] = c
+        if r["id"].endswith(".txt"):  # the code domain is a folder of .txt files: id = path
+            cluster[Path(r["id"]).stem] = c
     out: dict[str, tuple[int, int]] = {}
     with open(Path(truth_dir) / "duplicates.jsonl", encoding="utf-8") as fh:
         for row in map(json.loads, fh):
