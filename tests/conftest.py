@@ -19,15 +19,36 @@ def _shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data``; tests using it are skipped when it is absent, unless
-    CURAMIX_REQUIRE_REALDATA=1 (CI), where its absence is a failure."""
+    """``../shared/data``; tests using it fail when it is absent (deselect them with
+    ``-m "not realdata"``)."""
     path = _shared_data()
     if not (path / "corpus").is_dir():
-        msg = f"real data folder not found at {path} (set CURAMIX_SHARED_DATA)"
-        if os.environ.get("CURAMIX_REQUIRE_REALDATA") == "1":
-            pytest.fail(msg + "; CURAMIX_REQUIRE_REALDATA=1 requires it")
-        pytest.skip(msg)
+        pytest.fail(f"real data folder not found at {path} (set CURAMIX_SHARED_DATA)")
     return path
+
+
+def score_near_dups(shared_data: Path, tmp_path: Path, pred: list[dict]) -> dict:
+    """The near-dup benchmark's own scorer (build_near_dups.py score) on ``pred`` rows."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "pred.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in pred))
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(shared_data / "build_near_dups.py"),
+            "score",
+            "--labels",
+            str(shared_data / "corpus_with_dups" / "labels.jsonl.gz"),
+            "--pred",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)
 
 
 @pytest.fixture(scope="session")

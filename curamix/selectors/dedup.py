@@ -179,12 +179,14 @@ def _minhash_numba_impl(x, doc, a, b, sig):  # pragma: no cover - compiled by nu
                 sig[d, j] = y
 
 
-try:
-    import numba
-
-    _minhash_numba = numba.njit(cache=True, nogil=True)(_minhash_numba_impl)
-except ImportError:  # pragma: no cover - numba is a dependency; numpy is the fallback
-    _minhash_numba = None
+@functools.cache
+def _minhash_numba():
+    """The compiled kernel, or None without numba; compiled on first use, not at import."""
+    try:
+        import numba
+    except ImportError:  # pragma: no cover - numba is a dependency; numpy is the fallback
+        return None
+    return numba.njit(cache=True, nogil=True)(_minhash_numba_impl)
 
 
 def minhash_signatures(
@@ -203,10 +205,11 @@ def minhash_signatures(
     x = np.ascontiguousarray(shingles >> np.uint64(32), dtype=np.uint64)  # 32-bit values
     d = np.ascontiguousarray(doc, dtype=np.int64)
     sig = np.full((n_docs, num_perm), np.iinfo(np.uint64).max, dtype=np.uint64)
-    if backend == "numba" and _minhash_numba is None:
+    kernel = _minhash_numba() if backend != "numpy" else None
+    if backend == "numba" and kernel is None:
         raise ImportError("backend='numba' needs the numba package")
-    if backend != "numpy" and _minhash_numba is not None:
-        _minhash_numba(x, d, a, b, sig)
+    if kernel is not None:
+        kernel(x, d, a, b, sig)
     else:
         _minhash_numpy(x, d, a, b, sig)
     return sig

@@ -14,7 +14,7 @@ from curamix.config import ConfigError, build_config
 from curamix.pipelines.dedup import DedupGateError, check_doc_schema
 from curamix.runner import run_pipeline
 from curamix.selectors.dedup import minhash_dedup
-from tests.conftest import write_jsonl
+from tests.conftest import score_near_dups, write_jsonl
 
 pytestmark = pytest.mark.spark
 
@@ -222,26 +222,6 @@ def test_same_result_on_one_core_other_partitions_and_distributed_components(
     assert json.loads(line[len("REMOVED=") :]) == removed
 
 
-def _score(shared_data: Path, tmp_path: Path, pred: list[dict]) -> dict:
-    path = tmp_path / "pred.jsonl"
-    path.write_text("".join(json.dumps(p) + "\n" for p in pred))
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(shared_data / "build_near_dups.py"),
-            "score",
-            "--labels",
-            str(shared_data / "corpus_with_dups" / "labels.jsonl.gz"),
-            "--pred",
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout)
-
-
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_near_duplicate_benchmark_on_spark(spark, shared_data, tmp_path):
@@ -252,8 +232,10 @@ def test_near_duplicate_benchmark_on_spark(spark, shared_data, tmp_path):
     assert len(ledger) == 20_000
     cluster = {i: (r["ref_id"] if r["decision"] == "removed" else i) for i, r in ledger.items()}
     assert all(ledger[c]["decision"] == "kept" for c in cluster.values())  # refs are kept docs
-    pairs = _score(shared_data, tmp_path, [{"id": i, "cluster": c} for i, c in cluster.items()])
-    removal = _score(
+    pairs = score_near_dups(
+        shared_data, tmp_path, [{"id": i, "cluster": c} for i, c in cluster.items()]
+    )
+    removal = score_near_dups(
         shared_data,
         tmp_path,
         [{"id": i, "keep": r["decision"] == "kept"} for i, r in ledger.items()],

@@ -3,8 +3,6 @@ in-process near-dup removal on the labelled benchmark of ../shared/data/corpus_w
 
 import gzip
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -23,6 +21,7 @@ from curamix.selectors.dedup import (
     star_edges,
     universal_hash,
 )
+from tests.conftest import score_near_dups
 
 
 def test_normalize_and_exact_keys():
@@ -140,27 +139,12 @@ def test_near_duplicate_benchmark(shared_data, tmp_path):
     rep, _ = minhash_dedup(ids, [r["text"] for r in rows])  # defaults: threshold 0.8, verified
     cluster = {i: ids[r] for i, r in zip(ids, rep, strict=True)}
 
-    def score(pred: list[dict]) -> dict:
-        path = tmp_path / "pred.jsonl"
-        path.write_text("".join(json.dumps(p) + "\n" for p in pred))
-        out = subprocess.run(
-            [
-                sys.executable,
-                str(shared_data / "build_near_dups.py"),
-                "score",
-                "--labels",
-                str(folder / "labels.jsonl.gz"),
-                "--pred",
-                str(path),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return json.loads(out.stdout)
-
-    pairs = score([{"id": i, "cluster": c} for i, c in cluster.items()])
-    removal = score([{"id": i, "keep": cluster[i] == i} for i in ids])
+    pairs = score_near_dups(
+        shared_data, tmp_path, [{"id": i, "cluster": c} for i, c in cluster.items()]
+    )
+    removal = score_near_dups(
+        shared_data, tmp_path, [{"id": i, "keep": cluster[i] == i} for i in ids]
+    )
     print("pair recall by kind:", json.dumps(pairs["pair_recall_by_kind"], indent=1))
     for kind in ("exact", "whitespace", "case"):
         assert pairs["pair_recall_by_kind"][kind] >= 0.99, kind
