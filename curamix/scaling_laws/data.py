@@ -1,0 +1,53 @@
+"""Readers for scaling-law inputs: points tables and RegMix-format proxy results."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A CSV or Parquet table; the error names the file when it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such table: {path}")
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    if path.suffix in (".csv", ".tsv"):
+        return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
+    raise ValueError(f"{path}: expected a .csv, .tsv or .parquet table")
+
+
+def require_columns(df: pd.DataFrame, columns: Sequence[str], where: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{where}: missing columns {missing}; has {list(df.columns)}")
+
+
+def read_regmix(
+    mixture_path: str | Path,
+    loss_path: str | Path,
+    target: str,
+    domains: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Mixtures ``R`` (runs x domains), the ``target`` loss per run, and the domain names.
+
+    The files are RegMix's: ``index`` plus one weight column per domain, and ``index`` plus
+    one loss column per validation set. Rows are joined on ``index``; ``domains`` fixes
+    the column order (use the training table's to read a held-out one).
+    """
+    mix = read_table(mixture_path)
+    loss = read_table(loss_path)
+    require_columns(mix, ["index"], str(mixture_path))
+    require_columns(loss, ["index", target], str(loss_path))
+    df = mix.merge(loss[["index", target]], on="index", how="inner", validate="one_to_one")
+    if len(df) != len(mix):
+        raise ValueError(
+            f"{loss_path}: {len(mix) - len(df)} of {len(mix)} mixtures have no loss row"
+        )
+    cols = list(domains) if domains is not None else [c for c in mix.columns if c != "index"]
+    require_columns(df, cols, str(mixture_path))
+    return df[cols].to_numpy(np.float64), df[target].to_numpy(np.float64), cols
