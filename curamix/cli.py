@@ -1,4 +1,5 @@
-"""The ``curamix`` command line: ``ingest``, ``run``, ``status``, ``demo``.
+"""The ``curamix`` command line: ``ingest``, ``run``, ``dedup``, ``score``, ``select``,
+``fit``, ``recommend``, ``status``, ``demo``.
 
 Every command prints where its outputs are. Bad configs and a missing Java runtime end with
 a one-paragraph message and exit code 2, not a traceback.
@@ -376,6 +377,126 @@ def demo(
                 + ", ".join(f"{k} {f}/{n}" for k, (f, n) in found.items())
             )
         console.print(f"next: [bold]curamix status {out / 'run'}[/]")
+
+
+def _fit_errors() -> tuple[type[BaseException], ...]:
+    from curamix.mixture import MixtureError
+    from curamix.scaling_laws import NotFittedError, ScalingLawFitError
+
+    return (ScalingLawFitError, NotFittedError, MixtureError, ValueError, FileNotFoundError)
+
+
+@app.command("fit")
+def fit_cmd(
+    points: Annotated[
+        Path,
+        typer.Argument(
+            help="Results table (CSV/Parquet; columns n_params, tokens, loss, optional "
+            "unique_tokens and w:<domain>) or a run folder holding scaling/results.parquet."
+        ),
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (default: beside points).")
+    ] = None,
+    law: Annotated[
+        list[str] | None,
+        typer.Option("--law", help="chinchilla, data_constrained, mixing (repeatable)."),
+    ] = None,
+    holdout: Annotated[
+        str, typer.Option(help="largest: hold out the largest run and report its error; none.")
+    ] = "largest",
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+) -> None:
+    """Fit scaling laws on proxy results; write fits.json, plots and report.md."""
+    from curamix.scaling_laws.data import read_table
+    from curamix.scaling_laws.fit import fit_table
+
+    try:
+        table = points / "scaling" / "results.parquet" if points.is_dir() else points
+        out_dir = out or (table.parent / "fits")
+        with _steps() as say:
+            df = read_table(table)
+            say(f"read {len(df)} runs from {table}")
+            fits = fit_table(
+                df, out_dir, laws=tuple(law or ["chinchilla"]),
+                holdout=None if holdout == "none" else holdout, n_boot=n_boot,
+                random_state=seed,
+            )  # fmt: skip
+            for name in ("chinchilla", "data_constrained", "mixing"):
+                if name in fits and "params" in fits[name]:
+                    say(f"{name}: {json.dumps(fits[name]['params'])[:300]}")
+            for h in fits.get("chinchilla", {}).get("heldout", []):
+                say(
+                    f"held-out N={h['n_params']:.3g} D={h['tokens']:.3g}: loss {h['loss']:.4f}"
+                    f" predicted {h['predicted']:.4f} ({h['rel_error']:+.2%})"
+                )
+    except _fit_errors() as err:
+        err_console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    console.print(
+        f"fits: [cyan]{out_dir / 'fits.json'}[/]  report: [cyan]{out_dir / 'report.md'}[/]"
+    )
+
+
+@app.command()
+def recommend(
+    compute: Annotated[float, typer.Option("--compute", "-c", help="Training FLOPs, e.g. 1e21.")],
+    fits: Annotated[
+        Path | None, typer.Option(help="fits.json (or its folder) from `curamix fit`.")
+    ] = None,
+    domain_tokens: Annotated[
+        Path | None,
+        typer.Option(help="JSON {domain: unique tokens}; caps each domain at max-epochs."),
+    ] = None,
+    max_epochs: Annotated[float, typer.Option(help="Repetition cap per domain.")] = 4.0,
+    upsample: Annotated[
+        list[str] | None, typer.Option(help="Domain to upweight at the end (repeatable).")
+    ] = None,
+    upsample_factor: Annotated[float, typer.Option(help="Upweighting factor.")] = 2.0,
+    upsample_last: Annotated[float, typer.Option(help="Last fraction of training.")] = 0.15,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write recommendation + mixture JSON here.")
+    ] = None,
+) -> None:
+    """Model size, tokens, keep fraction and mixture weights for a compute budget."""
+    from curamix.scaling_laws.decide import recommend as _recommend
+    from curamix.scaling_laws.fit import load_fits
+
+    try:
+        laws = load_fits(fits) if fits else {}
+        dtok = json.loads(domain_tokens.read_text()) if domain_tokens else None
+        rec = _recommend(
+            compute, chinchilla=laws.get("chinchilla"), mixing=laws.get("mixing"),
+            domain_tokens=dtok, max_epochs=max_epochs, upsample=tuple(upsample or ()),
+            upsample_factor=upsample_factor, upsample_last=upsample_last,
+            provenance={"fits": str(fits) if fits else None, "curamix": __version__},
+        )  # fmt: skip
+    except _fit_errors() as err:
+        err_console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    console.print(f"compute C = {rec.compute:.3g} FLOPs (C = 6 N D)")
+    console.print(f"  model      N = {rec.n_params:.4g} parameters   [dim]{rec.size_source}[/]")
+    console.print(
+        f"  data       D = {rec.n_tokens:.4g} tokens   predicted loss {rec.predicted_loss:.4f}"
+    )
+    console.print(
+        f"  keep       {rec.keep_fraction:.2%} of the ranked pool   [dim]{rec.keep_fraction_source}[/]"
+    )
+    if rec.mixture is not None:
+        table = Table(title=f"mixture ({rec.mixture_source})", title_justify="left")
+        for col in ("domain", "weight", *(s.name for s in rec.mixture.schedule)):
+            table.add_column(col)
+        for d, w in sorted(rec.mixture.weights.items(), key=lambda kv: -kv[1]):
+            table.add_row(d, f"{w:.4f}", *(f"{s.weights[d]:.4f}" for s in rec.mixture.schedule))
+        console.print(table)
+    for n in rec.notes:
+        console.print(f"  [yellow]note:[/] {n}")
+    if out:
+        from curamix.io.store import write_json_atomic
+
+        write_json_atomic(out, rec.to_dict())
+        console.print(f"written: [cyan]{out}[/]")
 
 
 @app.command()

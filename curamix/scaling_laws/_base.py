@@ -84,8 +84,12 @@ def multistart_lbfgsb(
     best_x: np.ndarray | None = None
     best_f = math.inf
     n_ok = 0
+    from threadpoolctl import threadpool_limits
+
     jac = getattr(objective, "has_grad", True)
-    with warnings.catch_warnings():
+    # One BLAS thread: L-BFGS-B's tiny dense algebra is 5-10x slower when OpenBLAS threads
+    # spin for cores another process is using (measured on a busy 2-core machine).
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
         warnings.simplefilter("ignore", RuntimeWarning)
         for x0 in starts:
             res = minimize(

@@ -175,8 +175,6 @@ class MixingLaw:
         ``unique_tokens * max_epochs / budget_tokens``. Returns ``(mixture, predicted)``;
         raises ``ValueError`` when the caps and floors admit no mixture.
         """
-        from scipy.optimize import minimize
-
         self._check_fitted()
         m = len(self.domains_)
         w = np.ones(len(self.targets_)) if target_weights is None else np.array(
@@ -212,10 +210,11 @@ class MixingLaw:
         starts += [np.clip(rng.dirichlet(np.ones(m)), lo, hi) for _ in range(n_starts)]
         best_r, best_f = None, np.inf
         cons = [{"type": "eq", "fun": lambda r: r.sum() - 1.0, "jac": lambda r: np.ones(m)}]
-        for r0 in starts:
-            res = minimize(obj, r0 / r0.sum(), jac=True, method="SLSQP",
-                           bounds=list(zip(lo, hi, strict=True)), constraints=cons,
-                           options={"maxiter": 500, "ftol": 1e-12})  # fmt: skip
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1):
+            results = [self._slsqp(obj, r0 / r0.sum(), lo, hi, cons) for r0 in starts]
+        for res in results:
             r = np.clip(res.x, lo, hi)
             if abs(r.sum() - 1.0) > 1e-6:
                 continue
@@ -226,3 +225,10 @@ class MixingLaw:
         if best_r is None:
             raise ScalingLawFitError("the mixture optimiser found no feasible point")
         return dict(zip(self.domains_, map(float, best_r), strict=True)), float(best_f)
+
+    @staticmethod
+    def _slsqp(obj, r0, lo, hi, cons):  # type: ignore[no-untyped-def]
+        from scipy.optimize import minimize
+
+        return minimize(obj, r0, jac=True, method="SLSQP", bounds=list(zip(lo, hi, strict=True)),
+                        constraints=cons, options={"maxiter": 500, "ftol": 1e-12})  # fmt: skip

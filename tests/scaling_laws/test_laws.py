@@ -84,8 +84,9 @@ def test_chinchilla_compute_optimal_is_the_isoflop_minimum():
     for f in (0.8, 0.95, 1.05, 1.25):
         n = n_opt * f
         assert law.predict(n, C / (6 * n)) > best
-    # Chinchilla's own constants put Gopher's budget near 40B params (paper, Table 3: 40.6B).
-    assert 30e9 < n_opt < 50e9
+    # The closed form with the published constants: G = (alpha A / (beta B))^(1/(alpha+beta)).
+    G = (0.34 * 406.4 / (0.28 * 410.7)) ** (1 / 0.62)
+    assert n_opt == pytest.approx(G * (C / 6) ** (0.28 / 0.62))
 
 
 @pytest.mark.realdata

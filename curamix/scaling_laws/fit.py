@@ -1,0 +1,216 @@
+"""Fit the laws on a results table (a proxy sweep's, or any CSV/Parquet), plot, report.
+
+The table's columns (a sweep writes them; other tables can be mapped with ``columns``):
+
+- ``n_params``, ``tokens``, ``loss``: Chinchilla (one row per run);
+- ``unique_tokens``: adds the data-constrained law;
+- ``w:<domain>`` weights plus ``loss`` (or ``val:<domain>`` losses): the data-mixing law.
+
+``fit_table`` writes ``fits.json`` (parameters, intervals, diagnostics, held-out errors),
+one PNG per law and ``report.md`` into ``out_dir``; ``load_fits`` reads ``fits.json`` back
+into law objects for ``recommend``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from curamix.io.store import write_json_atomic
+from curamix.scaling_laws._base import ScalingLawFitError
+from curamix.scaling_laws.chinchilla import ChinchillaLaw
+from curamix.scaling_laws.data_constrained import DataConstrainedLaw
+from curamix.scaling_laws.mixing import MixingLaw
+
+
+def holdout_largest(df: pd.DataFrame) -> pd.Series:
+    """Mask of the run(s) to hold out: the largest model at its largest token budget."""
+    big = df["n_params"] == df["n_params"].max()
+    return big & (df["tokens"] == df.loc[big, "tokens"].max())
+
+
+def fit_chinchilla(
+    df: pd.DataFrame, holdout: pd.Series | None = None, n_boot: int = 200, random_state: int = 0
+) -> tuple[ChinchillaLaw, dict[str, Any]]:
+    """Fit on the rows not held out; report the relative error on the held-out ones."""
+    for c in ("n_params", "tokens", "loss"):
+        if c not in df.columns:
+            raise ValueError(f"the results table needs a {c!r} column; has {list(df.columns)}")
+    train = df if holdout is None else df[~holdout]
+    law = ChinchillaLaw().fit(train["n_params"], train["tokens"], train["loss"])
+    info: dict[str, Any] = law.to_dict()
+    try:
+        law.bootstrap(n_boot=n_boot, random_state=random_state)
+        info["params_ci95"] = {k: list(v) for k, v in law.params_ci_.items()}
+    except ScalingLawFitError as e:
+        info["bootstrap_error"] = str(e)
+    pred = law.predict(train["n_params"].to_numpy(), train["tokens"].to_numpy())
+    info["train_mean_abs_rel_error"] = float(np.mean(np.abs(pred / train["loss"] - 1)))
+    if holdout is not None and holdout.any():
+        test = df[holdout]
+        tp = law.predict(test["n_params"].to_numpy(), test["tokens"].to_numpy())
+        info["heldout"] = [
+            {"n_params": float(n), "tokens": float(t), "loss": float(y), "predicted": float(p),
+             "rel_error": float(p / y - 1)}
+            for n, t, y, p in zip(test["n_params"], test["tokens"], test["loss"], tp, strict=True)
+        ]  # fmt: skip
+    return law, info
+
+
+def plot_chinchilla(
+    law: ChinchillaLaw, df: pd.DataFrame, path: Path, holdout: pd.Series | None = None
+) -> Path:
+    """Loss vs tokens per model size: points, fitted curves, and the extrapolation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    sizes = np.array(sorted(df["n_params"].unique()))
+    if len(sizes) > 6:  # many sizes (e.g. published points): curves for 6 quantiles only
+        sizes = np.unique(np.quantile(sizes, np.linspace(0, 1, 6), method="nearest"))
+    norm = matplotlib.colors.LogNorm(df["n_params"].min(), df["n_params"].max())
+    cmap = plt.get_cmap("viridis")
+    held = holdout if holdout is not None else pd.Series(False, index=df.index)
+    sc = ax.scatter(df.loc[~held, "tokens"], df.loc[~held, "loss"], c=df.loc[~held, "n_params"],
+                    cmap=cmap, norm=norm, s=22, label="fitted runs")  # fmt: skip
+    if held.any():
+        ax.scatter(df.loc[held, "tokens"], df.loc[held, "loss"], c=df.loc[held, "n_params"],
+                   cmap=cmap, norm=norm, s=140, marker="*", edgecolor="red",
+                   label="held out")  # fmt: skip
+    t_hi = df["tokens"].max()
+    grid = np.geomspace(df["tokens"].min() / 2, t_hi * 8, 100)
+    for n in sizes:
+        ax.plot(grid, law.predict(np.full_like(grid, n), grid), color=cmap(norm(n)), lw=1.2)
+    ax.axvspan(t_hi, grid[-1], color="0.93", zorder=0, label="extrapolation")
+    fig.colorbar(sc, ax=ax, label="parameters N")
+    ax.set_xscale("log")
+    ax.set_xlabel("training tokens D")
+    ax.set_ylabel("loss")
+    p = law.params_
+    ax.set_title(
+        f"E={p['E']:.3g} A={p['A']:.3g} B={p['B']:.3g} α={p['alpha']:.3g} β={p['beta']:.3g}",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def mixture_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if c.startswith("w:")]
+
+
+def fit_mixing(df: pd.DataFrame, target: str = "loss", random_state: int = 0
+               ) -> tuple[MixingLaw, dict[str, Any]]:  # fmt: skip
+    cols = mixture_columns(df)
+    if not cols:
+        raise ValueError("the mixing law needs mixture columns named 'w:<domain>'")
+    law = MixingLaw(random_state=random_state).fit(
+        df[cols].to_numpy(), df[target].to_numpy(), domains=[c[2:] for c in cols],
+        targets=[target],
+    )  # fmt: skip
+    pred = law.predict(df[cols].to_numpy())
+    info = {"law": "MixingLaw", "params": law.params_, "n_points": len(df),
+            "train_mean_abs_rel_error": float(np.mean(np.abs(pred / df[target] - 1)))}  # fmt: skip
+    return law, info
+
+
+def fit_table(
+    df: pd.DataFrame,
+    out_dir: str | Path,
+    laws: tuple[str, ...] = ("chinchilla",),
+    holdout: str | None = "largest",
+    n_boot: int = 200,
+    random_state: int = 0,
+    mixing_target: str = "loss",
+) -> dict[str, Any]:
+    """Fit ``laws`` on ``df``; write fits.json, PNGs and report.md to ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    known = {"chinchilla", "data_constrained", "mixing"}
+    unknown = set(laws) - known
+    if unknown:
+        raise ValueError(f"unknown laws {sorted(unknown)}; choose from {sorted(known)}")
+    df = df.reset_index(drop=True)
+    fits: dict[str, Any] = {"n_rows": len(df)}
+    lines = ["# Scaling-law fits", "", f"{len(df)} runs.", ""]
+    if "chinchilla" in laws:
+        mask = holdout_largest(df) if holdout == "largest" else None
+        if mask is not None and (len(df) - int(mask.sum())) <= 5:
+            mask = None
+        law, info = fit_chinchilla(df, mask, n_boot=n_boot, random_state=random_state)
+        plot_chinchilla(law, df, out / "chinchilla.png", mask)
+        fits["chinchilla"] = info
+        lines += ["## Chinchilla (approach 3)", "", "| param | value | 95% interval |",
+                  "|---|---|---|"]  # fmt: skip
+        for k, v in law.params_.items():
+            ci = info.get("params_ci95", {}).get(k)
+            lines.append(f"| {k} | {v:.4g} | {f'{ci[0]:.4g} – {ci[1]:.4g}' if ci else '-'} |")
+        lines += ["", f"Mean |relative error| on the fitted runs: "
+                  f"{info['train_mean_abs_rel_error']:.2%}."]  # fmt: skip
+        for h in info.get("heldout", []):
+            lines.append(
+                f"Held out N={h['n_params']:.3g}, D={h['tokens']:.3g}: loss {h['loss']:.4f}, "
+                f"predicted {h['predicted']:.4f} (relative error {h['rel_error']:+.2%})."
+            )
+        lines += ["", "![fit](chinchilla.png)", ""]
+    if "data_constrained" in laws:
+        if "unique_tokens" not in df.columns:
+            raise ValueError("the data-constrained law needs a 'unique_tokens' column")
+        base = fits.get("chinchilla", {}).get("params")
+        dc = DataConstrainedLaw(base=base).fit(
+            df["n_params"], df["tokens"], df["unique_tokens"], df["loss"]
+        )
+        fits["data_constrained"] = dc.to_dict()
+        lines += ["## Data-constrained", "", json.dumps(dc.params_, indent=1), ""]
+    if "mixing" in laws:
+        _law, info = fit_mixing(df, target=mixing_target, random_state=random_state)
+        fits["mixing"] = info
+        lines += ["## Data-mixing law", "",
+                  f"Mean |relative error| on the runs: {info['train_mean_abs_rel_error']:.2%}.",
+                  ""]  # fmt: skip
+    write_json_atomic(out / "fits.json", fits)
+    (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return fits
+
+
+def load_fits(path: str | Path) -> dict[str, Any]:
+    """Law objects from a ``fits.json``: keys ``chinchilla``, ``mixing`` when present."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "fits.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no fits.json at {path}; run `curamix fit` first")
+    raw = json.loads(path.read_text())
+    out: dict[str, Any] = {}
+    if "chinchilla" in raw:
+        p = raw["chinchilla"]["params"]
+        law = ChinchillaLaw()
+        law._set_params(
+            np.array([np.log(p["A"]), np.log(p["B"]), np.log(p["E"]), p["alpha"], p["beta"]])
+        )
+        out["chinchilla"] = law
+    if "mixing" in raw:
+        out["mixing"] = mixing_from_params(raw["mixing"]["params"])
+    return out
+
+
+def mixing_from_params(params: Mapping[str, Mapping[str, Any]]) -> MixingLaw:
+    law = MixingLaw()
+    targets = list(params)
+    law.targets_ = targets
+    law.domains_ = list(params[targets[0]]["t"])
+    law.c_ = np.array([params[t]["c"] for t in targets])
+    law.k_ = np.array([params[t]["k"] for t in targets])
+    law.t_ = np.array([[params[t]["t"][d] for d in law.domains_] for t in targets])
+    return law
