@@ -386,6 +386,52 @@ def _fit_errors() -> tuple[type[BaseException], ...]:
     return (ScalingLawFitError, NotFittedError, MixtureError, ValueError, FileNotFoundError)
 
 
+@app.command()
+def sweep(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder with a completed ingest/dedup.")],
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="Model preset (repeatable).")
+    ] = None,
+    tokens: Annotated[
+        list[int] | None, typer.Option("--tokens", "-t", help="Token budget (repeatable).")
+    ] = None,
+    vocab_size: Annotated[int, typer.Option(help="Tokenizer vocabulary.")] = 4096,
+    seq_len: Annotated[int, typer.Option(help="Context length.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 16,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
+    seed: Annotated[int, typer.Option(help="Seed of every cell.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    fit: Annotated[bool, typer.Option("--fit/--no-fit", help="Fit Chinchilla afterwards.")] = True,
+) -> None:
+    """Train a grid of proxy models (sizes x token budgets) and fit the scaling law."""
+    from curamix.scaling_laws.sweep import SweepConfig, run_sweep
+
+    try:
+        cfg = SweepConfig(
+            **({"models": model} if model else {}),
+            **({"token_budgets": tokens} if tokens else {}),
+            vocab_size=vocab_size, seq_len=seq_len, batch_size=batch_size, lr=lr, seed=seed,
+            device=device,
+        )  # fmt: skip
+        with _steps() as say:
+            df = run_sweep(run_dir, cfg, log=say)
+            if fit:
+                from curamix.scaling_laws.fit import fit_table
+
+                fits = fit_table(df, run_dir / "scaling" / "fits", random_state=seed)
+                for h in fits["chinchilla"].get("heldout", []):
+                    say(
+                        f"held-out N={h['n_params']:.3g} D={h['tokens']:.3g}: loss "
+                        f"{h['loss']:.4f} predicted {h['predicted']:.4f} ({h['rel_error']:+.2%})"
+                    )
+    except (*_fit_errors(), ConfigError) as err:
+        err_console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    console.print(f"results: [cyan]{run_dir / 'scaling' / 'results.parquet'}[/]")
+    if fit:
+        console.print(f"fits:    [cyan]{run_dir / 'scaling' / 'fits' / 'report.md'}[/]")
+
+
 @app.command("fit")
 def fit_cmd(
     points: Annotated[

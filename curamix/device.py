@@ -1,0 +1,60 @@
+"""The one place that picks the compute device (CUDA or CPU) for torch code.
+
+Everything that runs a model (the proxy trainer, later the embedding code) asks
+:func:`resolve_device` instead of probing ``torch.cuda`` itself, so a run's device rule
+lives in one spot. torch is imported inside the function, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:<index>")
+
+
+def resolve_device(pref: str = "auto") -> torch.device:
+    """The torch device for a preference.
+
+    Parameters
+    ----------
+    pref : str
+        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    ValueError
+        For an unknown preference, or ``"cuda"``/``"cuda:N"`` on a machine without CUDA (or
+        without device N): the message names what was asked and what is there.
+    """
+    import torch
+
+    p = str(pref).strip().lower()
+    if p == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if p == "cpu":
+        return torch.device("cpu")
+    if p == "cuda" or p.startswith("cuda:"):
+        index = None
+        if p != "cuda":
+            tail = p.split(":", 1)[1]
+            if not tail.isdigit():
+                raise ValueError(f"device must be one of {DEVICE_CHOICES}, got {pref!r}")
+            index = int(tail)
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {pref!r} was requested but CUDA is not available here "
+                f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); "
+                "use device='auto' or 'cpu'"
+            )
+        n = torch.cuda.device_count()
+        if index is not None and index >= n:
+            raise ValueError(f"device {pref!r} was requested but only {n} CUDA device(s) exist")
+        return torch.device("cuda", index) if index is not None else torch.device("cuda")
+    raise ValueError(f"device must be one of {DEVICE_CHOICES}, got {pref!r}")
