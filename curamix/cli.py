@@ -446,7 +446,7 @@ def fit_cmd(
     ] = None,
     law: Annotated[
         list[str] | None,
-        typer.Option("--law", help="chinchilla, data_constrained, mixing (repeatable)."),
+        typer.Option("--law", help="chinchilla, data_constrained, mixing, filtering (repeatable)."),
     ] = None,
     holdout: Annotated[
         str, typer.Option(help="largest: hold out the largest run and report its error; none.")
@@ -514,6 +514,7 @@ def recommend(
         dtok = json.loads(domain_tokens.read_text()) if domain_tokens else None
         rec = _recommend(
             compute, chinchilla=laws.get("chinchilla"), mixing=laws.get("mixing"),
+            filtering_pools=laws.get("filtering_pools"),
             domain_tokens=dtok, max_epochs=max_epochs, upsample=tuple(upsample or ()),
             upsample_factor=upsample_factor, upsample_last=upsample_last,
             provenance={"fits": str(fits) if fits else None, "curamix": __version__},

@@ -25,6 +25,7 @@ from curamix.io.store import write_json_atomic
 from curamix.scaling_laws._base import ScalingLawFitError
 from curamix.scaling_laws.chinchilla import ChinchillaLaw
 from curamix.scaling_laws.data_constrained import DataConstrainedLaw
+from curamix.scaling_laws.data_filtering import DataFilteringLaw, Pool
 from curamix.scaling_laws.mixing import MixingLaw
 
 
@@ -125,6 +126,57 @@ def fit_mixing(df: pd.DataFrame, target: str = "loss", random_state: int = 0
     return law, info
 
 
+def fit_filtering(
+    df: pd.DataFrame, metric: str = "target_loss", model: str | None = None
+) -> tuple[dict[float, Pool], dict[str, Any]]:
+    """One data-filtering law per keep fraction, on one model size's runs.
+
+    ``df`` is a keep-fraction sweep's table (``keep_fraction``, ``unique_tokens``, ``tokens``,
+    ``metric``); ``model`` defaults to the largest model in it. Returns the fitted pools (size
+    = the subset's unique tokens) and a JSON-ready summary.
+    """
+    for c in ("keep_fraction", "unique_tokens", "tokens", metric):
+        if c not in df.columns or df[c].isna().all():
+            raise ValueError(f"the data-filtering fit needs a {c!r} column with values")
+    if "model" in df.columns:
+        if model is None:
+            model = df.loc[df["n_params"].idxmax(), "model"] if "n_params" in df else None
+        if model is not None:
+            df = df[df["model"] == model]
+    pools: dict[float, Pool] = {}
+    info: dict[str, Any] = {"law": "DataFilteringLaw", "metric": metric, "model": model,
+                            "pools": {}}  # fmt: skip
+    for frac, g in df.groupby("keep_fraction"):
+        law = DataFilteringLaw().fit(g["tokens"], g["unique_tokens"], g[metric])
+        size = float(g["unique_tokens"].iloc[0])
+        pools[float(frac)] = law.pool(size)
+        info["pools"][str(float(frac))] = {"size": size, **law.params_, "n_points": len(g)}
+    return pools, info
+
+
+def plot_mixing(law: MixingLaw, df: pd.DataFrame, target: str, path: Path) -> Path:
+    """Predicted vs measured target loss over the runs' mixtures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pred = law.predict(df[mixture_columns(df)].to_numpy())
+    y = df[target].to_numpy()
+    fig, ax = plt.subplots(figsize=(4.8, 4.5))
+    ax.scatter(y, pred, s=14)
+    lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
+    ax.plot([lo, hi], [lo, hi], color="0.5", lw=1, ls="--")
+    ax.set_xlabel(f"measured {target}")
+    ax.set_ylabel("mixing law prediction")
+    ax.set_title(f"{len(y)} runs, {len(law.domains_)} domains", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def fit_table(
     df: pd.DataFrame,
     out_dir: str | Path,
@@ -137,7 +189,7 @@ def fit_table(
     """Fit ``laws`` on ``df``; write fits.json, PNGs and report.md to ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    known = {"chinchilla", "data_constrained", "mixing"}
+    known = {"chinchilla", "data_constrained", "mixing", "filtering"}
     unknown = set(laws) - known
     if unknown:
         raise ValueError(f"unknown laws {sorted(unknown)}; choose from {sorted(known)}")
@@ -174,18 +226,32 @@ def fit_table(
         fits["data_constrained"] = dc.to_dict()
         lines += ["## Data-constrained", "", json.dumps(dc.params_, indent=1), ""]
     if "mixing" in laws:
-        _law, info = fit_mixing(df, target=mixing_target, random_state=random_state)
+        mlaw, info = fit_mixing(df, target=mixing_target, random_state=random_state)
+        plot_mixing(mlaw, df, mixing_target, out / "mixing.png")
         fits["mixing"] = info
         lines += ["## Data-mixing law", "",
                   f"Mean |relative error| on the runs: {info['train_mean_abs_rel_error']:.2%}.",
-                  ""]  # fmt: skip
+                  "", "![mixing](mixing.png)", ""]  # fmt: skip
+    if "filtering" in laws:
+        _pools, info = fit_filtering(df)
+        fits["filtering"] = info
+        lines += [
+            "## Data filtering (per keep fraction)",
+            "",
+            "| keep | pool tokens | a | b | d | tau |",
+            "|---|---|---|---|---|---|",
+        ]
+        for k, p in info["pools"].items():
+            lines.append(f"| {float(k):g} | {p['size']:.3g} | {p['a']:.4g} | {p['b']:.4g} | "
+                         f"{p['d']:.4g} | {p['tau']:.3g} |")  # fmt: skip
+        lines.append("")
     write_json_atomic(out / "fits.json", fits)
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return fits
 
 
 def load_fits(path: str | Path) -> dict[str, Any]:
-    """Law objects from a ``fits.json``: keys ``chinchilla``, ``mixing`` when present."""
+    """Law objects from a ``fits.json``: ``chinchilla``, ``mixing``, ``filtering_pools``."""
     path = Path(path)
     if path.is_dir():
         path = path / "fits.json"
@@ -202,6 +268,11 @@ def load_fits(path: str | Path) -> dict[str, Any]:
         out["chinchilla"] = law
     if "mixing" in raw:
         out["mixing"] = mixing_from_params(raw["mixing"]["params"])
+    if "filtering" in raw:
+        out["filtering_pools"] = {
+            float(k): Pool(size=p["size"], a=p["a"], b=p["b"], d=p["d"], tau=p["tau"])
+            for k, p in raw["filtering"]["pools"].items()
+        }
     return out
 
 

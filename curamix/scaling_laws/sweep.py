@@ -10,6 +10,11 @@ it finishes; a rerun skips finished cells and resumes an interrupted one from it
 
 Every cell uses its own cosine schedule over its own budget (approach 3 needs runs trained to
 completion, not checkpoints of one long run).
+
+Keep-fraction sweeps (``run_keep_fraction_sweep``) train on the top-x% of a ranked pool (DSIR
+or BETR scores) instead of a mixture; their rows carry ``keep_fraction`` and
+``unique_tokens`` (the subset's training tokens), which is what the data-filtering and
+data-constrained laws need.
 """
 
 from __future__ import annotations
@@ -69,6 +74,52 @@ class SweepConfig(CuramixModel):
         return self
 
 
+def top_fraction(scored: pd.DataFrame, fraction: float) -> dict[str, list[str]]:
+    """The top ``fraction`` of ``scored`` (columns id, domain, text, score) by score, by domain.
+
+    Ties are broken by id, so the subset does not depend on row order; at least one document
+    is kept.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"keep fraction must be in (0, 1], got {fraction!r}")
+    missing = {"id", "domain", "text", "score"} - set(scored.columns)
+    if missing:
+        raise ValueError(f"scored pool lacks columns {sorted(missing)}")
+    k = max(1, round(fraction * len(scored)))
+    top = scored.sort_values(["score", "id"], ascending=[False, True], kind="mergesort").head(k)
+    top = top.sort_values(["domain", "id"], kind="mergesort")
+    return {d: g["text"].tolist() for d, g in top.groupby("domain", sort=True)}
+
+
+def load_scored_pool(run_dir: str | Path, score_stage: str = "dsir") -> pd.DataFrame:
+    """The run's pool documents joined with the latest ``score_stage`` scores (by id)."""
+    import pyarrow.parquet as pq
+
+    from curamix.io.store import latest_result
+    from curamix.pipelines.parts import part_files
+    from curamix.proxy.data import _pool_stage
+
+    run_dir = Path(run_dir)
+    res = latest_result(run_dir, score_stage)
+    if res is None:
+        raise FileNotFoundError(f"no completed '{score_stage}' output in {run_dir}")
+    scores = pd.concat(
+        pq.read_table(p, columns=["id", "score"]).to_pandas()
+        for p in part_files(res.path / "scores")
+    )
+    pool = latest_result(run_dir, _pool_stage(run_dir))
+    if pool is None:
+        raise FileNotFoundError(f"no completed pool stage (ingest/dedup) in {run_dir}")
+    docs = pd.concat(
+        pq.read_table(p, columns=["id", "domain", "text"]).to_pandas()
+        for p in part_files(pool.data_path)
+    )
+    out = docs.merge(scores, on="id", how="inner", validate="one_to_one")
+    if len(out) != len(docs):
+        raise ValueError(f"{len(docs) - len(out)} pool documents have no {score_stage} score")
+    return out
+
+
 def natural_mixture(train_tokens: Mapping[str, np.ndarray]) -> dict[str, float]:
     """Each domain's share of the training tokens."""
     total = sum(len(v) for v in train_tokens.values())
@@ -99,7 +150,7 @@ def _data_key(train: Mapping[str, np.ndarray], val: Mapping[str, np.ndarray]) ->
     return h.hexdigest()[:16]
 
 
-def _row(model: str, mix_name: str, res: ProxyResult, cfg: SweepConfig, key: str) -> dict:
+def _row(model: str, mix_name: str, res: ProxyResult, cfg: SweepConfig, key: str) -> dict[str, Any]:
     row: dict[str, Any] = {
         "model": model,
         "mixture": mix_name,
@@ -184,3 +235,55 @@ def run_sweep(
         f"sweep: {len(cells)} cells in {time.perf_counter() - t0:.1f}s -> {root / 'results.parquet'}"
     )
     return pd.DataFrame(rows)
+
+
+def run_keep_fraction_sweep(
+    run_dir: str | Path,
+    cfg: SweepConfig,
+    scored: pd.DataFrame,
+    fractions: list[float],
+    target_tokens: np.ndarray | None = None,
+    tokenizer: Any = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> pd.DataFrame:
+    """Train ``cfg``'s grid on the top-x% of ``scored`` for each x in ``fractions``.
+
+    Each subset is tokenized once (cached under ``RUN/proxy/tokens``) and trained with its
+    natural mixture; validation is each subset's own held-out documents, and
+    ``target_tokens`` (e.g. the benchmark the scores point at) gives ``target_loss``, the
+    error a data-filtering law is fitted on. Rows gain ``keep_fraction`` and
+    ``unique_tokens``; results go to ``RUN/scaling/filter/results.parquet``.
+    """
+    from curamix.proxy.data import tokenize_domains
+    from curamix.proxy.tokenizer import load_or_train_tokenizer, tokenizer_path
+
+    run_dir = Path(run_dir)
+    if cfg.mixtures:
+        raise ValueError("a keep-fraction sweep trains each subset on its natural mixture")
+    if tokenizer is None:
+        by_domain = {d: g["text"].tolist() for d, g in scored.groupby("domain", sort=True)}
+        tokenizer = load_or_train_tokenizer(
+            tokenizer_path(run_dir, cfg.vocab_size), by_domain, cfg.vocab_size,
+            random_state=cfg.seed,
+        )  # fmt: skip
+    tables = []
+    for frac in sorted(set(fractions)):
+        texts = top_fraction(scored, frac)
+        train, val = tokenize_domains(
+            tokenizer, texts, run_dir / "proxy" / "tokens", random_state=cfg.seed
+        )
+        unique = int(sum(len(v) for v in train.values()))
+        log(f"keep {frac:.0%}: {sum(map(len, texts.values())):,} docs, {unique:,} train tokens")
+        sub = run_dir / "scaling" / "filter" / f"keep-{frac:g}"
+        df = run_sweep(sub, cfg, train, val, target_tokens=target_tokens, progress=progress,
+                       log=log)  # fmt: skip
+        df.insert(1, "keep_fraction", frac)
+        df.insert(2, "unique_tokens", unique)
+        tables.append(df)
+    out = pd.concat(tables, ignore_index=True)
+    root = run_dir / "scaling" / "filter"
+    tmp = root / f".results.{time.time_ns()}.parquet"
+    out.to_parquet(tmp, index=False)
+    tmp.replace(root / "results.parquet")
+    return out

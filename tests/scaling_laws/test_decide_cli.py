@@ -68,6 +68,7 @@ def test_fit_table_report_and_holdout(tmp_path):
     assert len(held) == 1 and held[0]["n_params"] == 3e7 and held[0]["tokens"] == 3e9
     assert abs(held[0]["rel_error"]) < 0.01
     assert (tmp_path / "chinchilla.png").stat().st_size > 10_000
+    assert (tmp_path / "mixing.png").stat().st_size > 10_000
     report = (tmp_path / "report.md").read_text()
     assert "Held out" in report and "95% interval" in report
     laws = load_fits(tmp_path)

@@ -112,3 +112,55 @@ def test_cli_sweep_from_an_ingested_run(spark, tmp_path, shared_data):
     df.head(4).to_csv(small, index=False)
     res = runner.invoke(app, ["fit", str(small)])
     assert res.exit_code == 2 and "needs more points" in " ".join(res.output.split())
+
+
+def test_top_fraction_is_order_independent_and_breaks_ties_by_id():
+    from curamix.scaling_laws.sweep import top_fraction
+
+    df = pd.DataFrame(
+        {"id": [f"d{i}" for i in range(10)], "domain": ["a", "b"] * 5,
+         "text": [f"t{i}" for i in range(10)], "score": [5, 1, 5, 2, 9, 0, 3, 3, 3, 7]}
+    )  # fmt: skip
+    top = top_fraction(df, 0.5)
+    assert top == {"a": ["t0", "t2", "t4", "t6"], "b": ["t9"]}
+    assert top_fraction(df.sample(frac=1, random_state=3), 0.5) == top
+    assert sum(map(len, top_fraction(df, 0.01).values())) == 1
+    with pytest.raises(ValueError, match="keep fraction"):
+        top_fraction(df, 0.0)
+
+
+@pytest.mark.realdata
+def test_keep_fraction_sweep_fits_filtering_laws_and_recommends(tmp_path, shared_data):
+    from curamix.proxy.data import tokenize_domains
+    from curamix.proxy.tokenizer import train_tokenizer
+    from curamix.scaling_laws.decide import recommend
+    from curamix.scaling_laws.fit import fit_table, load_fits
+    from curamix.scaling_laws.sweep import run_keep_fraction_sweep
+
+    texts = _texts(shared_data, 120)
+    rows = [{"id": f"{d}{i:04d}", "domain": d, "text": t} for d, v in texts.items()
+            for i, t in enumerate(v)]  # fmt: skip
+    scored = pd.DataFrame(rows)
+    # A stand-in for DSIR scores toward code: code documents first, then by length.
+    scored["score"] = (scored["domain"] == "code") * 1e6 + scored["text"].str.len()
+    tok = train_tokenizer(scored["text"].tolist(), vocab_size=512)
+    target = tokenize_domains(tok, {"code": texts["code"]}, None, 0.5, 1)[1]["code"]
+    cfg = SweepConfig(models=["nano"], token_budgets=[4096, 8192, 16384, 32768, 65536],
+                      vocab_size=512, seq_len=64, batch_size=8, eval_tokens=2048,
+                      checkpoint_every=None, cpu_threads=1)  # fmt: skip
+    df = run_keep_fraction_sweep(tmp_path, cfg, scored, [0.2, 0.6], target_tokens=target,
+                                 tokenizer=tok, progress=False, log=lambda s: None)  # fmt: skip
+    assert len(df) == 10 and set(df["keep_fraction"]) == {0.2, 0.6}
+    sizes = df.groupby("keep_fraction")["unique_tokens"].first()
+    assert sizes[0.2] < sizes[0.6]
+    assert df["target_loss"].notna().all()
+    # The top 20% is code only (the score puts code first): no other domain's column is set.
+    small = df[df["keep_fraction"] == 0.2]
+    assert small["w:code"].eq(1.0).all()
+    assert (tmp_path / "scaling" / "filter" / "results.parquet").is_file()
+
+    fits = fit_table(df, tmp_path / "fits", laws=("filtering",))
+    assert set(fits["filtering"]["pools"]) == {"0.2", "0.6"}
+    pools = load_fits(tmp_path / "fits")["filtering_pools"]
+    rec = recommend(1e12, filtering_pools=pools)
+    assert rec.keep_fraction in (0.2, 0.6) and "data-filtering" in rec.keep_fraction_source
