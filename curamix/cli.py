@@ -401,9 +401,19 @@ def sweep(
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
     seed: Annotated[int, typer.Option(help="Seed of every cell.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    fit: Annotated[bool, typer.Option("--fit/--no-fit", help="Fit Chinchilla afterwards.")] = True,
+    fit: Annotated[bool, typer.Option("--fit/--no-fit", help="Fit the laws afterwards.")] = True,
+    keep: Annotated[
+        list[float] | None,
+        typer.Option(help="Keep fraction of the scored pool (repeatable): a keep-fraction sweep."),
+    ] = None,
+    score_stage: Annotated[str, typer.Option(help="Stage whose scores rank the pool.")] = "dsir",
+    target: Annotated[
+        list[str] | None,
+        typer.Option("--target", help="Target texts (file/folder/glob) for target_loss."),
+    ] = None,
 ) -> None:
-    """Train a grid of proxy models (sizes x token budgets) and fit the scaling law."""
+    """Train a grid of proxy models (sizes x token budgets, optionally x keep fractions of a
+    DSIR/BETR-ranked pool) and fit the scaling laws."""
     from curamix.scaling_laws.sweep import SweepConfig, run_sweep
 
     try:
@@ -414,7 +424,18 @@ def sweep(
             device=device,
         )  # fmt: skip
         with _steps() as say:
-            df = run_sweep(run_dir, cfg, log=say)
+            if keep:
+                _keep_fraction_sweep(run_dir, cfg, keep, score_stage, target, fit, say)
+                return
+            target_tokens = None
+            if target:
+                from curamix.proxy.data import prepare_run_tokens
+                from curamix.proxy.tokenizer import encode_stream
+                from curamix.scaling_laws.data import read_texts
+
+                tok, _, _ = prepare_run_tokens(run_dir, cfg.vocab_size, random_state=seed)
+                target_tokens = encode_stream(tok, read_texts(target))
+            df = run_sweep(run_dir, cfg, target_tokens=target_tokens, log=say)
             if fit:
                 from curamix.scaling_laws.fit import fit_table
 
@@ -430,6 +451,34 @@ def sweep(
     console.print(f"results: [cyan]{run_dir / 'scaling' / 'results.parquet'}[/]")
     if fit:
         console.print(f"fits:    [cyan]{run_dir / 'scaling' / 'fits' / 'report.md'}[/]")
+
+
+def _keep_fraction_sweep(run_dir: Path, cfg, keep, score_stage, target, fit, say) -> None:  # type: ignore[no-untyped-def]
+    from curamix.proxy.tokenizer import encode_stream, load_or_train_tokenizer, tokenizer_path
+    from curamix.scaling_laws.data import read_texts
+    from curamix.scaling_laws.fit import fit_table
+    from curamix.scaling_laws.sweep import load_scored_pool, run_keep_fraction_sweep
+
+    scored = load_scored_pool(run_dir, score_stage)
+    say(f"{len(scored):,} scored documents from the latest '{score_stage}' stage")
+    by_domain = {d: g["text"].tolist() for d, g in scored.groupby("domain", sort=True)}
+    tok = load_or_train_tokenizer(
+        tokenizer_path(run_dir, cfg.vocab_size), by_domain, cfg.vocab_size, random_state=cfg.seed
+    )
+    target_tokens = encode_stream(tok, read_texts(target)) if target else None
+    df = run_keep_fraction_sweep(run_dir, cfg, scored, keep, target_tokens, tok, log=say)
+    out = run_dir / "scaling" / "filter"
+    if fit:
+        fits = fit_table(
+            df, out / "fits", laws=("filtering",), random_state=cfg.seed,
+            filtering_metric="target_loss" if target else "loss",
+        )  # fmt: skip
+        for k, p in fits["filtering"]["pools"].items():
+            say(
+                f"keep {float(k):g}: a={p['a']:.4g} b={p['b']:.4g} d={p['d']:.4g} tau={p['tau']:.3g}"
+            )
+        console.print(f"fits:    [cyan]{out / 'fits' / 'report.md'}[/]")
+    console.print(f"results: [cyan]{out / 'results.parquet'}[/]")
 
 
 @app.command("fit")

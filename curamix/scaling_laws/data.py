@@ -51,3 +51,29 @@ def read_regmix(
     cols = list(domains) if domains is not None else [c for c in mix.columns if c != "index"]
     require_columns(df, cols, str(mixture_path))
     return df[cols].to_numpy(np.float64), df[target].to_numpy(np.float64), cols
+
+
+def read_texts(paths: Sequence[str | Path]) -> list[str]:
+    """The texts of files, folders or globs (any format ingest reads), e.g. a target set.
+
+    Bad records are left out with a warning that counts them; no text at all is an error.
+    """
+    import warnings
+
+    from curamix.config import IngestConfig, InputSpec
+    from curamix.io.inputs import expand_inputs
+    from curamix.io.records import read_unit_table
+
+    units = expand_inputs(IngestConfig(inputs=[InputSpec(path=str(p)) for p in paths])).units
+    texts: list[str] = []
+    bad = 0
+    for unit in units:
+        table = read_unit_table(unit).select(["text", "reason"]).to_pandas()
+        ok = table["reason"].isna()
+        bad += int((~ok).sum())
+        texts += table.loc[ok, "text"].tolist()
+    if bad:
+        warnings.warn(f"{bad} bad records left out of {list(map(str, paths))}", stacklevel=2)
+    if not texts:
+        raise ValueError(f"no texts in {list(map(str, paths))}")
+    return texts

@@ -185,6 +185,7 @@ def fit_table(
     n_boot: int = 200,
     random_state: int = 0,
     mixing_target: str = "loss",
+    filtering_metric: str = "target_loss",
 ) -> dict[str, Any]:
     """Fit ``laws`` on ``df``; write fits.json, PNGs and report.md to ``out_dir``."""
     out = Path(out_dir)
@@ -233,7 +234,7 @@ def fit_table(
                   f"Mean |relative error| on the runs: {info['train_mean_abs_rel_error']:.2%}.",
                   "", "![mixing](mixing.png)", ""]  # fmt: skip
     if "filtering" in laws:
-        _pools, info = fit_filtering(df)
+        _pools, info = fit_filtering(df, metric=filtering_metric)
         fits["filtering"] = info
         lines += [
             "## Data filtering (per keep fraction)",

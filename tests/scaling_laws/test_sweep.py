@@ -87,6 +87,7 @@ def test_sweep_config_refuses_bad_grids():
 
 
 @pytest.mark.spark
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_cli_sweep_from_an_ingested_run(spark, tmp_path, shared_data):
     src = tmp_path / "in"
@@ -107,6 +108,25 @@ def test_cli_sweep_from_an_ingested_run(spark, tmp_path, shared_data):
     assert len(df) == 6 and set(df["mixture"]) == {"natural"}
     assert (run / "scaling" / "fits" / "fits.json").is_file()
     assert (run / "proxy").is_dir()  # the tokenizer and token streams are kept with the run
+    # Keep-fraction sweep over the DSIR ranking toward the code domain, with a target file.
+    res = runner.invoke(app, ["score", "dsir", str(run), "--target-domain", "code"])
+    assert res.exit_code == 0, res.output
+    args = ["sweep", str(run), "-m", "nano", "--keep", "0.3", "--keep", "0.7",
+            "--target", str(src / "code.jsonl"), "--vocab-size", "512", "--seq-len", "64",
+            "--batch-size", "8"]  # fmt: skip
+    for t in (2048, 4096, 8192, 12288, 16384):
+        args += ["-t", str(t)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    kf = pd.read_parquet(run / "scaling" / "filter" / "results.parquet")
+    assert len(kf) == 10 and kf["target_loss"].notna().all()
+    fits = json.loads((run / "scaling" / "filter" / "fits" / "fits.json").read_text())
+    assert set(fits["filtering"]["pools"]) == {"0.3", "0.7"}
+    assert fits["filtering"]["metric"] == "target_loss"
+    res = runner.invoke(
+        app, ["recommend", "-c", "1e15", "--fits", str(run / "scaling" / "filter" / "fits")]
+    )
+    assert res.exit_code == 0 and "data-filtering" in " ".join(res.output.split())
     # Too few runs for the law: a clear error, exit code 2.
     small = tmp_path / "small.csv"
     df.head(4).to_csv(small, index=False)
