@@ -68,7 +68,8 @@ def multistart_lbfgsb(
     starts: np.ndarray,
     bounds: Sequence[tuple[float | None, float | None]] | None = None,
     maxiter: int = 1000,
-    keep: int = 1,
+    gtol: float = 1e-5,
+    ftol: float = 2.2e-9,
 ) -> tuple[np.ndarray, float, int, int]:
     """Minimise ``objective`` from every row of ``starts`` with L-BFGS-B.
 
@@ -94,7 +95,7 @@ def multistart_lbfgsb(
         for x0 in starts:
             res = minimize(
                 objective, x0, jac=jac, method="L-BFGS-B", bounds=bounds,
-                options={"maxiter": maxiter},
+                options={"maxiter": maxiter, "gtol": gtol, "ftol": ftol},
             )  # fmt: skip
             if not (res.success and np.isfinite(res.fun) and np.all(np.isfinite(res.x))):
                 continue

@@ -109,35 +109,84 @@ class MixingLaw:
         c, k, t, conv = [], [], [], []
         for i in range(L2.shape[1]):
             y = L2[:, i]
-
-            def f(
-                x: np.ndarray, y: np.ndarray = y, delta: float = self.huber_delta
-            ) -> tuple[float, np.ndarray]:
-                ci, lk, ti = x[0], x[1], x[2:]
-                ex = np.exp(lk + R @ ti)
-                loss, dl = huber(ci + ex - y, delta)
-                g = np.r_[dl.sum(), (dl * ex).sum(), R.T @ (dl * ex)]
-                return float(loss.sum()) / delta, g / delta
-
             ymin = float(y.min())
             starts = [np.r_[0.5 * ymin, np.log(0.5 * ymin), np.zeros(m)]]
             for _ in range(self.n_starts):
                 c0 = rng.uniform(0.0, 0.9 * ymin)
                 starts.append(np.r_[c0, np.log(max(ymin - c0, 1e-3)), rng.normal(0, 1.0, m)])
-            x, _, n_ok, _ = multistart_lbfgsb(
-                f, np.array(starts), bounds=[(0.0, None), (None, None)] + [(-50, 50)] * m,
-                maxiter=self.maxiter,
-            )  # fmt: skip
-            # Mixtures sum to 1, so (k, t) and (k e^s, t - s) give the same law: report the
-            # canonical form with mean_j t_ij = 0.
-            shift = float(x[2:].mean())
+            x, n_ok = self._fit_one(R, y, np.array(starts))
             c.append(x[0])
-            k.append(np.exp(x[1] + shift))
-            t.append(x[2:] - shift)
+            k.append(np.exp(x[1]))
+            t.append(x[2:])
             conv.append(n_ok)
         self.c_, self.k_, self.t_ = np.array(c), np.array(k), np.array(t)
         self.n_converged_ = conv
+        self._fit_inputs_ = (R, L2)
+        if hasattr(self, "params_ci_"):
+            del self.params_ci_
         return self
+
+    def _fit_one(
+        self, R: np.ndarray, y: np.ndarray, starts: np.ndarray, gtol: float = 1e-5
+    ) -> tuple[np.ndarray, int]:
+        """Best ``(c, log k, t)`` from ``starts``, in the canonical form (``t`` centred).
+
+        Bootstrap refits start at the optimum of nearby data, where the default gradient
+        tolerance would stop them at once: they pass a tight ``gtol``.
+        """
+        m = R.shape[1]
+        delta = self.huber_delta
+
+        def f(x: np.ndarray) -> tuple[float, np.ndarray]:
+            ci, lk, ti = x[0], x[1], x[2:]
+            ex = np.exp(lk + R @ ti)
+            loss, dl = huber(ci + ex - y, delta)
+            g = np.r_[dl.sum(), (dl * ex).sum(), R.T @ (dl * ex)]
+            return float(loss.sum()) / delta, g / delta
+
+        x, _, n_ok, _ = multistart_lbfgsb(
+            f, starts, bounds=[(0.0, None), (None, None)] + [(-50, 50)] * m,
+            maxiter=self.maxiter, gtol=gtol, ftol=min(2.2e-9, gtol),
+        )  # fmt: skip
+        # Mixtures sum to 1, so (k, t) and (k e^s, t - s) give the same law: report the
+        # canonical form with mean_j t_ij = 0.
+        shift = float(x[2:].mean())
+        return np.r_[x[0], x[1] + shift, x[2:] - shift], n_ok
+
+    def bootstrap(
+        self, n_boot: int = 200, random_state: int | None = 0, level: float = 0.95
+    ) -> dict[str, dict]:
+        """Percentile intervals of ``c``, ``k`` and each ``t_j`` per target over refits to
+        resampled runs (each refit starts from the full fit). Sets ``params_ci_``."""
+        self._check_fitted()
+        R, L2 = self._fit_inputs_
+        rng = np.random.default_rng(random_state)
+        lo_q, hi_q = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+        out: dict[str, dict] = {}
+        for i, tgt in enumerate(self.targets_):
+            x_hat = np.r_[self.c_[i], np.log(self.k_[i]), self.t_[i]]
+            draws = []
+            for _ in range(n_boot):
+                idx = rng.integers(0, len(R), size=len(R))
+                try:
+                    draws.append(self._fit_one(R[idx], L2[idx, i], x_hat[None, :], gtol=1e-12)[0])
+                except ScalingLawFitError:
+                    continue
+            if len(draws) < max(10, n_boot // 2):
+                raise ScalingLawFitError(
+                    f"only {len(draws)} of {n_boot} bootstrap refits converged for {tgt!r}"
+                )
+            d = np.array(draws)
+            d[:, 1] = np.exp(d[:, 1])
+            lo, hi = np.percentile(d, lo_q, axis=0), np.percentile(d, hi_q, axis=0)
+            out[tgt] = {
+                "c": (float(lo[0]), float(hi[0])),
+                "k": (float(lo[1]), float(hi[1])),
+                "t": {dom: (float(lo[2 + j]), float(hi[2 + j]))
+                      for j, dom in enumerate(self.domains_)},
+            }  # fmt: skip
+        self.params_ci_ = out
+        return out
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "t_"):

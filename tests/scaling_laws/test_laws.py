@@ -198,6 +198,24 @@ def test_mixing_law_recovers_parameters_and_optimizes_validly():
         law.optimize(caps={"zzz": 0.5})
 
 
+def test_mixing_law_bootstrap_intervals_cover_the_truth():
+    covered, widths = [], []
+    for seed in range(4):
+        R, L, c, k, t = _synthetic_mixing(seed)
+        shift = t.mean(axis=1)
+        k, t = k * np.exp(shift), t - shift[:, None]
+        ci = MixingLaw(n_starts=5, random_state=0).fit(R, L).bootstrap(n_boot=50, random_state=0)
+        for i, tgt in enumerate(("t0", "t1")):
+            pairs = [(ci[tgt]["c"], c[i]), (ci[tgt]["k"], k[i])]
+            pairs += [(ci[tgt]["t"][f"d{j}"], t[i, j]) for j in range(3)]
+            covered += [lo <= v <= hi for (lo, hi), v in pairs]
+            widths += [hi - lo for (lo, hi), _ in pairs]
+    # Nominal 95% intervals over 4 datasets x 10 parameters. The parameters of one target move
+    # together, so a dataset whose noise pushes one target's fit 2 SE off misses all 5 at once.
+    assert np.mean(covered) >= 0.75, covered
+    assert min(widths) > 0
+
+
 def test_mixing_law_bad_input():
     R, L, *_ = _synthetic_mixing()
     with pytest.raises(ValueError, match="sum to 1"):
