@@ -440,6 +440,8 @@ def sweep(
                 from curamix.scaling_laws.fit import fit_table
 
                 fits = fit_table(df, run_dir / "scaling" / "fits", random_state=seed)
+                for w in fits["chinchilla"].get("warnings", []):
+                    say(f"[yellow]warning:[/] {w}")
                 for h in fits["chinchilla"].get("heldout", []):
                     say(
                         f"held-out N={h['n_params']:.3g} D={h['tokens']:.3g}: loss "
@@ -521,6 +523,8 @@ def fit_cmd(
             for name in ("chinchilla", "data_constrained", "mixing"):
                 if name in fits and "params" in fits[name]:
                     say(f"{name}: {json.dumps(fits[name]['params'])[:300]}")
+            for w in fits.get("chinchilla", {}).get("warnings", []):
+                say(f"[yellow]warning:[/] {w}")
             for h in fits.get("chinchilla", {}).get("heldout", []):
                 say(
                     f"held-out N={h['n_params']:.3g} D={h['tokens']:.3g}: loss {h['loss']:.4f}"

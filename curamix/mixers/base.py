@@ -167,7 +167,9 @@ def check_finite(values: Mapping[str, float], what: str, step: int | None = None
     for d, v in values.items():
         if not math.isfinite(float(v)):
             at = f" at step {step}" if step is not None else ""
-            raise ValueError(f"{what} of domain {d!r} is {v!r}{at}; refusing to update weights")
+            raise ValueError(
+                f"{what} of domain {d!r} is {float(v)!r}{at}; refusing to update weights"
+            )
 
 
 def check_domain_weights(

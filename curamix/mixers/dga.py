@@ -132,9 +132,9 @@ class DGAMixer(OnlineMixer):
     bases : mapping of str to mapping, optional
         Distribution reweighting: basis name -> distribution over the domains (each summing
         to 1; a missing domain is 0). The learnt weights are over the bases.
-    init : "natural", "uniform" or mapping
-        Starting weights over the domains (or, with ``bases``, over the bases; "natural" is
-        not defined for bases, "uniform" is the default there).
+    init : "natural", "uniform", mapping or None
+        Starting weights over the domains, or with ``bases`` over the bases ("uniform" or a
+        mapping there). None: "natural" without bases, "uniform" with them.
     smoothing : float in [0, 1)
         Mix each update with uniform by this much (keeps every domain or basis reachable).
 
@@ -167,7 +167,7 @@ class DGAMixer(OnlineMixer):
         normalize: Literal["none", "doge", "cosine"] = "none",
         clip: float | None = None,
         bases: Mapping[str, Mapping[str, float]] | None = None,
-        init: str | Mapping[str, float] = "natural",
+        init: str | Mapping[str, float] | None = None,
         smoothing: float = 0.0,
     ) -> None:
         self.eta = eta
@@ -199,7 +199,7 @@ class DGAMixer(OnlineMixer):
         if self.bases is None:
             self.basis_names_: list[str] | None = None
             self.bases_: np.ndarray | None = None
-            self.alpha_ = init_weights(self.init, stats, "init")
+            self.alpha_ = init_weights(self.init or "natural", stats, "init")
         else:
             if not self.bases:
                 raise ValueError("bases is empty: give at least one basis distribution")
@@ -214,7 +214,7 @@ class DGAMixer(OnlineMixer):
             if unused:
                 raise ValueError(f"no basis distribution puts weight on domains {unused}")
             n = len(self.basis_names_)
-            if self.init == "uniform":
+            if self.init is None or self.init == "uniform":
                 self.alpha_ = np.full(n, 1.0 / n)
             elif isinstance(self.init, Mapping):
                 self.alpha_ = check_domain_weights(self.init, self.basis_names_, "init (bases)")

@@ -196,7 +196,9 @@ def check_runs(
         raise ValueError(f"need at least 2 proxy runs, got {len(R)}")
     bad = np.flatnonzero(~np.isfinite(y))
     if bad.size:
-        raise ValueError(f"loss of run {int(bad[0])} is {y[bad[0]]!r} ({bad.size} such runs)")
+        raise ValueError(
+            f"loss of run {int(bad[0])} is {float(y[bad[0]])!r} ({bad.size} such runs)"
+        )
     badr = np.flatnonzero(~np.isfinite(R).all(1) | (R < 0).any(1))
     if badr.size:
         i = int(badr[0])
@@ -338,7 +340,7 @@ class RegMixMixer(BaseMixer):
         self.runs_sha256_ = hashlib.sha256(R.tobytes() + y.tobytes()).hexdigest()
         from threadpoolctl import threadpool_limits
 
-        with threadpool_limits(limits=1, user_api="blas"):
+        with threadpool_limits(limits=1):
             self.regressor_ = mixture_regressor(
                 self.max_iter, self.learning_rate, _seed(self.random_state)
             ).fit(R, y)
@@ -360,7 +362,10 @@ class RegMixMixer(BaseMixer):
             R, _ = check_runs(mixtures, np.zeros(len(mixtures)), self.domains_)
         else:
             R = np.atleast_2d(np.asarray(mixtures, dtype=np.float64))
-        return self.regressor_.predict(R)
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1):  # OpenMP threads crawl on a busy machine
+            return self.regressor_.predict(R)
 
     def score(self, mixtures: Any, losses: ArrayLike) -> float:
         """Spearman rank correlation of predicted and observed losses (RegMix's figure of

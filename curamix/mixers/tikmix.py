@@ -221,7 +221,7 @@ def tikmix_m_weights(
         raise ValueError(f"score_fn gave {y[i]!r} for mixture {X[i].tolist()}")
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=1, user_api="blas"):
+    with threadpool_limits(limits=1):
         reg = mixture_regressor(max_iter, learning_rate, int(rng.integers(2**31))).fit(X, y)
         C = sample(n_search)
         pred = reg.predict(C)

@@ -18,8 +18,8 @@ autocast (weights, optimizer and loss in fp32), on CPU everything is fp32.
 Mixer hook: every ``update_every`` steps, ``hook(StepMetrics)`` gets the step, tokens,
 weights, per-domain losses on small per-domain micro-batches and, when
 ``hook.needs_gradients`` is true, each domain's and the target's flattened loss gradient;
-it may return new weights for the sampler. An online mixer plugs in as
-``lambda m: mixer.partial_fit(m).weights_``. A hook with ``state_dict``/``load_state_dict``
+it may return new weights for the sampler. An online mixer (``curamix.mixers``) is itself a
+hook: ``train_proxy(..., hook=DGAMixer(...).fit(stats))``. A hook with ``state_dict``/``load_state_dict``
 is checkpointed with the run.
 
 References: Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (AdamW),

@@ -35,6 +35,34 @@ def holdout_largest(df: pd.DataFrame) -> pd.Series:
     return big & (df["tokens"] == df.loc[big, "tokens"].max())
 
 
+def identification_warnings(
+    law: ChinchillaLaw, N: np.ndarray | None = None, D: np.ndarray | None = None
+) -> list[str]:
+    """Flags for parameters the runs do not pin down (a fit can match its points and still
+    say little about the law): fewer than 3 distinct sizes or budgets, exponents outside
+    published ranges, bootstrap intervals over a decade."""
+    out = []
+    for name, vals, term in (("N", N, "alpha and A"), ("D", D, "beta and B")):
+        if vals is not None and len(np.unique(vals)) < 3:
+            out.append(
+                f"only {len(np.unique(vals))} distinct {name} value(s): {term} are not identified"
+            )
+    p = law.params_
+    for k in ("alpha", "beta"):
+        if not 0.05 <= p[k] <= 1.5:
+            out.append(
+                f"{k} = {p[k]:.3g} is outside 0.05-1.5 (published fits: 0.2-0.6); the runs "
+                f"probably do not span enough {'model sizes' if k == 'alpha' else 'token budgets'}"
+                " for this term"
+            )
+    for k, (lo, hi) in getattr(law, "params_ci_", {}).items():
+        if k in ("E", "A", "B") and lo > 0 and hi / lo > 10:
+            out.append(f"{k} is poorly identified: 95% interval {lo:.3g} - {hi:.3g}")
+        if k in ("alpha", "beta") and hi - lo > 1.0:
+            out.append(f"{k} is poorly identified: 95% interval {lo:.3g} - {hi:.3g}")
+    return out
+
+
 def fit_chinchilla(
     df: pd.DataFrame, holdout: pd.Series | None = None, n_boot: int = 200, random_state: int = 0
 ) -> tuple[ChinchillaLaw, dict[str, Any]]:
@@ -45,11 +73,15 @@ def fit_chinchilla(
     train = df if holdout is None else df[~holdout]
     law = ChinchillaLaw().fit(train["n_params"], train["tokens"], train["loss"])
     info: dict[str, Any] = law.to_dict()
-    try:
-        law.bootstrap(n_boot=n_boot, random_state=random_state)
-        info["params_ci95"] = {k: list(v) for k, v in law.params_ci_.items()}
-    except ScalingLawFitError as e:
-        info["bootstrap_error"] = str(e)
+    if n_boot > 0:
+        try:
+            law.bootstrap(n_boot=n_boot, random_state=random_state)
+            info["params_ci95"] = {k: list(v) for k, v in law.params_ci_.items()}
+        except ScalingLawFitError as e:
+            info["bootstrap_error"] = str(e)
+    info["warnings"] = identification_warnings(
+        law, train["n_params"].to_numpy(), train["tokens"].to_numpy()
+    )
     pred = law.predict(train["n_params"].to_numpy(), train["tokens"].to_numpy())
     info["train_mean_abs_rel_error"] = float(np.mean(np.abs(pred / train["loss"] - 1)))
     if holdout is not None and holdout.any():
@@ -216,6 +248,8 @@ def fit_table(
                 f"Held out N={h['n_params']:.3g}, D={h['tokens']:.3g}: loss {h['loss']:.4f}, "
                 f"predicted {h['predicted']:.4f} (relative error {h['rel_error']:+.2%})."
             )
+        for w in info["warnings"]:
+            lines.append(f"**Warning:** {w}.")
         lines += ["", "![fit](chinchilla.png)", ""]
     if "data_constrained" in laws:
         if "unique_tokens" not in df.columns:

@@ -83,6 +83,9 @@ def test_distribution_reweighting_over_bases():
     assert mixer.weights_["wiki"] == pytest.approx(0.5 * b["textual"])
     assert_valid(mixer.weights_, DOMAINS)
     assert mixer.mixture().provenance["basis_weights"] == pytest.approx(b)
+    default = DGAMixer(bases=bases).fit(TOKENS)  # uniform over the bases by default
+    assert default.basis_weights_ == {"textual": 0.5, "technical": 0.5}
+    assert DGAMixer().fit(TOKENS).weights_["web"] == pytest.approx(0.4)  # natural otherwise
     with pytest.raises(ValueError, match="basis 'bad'"):
         DGAMixer(bases={"bad": {"web": 0.5}}).fit(TOKENS)
     with pytest.raises(ValueError, match=r"no basis .* \['math', 'wiki'\]"):
@@ -136,7 +139,9 @@ def test_dga_as_train_proxy_hook(shared_data):
     from curamix.proxy.tokenizer import encode_stream, train_tokenizer
     from curamix.proxy.train import ProxyTrainConfig, train_proxy
 
-    domains = {d: _docs(shared_data / "corpus" / f"{d}.jsonl.gz", 80) for d in ("math", "wiki", "code")}
+    domains = {
+        d: _docs(shared_data / "corpus" / f"{d}.jsonl.gz", 80) for d in ("math", "wiki", "code")
+    }
     target = _docs(shared_data / "targets" / "gsm8k_train.jsonl.gz", 80)
     tok = train_tokenizer([t for ts in domains.values() for t in ts] + target, vocab_size=512)
     train = {d: encode_stream(tok, ts[:70]) for d, ts in domains.items()}

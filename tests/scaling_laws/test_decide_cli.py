@@ -67,6 +67,7 @@ def test_fit_table_report_and_holdout(tmp_path):
     held = fits["chinchilla"]["heldout"]
     assert len(held) == 1 and held[0]["n_params"] == 3e7 and held[0]["tokens"] == 3e9
     assert abs(held[0]["rel_error"]) < 0.01
+    assert fits["chinchilla"]["warnings"] == []
     assert (tmp_path / "chinchilla.png").stat().st_size > 10_000
     assert (tmp_path / "mixing.png").stat().st_size > 10_000
     report = (tmp_path / "report.md").read_text()
@@ -76,6 +77,17 @@ def test_fit_table_report_and_holdout(tmp_path):
         fits["chinchilla"]["params"]["alpha"]
     )
     assert laws["mixing"].domains_ == ["a", "b", "c"]
+
+
+def test_degenerate_fits_are_flagged(tmp_path):
+    # One token budget only: the data term cannot be identified, and the report says so.
+    df = _sweep_table()
+    df = pd.concat([df[df["tokens"] == 1e9]] * 2, ignore_index=True)
+    df["tokens"] = 1e9
+    fits = fit_table(df, tmp_path, n_boot=30, holdout=None)
+    warnings = fits["chinchilla"]["warnings"]
+    assert any("distinct D" in w for w in warnings), warnings
+    assert "**Warning:**" in (tmp_path / "report.md").read_text()
 
 
 def test_cli_fit_and_recommend(tmp_path):

@@ -100,6 +100,9 @@ def test_chinchilla_epoch_refit(shared_data):
     epoch = {"E": 1.817, "A": 477.8, "B": 2143.9, "alpha": 0.347, "beta": 0.367}
     for k, v in epoch.items():
         assert law.params_[k] == pytest.approx(v, rel=0.02), (k, law.params_[k])
+    from curamix.scaling_laws.fit import identification_warnings
+
+    assert identification_warnings(law) == []
 
 
 def test_bad_input_is_refused():
