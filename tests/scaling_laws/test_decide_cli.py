@@ -114,3 +114,33 @@ def test_cli_fit_and_recommend(tmp_path):
     assert "N must be finite and > 0; entry 1" in " ".join(res.output.split())
     res = runner.invoke(app, ["recommend", "--compute", "1e21", "--fits", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "run `curamix fit` first" in " ".join(res.output.split())
+
+
+def test_cli_recommend_to_run_then_export(tmp_path):
+    table = tmp_path / "results.csv"
+    _sweep_table().to_csv(table, index=False)
+    runner = CliRunner()
+    assert runner.invoke(app, ["fit", str(table), "--law", "mixing", "--law", "chinchilla",
+                               "--n-boot", "0"]).exit_code == 0  # fmt: skip
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["recommend", "-c", "1e20", "--fits", str(tmp_path / "fits"),
+                              "--upsample", "c", "--run-dir", str(run)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert (run / "mixture.json").is_file()
+    # Megatron has no schedule: one --data-path file per stage (main, then the upsampling).
+    res = runner.invoke(app, ["export", "-f", "megatron", str(run), "--prefix-template",
+                              "/data/{domain}_text_document"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    files = sorted((run / "export").glob("mixture_megatron_*.txt"))
+    assert [f.stem.rsplit("_", 1)[1] for f in files] == ["main", "upsample"]
+    for f in files:
+        text = f.read_text().split()
+        weights = [float(w) for w in text[0::2]]
+        assert sum(weights) == pytest.approx(1.0)
+        assert all(p.startswith("/data/") for p in text[1::2])
+    res = runner.invoke(app, ["export", "-f", "yaml", str(run)])
+    assert res.exit_code == 0, res.output
+    # A domain without a data location is refused, naming it.
+    res = runner.invoke(app, ["export", "-f", "megatron", str(run), "--paths", '{"a": "/x"}',
+                              "--stage", "0"])  # fmt: skip
+    assert res.exit_code == 2
