@@ -153,7 +153,9 @@ class ChinchillaLaw(ScalingLaw):
         return grid_starts(self.grid or DEFAULT_GRID, self._names)
 
     def _bounds(self) -> list[tuple[float | None, float | None]]:
-        return [(None, None), (None, None), (None, None), (0.0, None), (0.0, None)]
+        # Generous boxes (published exponents are 0.2-0.6) that keep A, B, E finite: without
+        # them an unidentified term drifts until exp(a) overflows and predictions are NaN.
+        return [(-50.0, 100.0), (-50.0, 100.0), (-20.0, 20.0), (0.0, 5.0), (0.0, 5.0)]
 
     def _set_params(self, x: np.ndarray) -> None:
         a, b, e, alpha, beta = (float(v) for v in x)
