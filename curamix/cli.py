@@ -1,4 +1,4 @@
-"""The ``curamix`` command line: ``ingest``, ``run``, ``dedup``, ``score``, ``select``,
+"""The ``curamix`` command line: ``ingest``, ``run``, ``dedup``, ``decontam``, ``score``, ``select``,
 ``fit``, ``recommend``, ``status``, ``demo``.
 
 Every command prints where its outputs are. Bad configs and a missing Java runtime end with
@@ -280,6 +280,44 @@ def dedup_cmd(
         }
         results = _run(extend_run_config(run_dir, "dedup", section), only=["dedup"])
         console.print(f"report: [cyan]{results['dedup'].path / 'report.md'}[/]")
+
+
+@app.command("decontam")
+def decontam_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder with a completed ingest (or dedup).")],
+    test: Annotated[
+        list[str],
+        typer.Option("--test", help="Benchmark test set file (JSONL with id, text); repeatable."),
+    ],
+    ngram: Annotated[int, typer.Option(help="Word n-gram length.")] = 13,
+    min_words: Annotated[
+        int, typer.Option(help="Shorter texts get one n-gram of all their words if this long.")
+    ] = 8,
+    min_matches: Annotated[
+        int, typer.Option(help="Matched n-grams that make a document contaminated.")
+    ] = 1,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Flag contaminated documents in the ledger only.")
+    ] = False,
+) -> None:
+    """Flag and remove documents sharing word n-grams with benchmark test sets (GPT-3 style)."""
+    from curamix.runner import extend_run_config
+
+    with _friendly_errors():
+        section = {
+            "test_inputs": [{"path": str(Path(p).resolve())} for p in test],
+            "ngram": ngram,
+            "min_words": min_words,
+            "min_matches": min_matches,
+            "remove": not keep,
+        }
+        results = _run(extend_run_config(run_dir, "decontam", section), only=["decontam"])
+        c = results["decontam"].counts
+        console.print(
+            f"contaminated: {c['flagged']} of {c['in']} documents, removed {c['removed']}, "
+            f"kept {c['kept']}"
+        )
+        console.print(f"report: [cyan]{results['decontam'].path / 'report.md'}[/]")
 
 
 @app.command("select")

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "CURAMIX_"
-KNOWN_STAGES: tuple[str, ...] = ("ingest", "dedup", "dsir", "select")
+KNOWN_STAGES: tuple[str, ...] = ("ingest", "dedup", "decontam", "dsir", "select")
 """Stages in their run order; each later issue adds its own (dedup, dsir, ...)."""
 
 
@@ -150,6 +150,37 @@ class DedupConfig(CuramixModel):
         return self
 
 
+class DecontamConfig(CuramixModel):
+    """Benchmark decontamination by word n-gram overlap with test sets (see docs/decontam.md)."""
+
+    test_inputs: list[InputSpec] = Field(min_length=1)
+    """Benchmark TEST sets, read like ingest inputs; the benchmark name is the domain (by
+    default the file stem, e.g. ``mmlu_test``)."""
+    ngram: int = Field(default=13, ge=1)
+    min_words: int = Field(default=8, ge=1)
+    """Texts with fewer words than ``ngram`` but at least this many are one n-gram; shorter
+    ones have none."""
+    min_content_words: int = Field(default=3, ge=0)
+    """Benchmark n-grams with fewer words of two or more letters are not indexed (answer blocks
+    of multiple-choice renderings)."""
+    max_item_frequency: int | None = Field(default=10, ge=1)
+    """Benchmark n-grams found in more than this many items are template text and dropped."""
+    remove: bool = True
+    """False: flag only (ledger reason ``contaminated_kept``); every document is kept."""
+    min_matches: int = Field(default=1, ge=1)
+    """A document is contaminated when at least this many of its n-grams are in the index."""
+
+    @model_validator(mode="after")
+    def _lengths(self) -> DecontamConfig:
+        if self.min_words > self.ngram:
+            raise ValueError(f"min_words ({self.min_words}) must not exceed ngram ({self.ngram})")
+        if self.min_content_words > self.ngram:
+            raise ValueError(
+                f"min_content_words ({self.min_content_words}) must not exceed ngram ({self.ngram})"
+            )
+        return self
+
+
 class DSIRConfig(CuramixModel):
     """DSIR scoring (Xie et al. 2023): fit hashed n-gram distributions of a target and of the
     pool, score every pool document with its log importance weight. Reference defaults."""
@@ -207,6 +238,7 @@ class PipelineConfig(CuramixModel):
     spark: SparkConfig = Field(default_factory=SparkConfig)
     ingest: IngestConfig | None = None
     dedup: DedupConfig | None = None
+    decontam: DecontamConfig | None = None
     dsir: DSIRConfig | None = None
     select: SelectConfig | None = None
 
@@ -308,7 +340,11 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
 
     if "run_dir" in data:
         data["run_dir"] = absolute(data["run_dir"])
-    sections = [(data.get("ingest"), "inputs"), (data.get("dsir"), "target_inputs")]
+    sections = [
+        (data.get("ingest"), "inputs"),
+        (data.get("decontam"), "test_inputs"),
+        (data.get("dsir"), "target_inputs"),
+    ]
     for section, key in sections:
         if not isinstance(section, dict):
             continue

@@ -20,17 +20,35 @@ RUN_CONFIG = "pipeline.yaml"
 
 
 def _stage_runners() -> dict[str, Callable[..., JobResult]]:
+    from curamix.pipelines.decontam import run_decontam
     from curamix.pipelines.dedup import run_dedup
     from curamix.pipelines.dsir import run_dsir
     from curamix.pipelines.ingest import run_ingest
     from curamix.pipelines.select import run_select
 
-    return {"ingest": run_ingest, "dedup": run_dedup, "dsir": run_dsir, "select": run_select}
+    return {
+        "ingest": run_ingest,
+        "dedup": run_dedup,
+        "decontam": run_decontam,
+        "dsir": run_dsir,
+        "select": run_select,
+    }
 
 
-def pool_stage(cfg: PipelineConfig) -> str:
-    """The stage whose documents scoring and selection read: dedup when the run dedups."""
-    return "dedup" if "dedup" in cfg.stages and cfg.dedup is not None else "ingest"
+POOL_STAGES: tuple[str, ...] = ("decontam", "dedup")
+"""Stages that write a filtered pool, latest first."""
+
+
+def pool_stage(cfg: PipelineConfig, before: str | None = None) -> str:
+    """The stage whose documents a later stage reads: the latest of decontam and dedup that the
+    run has (listed in ``stages`` with its section), else ingest. ``before``: only stages that
+    run before that one (decontam reads ``pool_stage(cfg, before="decontam")``)."""
+    for stage in POOL_STAGES:
+        if before is not None and KNOWN_STAGES.index(stage) >= KNOWN_STAGES.index(before):
+            continue
+        if stage in cfg.stages and getattr(cfg, stage, None) is not None:
+            return stage
+    return "ingest"
 
 
 def extend_run_config(run_dir: str | Path, stage: str, section: dict[str, Any]) -> PipelineConfig:
@@ -76,6 +94,14 @@ def stage_key(cfg: PipelineConfig, stage: str) -> str:
         from curamix.pipelines.dedup import dedup_key
 
         return dedup_key(cfg, require_upstream(cfg, "ingest"))
+    if stage == "decontam":
+        from curamix.config import IngestConfig
+        from curamix.io.inputs import expand_inputs
+        from curamix.pipelines.decontam import decontam_key
+
+        assert cfg.decontam is not None
+        tests = expand_inputs(IngestConfig(inputs=cfg.decontam.test_inputs)).fingerprints
+        return decontam_key(cfg, require_upstream(cfg, pool_stage(cfg, before="decontam")), tests)
     if stage == "select":
         from curamix.pipelines.select import select_key
 

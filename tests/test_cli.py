@@ -97,3 +97,30 @@ def test_score_dsir_then_select(spark, tmp_path):
     assert len(picked) == 20 and all(p.startswith("m") for p in picked)
     bad = runner.invoke(app, ["select", str(tmp_path / "run"), "--k", "5", "--fraction", "0.1"])
     assert bad.exit_code == 2 and "exactly one of k" in bad.output
+
+
+@pytest.mark.spark
+def test_decontam_then_dsir_reads_the_decontaminated_pool(spark, tmp_path):
+    leaked = "the quick brown fox jumps over the lazy dog while seven tired judges count the golden coins"
+    rows = [
+        {"id": f"d{i}", "text": f"ordinary document number {i} about rivers and hills"}
+        for i in range(20)
+    ]
+    rows.append({"id": "leak", "text": f"Intro words. {leaked.upper()}! and more text after it"})
+    write_jsonl(tmp_path / "in" / "pool.jsonl", rows)
+    write_jsonl(tmp_path / "test.jsonl", [{"id": "q1", "text": leaked}])
+    run = tmp_path / "run"
+    assert (
+        runner.invoke(app, ["ingest", str(tmp_path / "in"), "--run-dir", str(run)]).exit_code == 0
+    )
+    out = runner.invoke(app, ["decontam", str(run), "--test", str(tmp_path / "test.jsonl")])
+    assert out.exit_code == 0, out.output
+    assert "contaminated: 1 of 21 documents, removed 1, kept 20" in " ".join(out.output.split())
+    # DSIR now scores the decontaminated pool: 20 documents, not 21.
+    out = runner.invoke(app, ["score", "dsir", str(run), "--target-domain", "pool",
+                              "--min-example-length", "0"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    status = json.loads(runner.invoke(app, ["status", str(run), "--json"]).output)
+    by_stage = {r["stage"]: r for r in status}
+    assert by_stage["decontam"]["counts"]["removed"] == 1
+    assert by_stage["dsir"]["counts"]["in"] == 20
