@@ -27,7 +27,8 @@ Hashes
 Template n-grams
     Windows with fewer than ``min_content_words`` (default 3) words of two or more letters are
     not indexed: in a multiple-choice rendering the answer block (``"a 2 b 1 3 c 2 3 d 2 5
-    answer c 2"``) is such a window and matches unrelated numeric option lists. A benchmark's rendering template can make the same 13-gram occur in many unrelated items
+    answer c 2"``) is such a window and matches unrelated numeric option lists.
+    A benchmark's rendering template can make the same 13-gram occur in many unrelated items
     (e.g. ``"... a 0 b 1 c 2 d 3 answer"``). N-grams found in more than ``max_item_frequency``
     test items are dropped from the index (Llama 2 likewise ignores over-frequent n-grams).
 
