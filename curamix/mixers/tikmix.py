@@ -60,6 +60,7 @@ from curamix.mixers.base import (
     stack_gradients,
 )
 from curamix.mixers.regmix import dirichlet_mixtures, mixture_regressor
+from curamix.optim import minimize_on_simplex
 
 ADAM_EPS = 1e-8
 
@@ -131,8 +132,6 @@ def tikmix_d_weights(
     unique. Without diversity and trust region the optimum is known in closed form,
     ``softmax(I~ log k / uniformity)``, and used directly.
     """
-    from scipy.optimize import minimize
-
     infl = np.asarray(influence, dtype=np.float64)
     k = len(infl)
     cur = np.full(k, 1.0 / k) if current is None else np.asarray(current, dtype=np.float64)
@@ -167,22 +166,10 @@ def tikmix_d_weights(
     starts = [cur]
     if trust_region is None:
         starts.append(np.full(k, 1.0 / k))
-    best, best_f = None, np.inf
-    cons = [{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones(k)}]
-    for w0 in starts:
-        res = minimize(neg, np.clip(w0, lo, hi), jac=True, method="SLSQP",
-                       bounds=list(zip(lo, hi, strict=True)), constraints=cons,
-                       options={"maxiter": 500, "ftol": 1e-12})  # fmt: skip
-        w = np.clip(res.x, lo, hi)
-        if abs(w.sum() - 1.0) > 1e-6:
-            continue
-        w = w / w.sum()
-        f = neg(w)[0]
-        if f < best_f:
-            best, best_f = w, f
-    if best is None:
+    found = minimize_on_simplex(neg, starts, lo, hi)
+    if found is None:
         raise RuntimeError("TiKMiX-D: the optimiser found no feasible mixture")
-    return best
+    return found[0]
 
 
 def tikmix_m_weights(

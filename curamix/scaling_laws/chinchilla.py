@@ -138,6 +138,16 @@ class ChinchillaLaw(ScalingLaw):
         self.grid = grid
         self.maxiter = maxiter
 
+    @classmethod
+    def from_params(cls, params: Mapping[str, float]) -> ChinchillaLaw:
+        """A law with given ``E``, ``A``, ``B``, ``alpha``, ``beta`` (published or saved)."""
+        missing = {"E", "A", "B", "alpha", "beta"} - set(params)
+        if missing:
+            raise ValueError(f"Chinchilla parameters lack {sorted(missing)}; got {dict(params)}")
+        law = cls()
+        law.params_ = {k: float(params[k]) for k in ("E", "A", "B", "alpha", "beta")}
+        return law
+
     def fit(self, N: ArrayLike, D: ArrayLike, loss: ArrayLike) -> ChinchillaLaw:
         N = check_positive("N", N)
         D = check_positive("D", D)

@@ -82,13 +82,7 @@ def recommend(
     """
     notes: list[str] = []
     if chinchilla is None:
-        chinchilla = ChinchillaLaw()
-        import numpy as np
-
-        p = CHINCHILLA_PUBLISHED
-        chinchilla._set_params(
-            np.array([np.log(p["A"]), np.log(p["B"]), np.log(p["E"]), p["alpha"], p["beta"]])
-        )
+        chinchilla = ChinchillaLaw.from_params(CHINCHILLA_PUBLISHED)
         size_source = "Chinchilla approach 3, published constants (Hoffmann et al. 2022)"
         notes.append("no fitted Chinchilla law given: sizes use the published constants")
     else:

@@ -295,12 +295,7 @@ def load_fits(path: str | Path) -> dict[str, Any]:
     raw = json.loads(path.read_text())
     out: dict[str, Any] = {}
     if "chinchilla" in raw:
-        p = raw["chinchilla"]["params"]
-        law = ChinchillaLaw()
-        law._set_params(
-            np.array([np.log(p["A"]), np.log(p["B"]), np.log(p["E"]), p["alpha"], p["beta"]])
-        )
-        out["chinchilla"] = law
+        out["chinchilla"] = ChinchillaLaw.from_params(raw["chinchilla"]["params"])
     if "mixing" in raw:
         out["mixing"] = mixing_from_params(raw["mixing"]["params"])
     if "filtering" in raw:

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
+from curamix.optim import minimize_on_simplex
 from curamix.scaling_laws._base import (
     NotFittedError,
     ScalingLawFitError,
@@ -257,27 +258,8 @@ class MixingLaw:
         rng = np.random.default_rng(random_state)
         starts = [np.clip(np.full(m, 1.0 / m), lo, hi)]
         starts += [np.clip(rng.dirichlet(np.ones(m)), lo, hi) for _ in range(n_starts)]
-        best_r, best_f = None, np.inf
-        cons = [{"type": "eq", "fun": lambda r: r.sum() - 1.0, "jac": lambda r: np.ones(m)}]
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1):
-            results = [self._slsqp(obj, r0 / r0.sum(), lo, hi, cons) for r0 in starts]
-        for res in results:
-            r = np.clip(res.x, lo, hi)
-            if abs(r.sum() - 1.0) > 1e-6:
-                continue
-            r = r / r.sum()
-            f = obj(r)[0]
-            if f < best_f:
-                best_r, best_f = r, f
-        if best_r is None:
+        found = minimize_on_simplex(obj, starts, lo, hi)
+        if found is None:
             raise ScalingLawFitError("the mixture optimiser found no feasible point")
-        return dict(zip(self.domains_, map(float, best_r), strict=True)), float(best_f)
-
-    @staticmethod
-    def _slsqp(obj, r0, lo, hi, cons):  # type: ignore[no-untyped-def]
-        from scipy.optimize import minimize
-
-        return minimize(obj, r0, jac=True, method="SLSQP", bounds=list(zip(lo, hi, strict=True)),
-                        constraints=cons, options={"maxiter": 500, "ftol": 1e-12})  # fmt: skip
+        best_r, best_f = found
+        return dict(zip(self.domains_, map(float, best_r), strict=True)), best_f

@@ -120,6 +120,12 @@ def load_scored_pool(run_dir: str | Path, score_stage: str = "dsir") -> pd.DataF
     return out
 
 
+def _write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{time.time_ns()}.tmp")
+    df.to_parquet(tmp, index=False)
+    tmp.replace(path)
+
+
 def natural_mixture(train_tokens: Mapping[str, np.ndarray]) -> dict[str, float]:
     """Each domain's share of the training tokens."""
     total = sum(len(v) for v in train_tokens.values())
@@ -227,10 +233,7 @@ def run_sweep(
                 f"    loss {row['loss']:.4f}  N={row['n_params']:,}  "
                 f"{row['tokens_per_s']:,.0f} tok/s  {row['wall_s']:.1f}s"
             )
-        table = pd.DataFrame(rows)
-        tmp = root / f".results.{time.time_ns()}.parquet"
-        table.to_parquet(tmp, index=False)
-        tmp.replace(root / "results.parquet")
+        _write_parquet_atomic(pd.DataFrame(rows), root / "results.parquet")
     log(
         f"sweep: {len(cells)} cells in {time.perf_counter() - t0:.1f}s -> {root / 'results.parquet'}"
     )
@@ -282,8 +285,5 @@ def run_keep_fraction_sweep(
         df.insert(2, "unique_tokens", unique)
         tables.append(df)
     out = pd.concat(tables, ignore_index=True)
-    root = run_dir / "scaling" / "filter"
-    tmp = root / f".results.{time.time_ns()}.parquet"
-    out.to_parquet(tmp, index=False)
-    tmp.replace(root / "results.parquet")
+    _write_parquet_atomic(out, run_dir / "scaling" / "filter" / "results.parquet")
     return out
