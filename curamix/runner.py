@@ -19,23 +19,16 @@ if TYPE_CHECKING:
 RUN_CONFIG = "pipeline.yaml"
 
 
-def _stage_runners() -> dict[str, Callable[..., JobResult]]:
-    from curamix.pipelines.decontam import run_decontam
-    from curamix.pipelines.dedup import run_dedup
-    from curamix.pipelines.dsir import run_dsir
-    from curamix.pipelines.ingest import run_ingest
-    from curamix.pipelines.select import run_select
+def _stage_runner(stage: str) -> Callable[..., JobResult]:
+    """The ``run_<stage>`` function of ``curamix.pipelines.<stage>`` (imported on first use)."""
+    import importlib
 
-    return {
-        "ingest": run_ingest,
-        "dedup": run_dedup,
-        "decontam": run_decontam,
-        "dsir": run_dsir,
-        "select": run_select,
-    }
+    if stage not in KNOWN_STAGES:
+        raise ValueError(f"unknown stage {stage!r}; known stages: {list(KNOWN_STAGES)}")
+    return getattr(importlib.import_module(f"curamix.pipelines.{stage}"), f"run_{stage}")
 
 
-POOL_STAGES: tuple[str, ...] = ("decontam", "dedup")
+POOL_STAGES: tuple[str, ...] = ("decontam", "semdedup", "dedup")
 """Stages that write a filtered pool, latest first."""
 
 
@@ -102,6 +95,37 @@ def stage_key(cfg: PipelineConfig, stage: str) -> str:
         assert cfg.decontam is not None
         tests = expand_inputs(IngestConfig(inputs=cfg.decontam.test_inputs)).fingerprints
         return decontam_key(cfg, require_upstream(cfg, pool_stage(cfg, before="decontam")), tests)
+    if stage == "embed":
+        from curamix.pipelines.embed import embed_key
+
+        return embed_key(cfg, require_upstream(cfg, pool_stage(cfg, before="embed")))
+    if stage == "semdedup":
+        from curamix.pipelines.semdedup import semdedup_key
+
+        return semdedup_key(
+            cfg,
+            require_upstream(cfg, pool_stage(cfg, before="semdedup")),
+            require_upstream(cfg, "embed"),
+        )
+    if stage == "betr":
+        from curamix.config import IngestConfig
+        from curamix.io.inputs import expand_inputs
+        from curamix.pipelines.betr import betr_key
+
+        assert cfg.betr is not None
+        bench = expand_inputs(IngestConfig(inputs=cfg.betr.benchmark_inputs)).fingerprints
+        return betr_key(cfg, require_upstream(cfg, pool_stage(cfg)), bench)
+    if stage == "coreset":
+        from curamix.pipelines.coreset import coreset_key
+
+        assert cfg.coreset is not None
+        score = cfg.coreset.score
+        return coreset_key(
+            cfg,
+            require_upstream(cfg, pool_stage(cfg)),
+            require_upstream(cfg, "embed"),
+            None if score == "prototype" else require_upstream(cfg, score),
+        )
     if stage == "select":
         from curamix.pipelines.select import select_key
 
@@ -151,13 +175,12 @@ def run_pipeline(
         from curamix.pipelines.session import get_spark
 
         spark = get_spark(cfg.spark)
-    runners = _stage_runners()
     results: dict[str, JobResult] = {}
     for stage in cfg.stages:
         if only is not None and stage not in only:
             continue
         kwargs = {} if stage == "ingest" else {"upstream": results}
-        results[stage] = runners[stage](spark, cfg, on_step=on_step, **kwargs)
+        results[stage] = _stage_runner(stage)(spark, cfg, on_step=on_step, **kwargs)
     write_json_atomic(
         run_dir / "last_run.json",
         {s: {"folder": r.path.name, "skipped": r.skipped} for s, r in results.items()},
