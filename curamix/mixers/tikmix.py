@@ -17,7 +17,11 @@ the quantity TiKMiX maximises.
   ``model.parameters()`` order, bias-corrected), else from the mixer's own running average
   of squared gradients: ``v <- b2 v + (1 - b2) sum_i w_i g_i^2`` over the per-domain
   gradients it sees at each update (weighted by the current mixture), bias-corrected.
-  (The paper uses EK-FAC; K-FAC-style factors are not implemented.)
+- ``"kfac"``: K-FAC blocks of the linear layers (:mod:`curamix.proxy.kfac`), the factors
+  gathered by the training loop on the hook's domain micro-batches (weighted by the current
+  mixture), damped by ``kfac_damping`` times each block's mean curvature; influences and
+  similarities are over the linear layers' weights only (embeddings and norm gains have no
+  K-FAC block). The paper uses EK-FAC, i.e. this plus an eigenvalue correction.
 
 Next-stage weights (re-estimated at each stage boundary, i.e. each ``partial_fit``):
 
@@ -87,6 +91,20 @@ def group_influence(G: Any, g_t: Any, precond: Any | None = None) -> tuple[np.nd
     Gp = G if precond is None else G * precond.to(G.dtype)
     infl = (Gp @ g_t).cpu().numpy()
     gram = (G @ Gp.T).cpu().numpy()
+    n = np.sqrt(np.clip(np.diag(gram), 0.0, None))
+    den = np.outer(n, n)
+    sim = np.divide(gram, den, out=np.zeros_like(gram), where=den > 0)
+    return infl, sim
+
+
+def kfac_group_influence(G: Any, g_t: Any, kfac: Any) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`group_influence` with ``H^-1`` the damped inverse K-FAC curvature ``kfac`` (a
+    :class:`~curamix.proxy.kfac.KFACPreconditioner`), over the linear layers' weights."""
+    Gl = kfac.restrict(G)
+    Gp = kfac.apply(Gl).to(Gl.dtype)
+    infl = (Gp @ kfac.restrict(g_t)).cpu().numpy()
+    gram = (Gl @ Gp.T).cpu().numpy()
+    gram = 0.5 * (gram + gram.T)
     n = np.sqrt(np.clip(np.diag(gram), 0.0, None))
     den = np.outer(n, n)
     sim = np.divide(gram, den, out=np.zeros_like(gram), where=den > 0)
@@ -228,8 +246,10 @@ class TiKMiXMixer(OnlineMixer):
     ----------
     mode : {"D", "M"}
         Direct optimisation (D) or regression over sampled mixtures (M).
-    hessian : {"identity", "adam"}
+    hessian : {"identity", "adam", "kfac"}
         The ``H^-1`` approximation (module docstring).
+    kfac_damping : float
+        ``hessian="kfac"``: damping relative to each block's mean curvature.
     uniformity, diversity : float
         Coefficients of the entropy and gradient-diversity terms (>= 0).
     trust_region : float, optional
@@ -276,7 +296,8 @@ class TiKMiXMixer(OnlineMixer):
     def __init__(
         self,
         mode: Literal["D", "M"] = "D",
-        hessian: Literal["identity", "adam"] = "identity",
+        hessian: Literal["identity", "adam", "kfac"] = "identity",
+        kfac_damping: float = 0.1,
         uniformity: float = 0.1,
         diversity: float = 0.0,
         trust_region: float | None = None,
@@ -293,6 +314,7 @@ class TiKMiXMixer(OnlineMixer):
     ) -> None:
         self.mode = mode
         self.hessian = hessian
+        self.kfac_damping = kfac_damping
         self.uniformity = uniformity
         self.diversity = diversity
         self.trust_region = trust_region
@@ -311,8 +333,10 @@ class TiKMiXMixer(OnlineMixer):
         """Set the first stage's weights for the domains of ``domain_stats``."""
         if self.mode not in ("D", "M"):
             raise ValueError(f"mode must be 'D' or 'M', got {self.mode!r}")
-        if self.hessian not in ("identity", "adam"):
-            raise ValueError(f"hessian must be 'identity' or 'adam', got {self.hessian!r}")
+        if self.hessian not in ("identity", "adam", "kfac"):
+            raise ValueError(f"hessian must be 'identity', 'adam' or 'kfac', got {self.hessian!r}")
+        if not self.kfac_damping > 0:
+            raise ValueError(f"kfac_damping must be > 0, got {self.kfac_damping!r}")
         if not 0 <= self.influence_ema < 1:
             raise ValueError(f"influence_ema must be in [0, 1), got {self.influence_ema!r}")
         if not 0 < self.beta2 < 1:
@@ -330,6 +354,11 @@ class TiKMiXMixer(OnlineMixer):
             self.random_state_ = int(np.random.SeedSequence().entropy % (2**32))
         self._start_online()
         return self
+
+    @property
+    def needs_kfac(self) -> bool:
+        """Ask the training loop for K-FAC factors (``hessian="kfac"``)."""
+        return self.hessian == "kfac"
 
     # -- the stage update ---------------------------------------------------------------------
     def _preconditioner(self, G: Any, precond: Any | None) -> Any | None:
@@ -361,6 +390,23 @@ class TiKMiXMixer(OnlineMixer):
         """
         self._check_fitted()
         G, g_t = stack_gradients(step_metrics, self.domains_, "TiKMiXMixer")
+        if self.hessian == "kfac":
+            kfac = getattr(step_metrics, "kfac", None)
+            if kfac is None:
+                raise ValueError(
+                    "TiKMiXMixer(hessian='kfac') needs K-FAC factors: pass the mixer itself as "
+                    "train_proxy's hook (it sets needs_kfac) or give step_metrics.kfac"
+                )
+            from curamix.proxy.kfac import KFACPreconditioner
+
+            layout, factors = kfac
+            infl, sim = kfac_group_influence(
+                G, g_t, KFACPreconditioner(layout, factors, self.kfac_damping)
+            )
+            check_finite(
+                dict(zip(self.domains_, infl, strict=True)), "influence", step_metrics.step
+            )
+            return self.update_from_influence(infl, sim, step_metrics)
         P = self._preconditioner(G, precond if precond is not None else getattr(
             step_metrics, "precond", None))  # fmt: skip
         infl, sim = group_influence(G, g_t, P)

@@ -186,6 +186,10 @@ class StepMetrics:
     """Flattened float32 gradient of each domain's micro-batch loss (``hook.needs_gradients``),
     on the training device, in ``model.parameters()`` order."""
     target_grad: torch.Tensor | None = field(default=None, repr=False)
+    kfac: Any = field(default=None, repr=False)
+    """``(layout, {layer: (A, G)})``: the K-FAC factors of the linear layers from this call's
+    domain micro-batches, each weighted by its domain's mixture weight (``hook.needs_kfac``;
+    see :mod:`curamix.proxy.kfac`)."""
 
     def grad_dots(self) -> dict[str, float]:
         """``<g_domain, g_target>`` per domain (the DoGE / gradient-alignment score)."""
@@ -581,6 +585,7 @@ def _train(
         None if target_tokens is None else eval_windows(target_tokens, seq_len, cfg.eval_tokens)
     )
     needs_grads = bool(getattr(hook, "needs_gradients", False))
+    needs_kfac = needs_grads and bool(getattr(hook, "needs_kfac", False))
 
     def wall() -> float:
         return prev_wall + time.perf_counter() - t_start
@@ -641,7 +646,18 @@ def _train(
             return float(loss.detach()), _flat_grad(model, loss) if needs_grads else None
 
         model.eval()
-        per_domain = {d: micro(b) for d, b in batches.items()}
+        kfac = None
+        if needs_kfac:
+            from curamix.proxy.kfac import KFACCollector
+
+            with KFACCollector(model) as kc:
+                per_domain = {}
+                for d, b in batches.items():
+                    kc.weight = sampler.weights.get(d, 0.0) + 1e-12
+                    per_domain[d] = micro(b)
+            kfac = (kc.layout, kc.factors())
+        else:
+            per_domain = {d: micro(b) for d, b in batches.items()}
         tgt_loss, tgt_grad = micro(target_batch) if target_batch is not None else (None, None)
         losses = {d: v[0] for d, v in per_domain.items()}
         grads = {d: v[1] for d, v in per_domain.items()} if needs_grads else None
@@ -658,6 +674,7 @@ def _train(
             train_loss=hook_loss_sum / hook_loss_n if hook_loss_n else float("nan"),
             domain_grads=grads,
             target_grad=tgt_grad,
+            kfac=kfac,
         )
         hook_loss_sum, hook_loss_n = 0.0, 0
         new = hook(metrics)
