@@ -28,6 +28,8 @@ endif
 
 install: $(STAMP)
 
+# The Prefect flow curate_flow on the synthetic demo corpus (ephemeral Prefect unless
+# PREFECT_API_URL points at a server); a second `make demo` skips every finished step.
 demo: $(STAMP)
 	$(VENV)/bin/curamix demo --out demo
 

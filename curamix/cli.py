@@ -1,5 +1,5 @@
 """The ``curamix`` command line: ``ingest``, ``run``, ``dedup``, ``decontam``, ``score``, ``select``,
-``fit``, ``recommend``, ``status``, ``demo``.
+``fit``, ``recommend``, ``status``, ``demo`` (the Prefect flow), ``serve``.
 
 Every command prints where its outputs are. Bad configs and a missing Java runtime end with
 a one-paragraph message and exit code 2, not a traceback.
@@ -179,9 +179,7 @@ def run(
         _run(cfg)
 
 
-score_app = typer.Typer(
-    help="Score the documents of a run (DSIR now; BETR with its issue).", no_args_is_help=True
-)
+score_app = typer.Typer(help="Score the documents of a run (DSIR, BETR).", no_args_is_help=True)
 app.add_typer(score_app, name="score")
 
 
@@ -233,6 +231,56 @@ def score_dsir(
             "separate_targets": separate_targets,
         }
         _run(extend_run_config(run_dir, "dsir", section), only=["dsir"])
+
+
+@score_app.command("betr")
+def score_betr(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder with a completed ingest.")],
+    benchmark: Annotated[
+        list[str],
+        typer.Option(
+            "--benchmark", "-b", help="Benchmark TRAIN file, folder or glob (repeatable)."
+        ),
+    ],
+    sample: Annotated[int, typer.Option(help="Pool documents embedded and ranked.")] = 10_000,
+    aggregation: Annotated[str, typer.Option(help="max (best rank) or mean.")] = "max",
+    positive_fraction: Annotated[
+        float, typer.Option(help="Top share of the ranked sample labelled positive.")
+    ] = 0.1,
+    keep_tokens: Annotated[
+        float | None, typer.Option(help="Share of the pool's tokens kept (default 0.1).")
+    ] = None,
+    compute: Annotated[
+        float | None,
+        typer.Option(help="Training FLOPs: keep F_opt(C) = 4e-5 C^0.25 percent of tokens."),
+    ] = None,
+    model: Annotated[str, typer.Option(help="Embedding model name or folder.")] = (
+        "all-MiniLM-L6-v2"
+    ),
+    max_seq_length: Annotated[int, typer.Option(help="Embedding truncation (tokens).")] = 256,
+) -> None:
+    """Rank a pool sample against benchmark examples, train a text classifier on the ranking and
+    keep the best-scored share of tokens (BETR, Mizrahi et al. 2025)."""
+    from curamix.runner import extend_run_config
+
+    with _friendly_errors():
+        section = {
+            "benchmark_inputs": [{"path": str(Path(p).resolve())} for p in benchmark],
+            "sample": sample,
+            "aggregation": aggregation,
+            "positive_fraction": positive_fraction,
+            "keep_tokens": keep_tokens,
+            "compute": compute,
+            "embed": {"model": model, "max_seq_length": max_seq_length},
+        }
+        results = _run(extend_run_config(run_dir, "betr", section), only=["betr"])
+        b = results["betr"].manifest.get("betr", {})
+        if b:
+            console.print(
+                f"kept {b['kept_token_share']:.1%} of the tokens ({b['kept_doc_share']:.1%} of "
+                f"the documents); held-out accuracy {b['classifier']['heldout']['accuracy']:.3f}"
+            )
+        console.print(f"report: [cyan]{results['betr'].path / 'report.md'}[/]")
 
 
 @app.command("dedup")
@@ -320,6 +368,125 @@ def decontam_cmd(
         console.print(f"report: [cyan]{results['decontam'].path / 'report.md'}[/]")
 
 
+@app.command("embed")
+def embed_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder with a completed ingest (or dedup).")],
+    model: Annotated[
+        str,
+        typer.Option(help="Sentence-transformers model: the bundled default or a local folder."),
+    ] = "all-MiniLM-L6-v2",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Documents per forward pass.")] = 64,
+    max_seq_length: Annotated[int, typer.Option(help="Truncation in model tokens.")] = 256,
+    sample: Annotated[
+        int | None, typer.Option(help="Embed a seeded sample of this many documents.")
+    ] = None,
+    index: Annotated[
+        str, typer.Option(help="FAISS index: auto, flat, ivf, ivfpq or hnsw.")
+    ] = "auto",
+    gpu: Annotated[str, typer.Option(help="FAISS on the GPU: auto, on or off.")] = "auto",
+) -> None:
+    """Embed the pool's documents with a sentence-transformers model and index them (FAISS)."""
+    from curamix.runner import extend_run_config
+    from curamix.selectors.embed import EmbeddingModelError
+    from curamix.selectors.index import GPUUnavailableError, IndexTooLargeError
+
+    with _friendly_errors():
+        section = {
+            "model": model,
+            "device": device,
+            "batch_size": batch_size,
+            "max_seq_length": max_seq_length,
+            "sample": sample,
+            "index": {"kind": index, "gpu": gpu},
+        }
+        try:
+            results = _run(extend_run_config(run_dir, "embed", section), only=["embed"])
+        except (EmbeddingModelError, IndexTooLargeError, GPUUnavailableError) as err:
+            err_console.print(f"[bold red]error:[/] {err}")
+            raise typer.Exit(2) from None
+        r = results["embed"]
+        ix = r.manifest.get("index") or {}
+        console.print(
+            f"embedded: {r.counts['embedded']} of {r.counts['in']} documents, {r.manifest['dim']} "
+            f"dims, {r.manifest['docs_per_s']} docs/s; index: {ix.get('kind', 'none')}"
+        )
+        console.print(f"report: [cyan]{r.path / 'report.md'}[/]")
+
+
+@app.command("semdedup")
+def semdedup_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder with a completed embed stage.")],
+    eps: Annotated[
+        float, typer.Option(help="Remove documents with cosine > 1 - eps to an earlier one.")
+    ] = 0.05,
+    n_clusters: Annotated[
+        int | None, typer.Option(help="Spherical k-means clusters (default ~sqrt(n/2)).")
+    ] = None,
+    keep: Annotated[str, typer.Option(help="far (keep far-from-centroid first) or near.")] = "far",
+    scope: Annotated[str, typer.Option(help="global, or local (within each domain).")] = "global",
+    max_removal_rate: Annotated[
+        float, typer.Option(help="Fail when a domain would lose more than this share.")
+    ] = 0.5,
+) -> None:
+    """Remove semantic duplicates within k-means clusters of the embeddings (SemDeDup)."""
+    from curamix.pipelines.semdedup import SemDedupGateError
+    from curamix.runner import extend_run_config
+
+    with _friendly_errors():
+        section = {
+            "eps": eps,
+            "n_clusters": n_clusters,
+            "keep": keep,
+            "scope": scope,
+            "max_removal_rate": max_removal_rate,
+        }
+        try:
+            results = _run(extend_run_config(run_dir, "semdedup", section), only=["semdedup"])
+        except SemDedupGateError as err:
+            err_console.print(f"[bold red]safety gate:[/] {err}")
+            raise typer.Exit(3) from None
+        c = results["semdedup"].counts
+        console.print(f"semantic duplicates: {c['removed']} of {c['in']} removed, kept {c['kept']}")
+        console.print(f"report: [cyan]{results['semdedup'].path / 'report.md'}[/]")
+
+
+@app.command("coreset")
+def coreset_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder with a completed embed stage.")],
+    method: Annotated[str, typer.Option(help="ccs, prototypes, kcenter or random.")] = "ccs",
+    k: Annotated[int | None, typer.Option(help="Documents to keep.")] = None,
+    fraction: Annotated[float | None, typer.Option(help="Share of the pool to keep.")] = None,
+    score: Annotated[
+        str, typer.Option(help="prototype (k-means distance), dsir or betr (a scoring stage).")
+    ] = "prototype",
+    beta: Annotated[float, typer.Option(help="CCS: hardest share dropped first.")] = 0.3,
+    strata: Annotated[int, typer.Option(help="CCS: equal-width score strata.")] = 50,
+    keep_easy: Annotated[
+        bool, typer.Option("--keep-easy", help="Prototypes: keep the easiest, not the hardest.")
+    ] = False,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: the run's).")] = None,
+) -> None:
+    """Keep a coreset of the pool: CCS, SSL prototypes, k-center greedy or random."""
+    from curamix.runner import extend_run_config
+
+    with _friendly_errors():
+        section = {
+            "method": method,
+            "k": k,
+            "fraction": fraction,
+            "score": score,
+            "beta": beta,
+            "strata": strata,
+            "keep_hard": not keep_easy,
+        }
+        cfg = extend_run_config(run_dir, "coreset", section)
+        if seed is not None:
+            cfg = cfg.model_copy(update={"seed": seed})
+        results = _run(cfg, only=["coreset"])
+        console.print(f"report: [cyan]{results['coreset'].path / 'report.md'}[/]")
+
+
 @app.command("select")
 def select_cmd(
     run_dir: Annotated[Path, typer.Argument(help="Run folder with a completed scoring stage.")],
@@ -388,12 +555,12 @@ def demo(
         bool, typer.Option("--run/--no-run", help="Run the pipeline after generating.")
     ] = True,
 ) -> None:
-    """Generate the SYNTHETIC demo corpus and run the pipeline on it."""
-    from curamix.demo import make_demo_corpus, write_demo_pipeline
+    """Generate the SYNTHETIC demo corpus and run the Prefect flow curate_flow on it."""
+    from curamix.demo import write_demo_corpus, write_demo_pipeline
 
     with _friendly_errors():
         t = time.perf_counter()
-        corpus = make_demo_corpus(out, n_docs=n_docs, seed=seed)
+        corpus = write_demo_corpus(out, n_docs=n_docs, seed=seed)
         pipeline = write_demo_pipeline(out, seed=seed)
         console.print(
             f"demo corpus (synthetic, seed {seed}): {corpus.total_records} records in {len(corpus.n_docs)} domains, "
@@ -405,7 +572,22 @@ def demo(
         )
         if not run_pipeline:
             return
-        results = _run(load_config(pipeline))
+        load_config(pipeline)  # a bad config fails here, before Prefect starts
+        _prefect_env()
+        from curamix.flows.curate import curate_flow
+
+        console.print(
+            "running the pipeline as the Prefect flow curate_flow "
+            + (
+                f"against {os.environ['PREFECT_API_URL']}"
+                if os.environ.get("PREFECT_API_URL")
+                else "(ephemeral Prefect; set PREFECT_API_URL to watch it in a server's UI)"
+            )
+        )
+        t = time.perf_counter()
+        summary = curate_flow(str(pipeline))
+        results = _flow_results(summary)
+        _results_table(results)
         if "dedup" in results:
             from curamix.demo import dedup_recall
 
@@ -414,7 +596,128 @@ def demo(
                 "dedup vs the injected duplicates (truth/duplicates.jsonl): "
                 + ", ".join(f"{k} {f}/{n}" for k, (f, n) in found.items())
             )
+        _flow_report(summary)
+        console.print(f"flow finished in {time.perf_counter() - t:.0f}s")
         console.print(f"next: [bold]curamix status {out / 'run'}[/]")
+
+
+def _prefect_env() -> None:
+    """Prefect settings for a local run: a patient ephemeral server, no analytics."""
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def _flow_results(summary: dict) -> dict:
+    """The stage results of a ``curate_flow`` summary, as ``JobResult`` objects."""
+    from curamix.config import KNOWN_STAGES
+    from curamix.io.store import MANIFEST, JobResult
+
+    out = {}
+    for step, s in summary["steps"].items():
+        if step in KNOWN_STAGES:
+            path = Path(s["path"])
+            manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+            out[step] = JobResult(step, path, manifest, skipped=s["skipped"])
+    return out
+
+
+def _flow_report(summary: dict) -> None:
+    """The mixture weights and where every output and artifact of a flow run is."""
+    from curamix.config import KNOWN_STAGES
+    from curamix.flows.artifacts import step_plots
+    from curamix.mixture import Mixture
+
+    steps = summary["steps"]
+    for step in ("mixture", "scaling"):
+        if step not in steps:
+            continue
+        path = Path(steps[step]["path"])
+        state = "skipped (already complete)" if steps[step]["skipped"] else "done"
+        console.print(f"[bold]{step}[/]: {state}\noutputs: [cyan]{path}[/]", soft_wrap=True)
+        for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("_")):
+            console.print(f"  {f.relative_to(path).as_posix():<22} {f}", soft_wrap=True)
+        if step == "scaling":
+            fits = json.loads((path / "fits" / "fits.json").read_text(encoding="utf-8"))
+            for w in fits.get("chinchilla", {}).get("warnings", []):
+                console.print(f"  [yellow]fit warning:[/] {w}", soft_wrap=True)
+    if summary.get("mixture"):
+        path = Path(summary["mixture"]["path"])
+        mix = Mixture.read_json(path)
+        d = mix.to_dict()
+        table = Table(
+            title=f"mixture weights ({mix.provenance.get('method', '?')})", title_justify="left"
+        )
+        for col in ("domain", "weight", *(s.name for s in mix.schedule), "tokens", "epochs"):
+            table.add_column(col, justify="left" if col == "domain" else "right")
+        for dom, w in sorted(mix.weights.items(), key=lambda kv: -kv[1]):
+            table.add_row(
+                dom,
+                f"{w:.4f}",
+                *(f"{s.weights[dom]:.4f}" for s in mix.schedule),
+                f"{d['tokens_per_domain'][dom]:.4g}" if "tokens_per_domain" in d else "",
+                f"{d['epochs'][dom]:.2f}" if "epochs" in d else "",
+            )
+        console.print(table)
+        rec = mix.provenance.get("recommendation")
+        if rec:
+            console.print(
+                f"recommended for C = {rec['compute']:.3g} FLOPs: N = {rec['n_params']:.4g} "
+                f"parameters, D = {rec['n_tokens']:.4g} tokens ({rec['size_source']})",
+                soft_wrap=True,
+            )
+        console.print(f"run mixture: [cyan]{path}[/]", soft_wrap=True)
+    for f in summary.get("exports", []):
+        console.print(f"  export     [cyan]{f}[/]", soft_wrap=True)
+    plots = [p for step, s in steps.items() if step in KNOWN_STAGES for p in step_plots(s["path"])]
+    for p in plots:
+        console.print(f"  plot       [cyan]{p}[/]", soft_wrap=True)
+    if summary.get("artifacts"):
+        console.print(
+            "Prefect artifacts (UI: Artifacts tab; or `prefect artifact ls`): "
+            + ", ".join(dict.fromkeys(summary["artifacts"])),
+            soft_wrap=True,
+        )
+
+
+@app.command("serve")
+def serve_cmd(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML file.")],
+    cron: Annotated[
+        str | None, typer.Option(help='Cron schedule, e.g. "0 3 * * *" (03:00 every day).')
+    ] = None,
+    name: Annotated[str, typer.Option(help="Deployment name.")] = "curamix-curate",
+    timezone: Annotated[str, typer.Option(help="Time zone of the cron schedule.")] = "UTC",
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a field: section.field=value.")
+    ] = None,
+) -> None:
+    """Serve curate_flow on CONFIG as a Prefect deployment with a cron schedule (blocks).
+
+    Needs a Prefect server (its scheduler creates the runs): start one with
+    `prefect server start --host 127.0.0.1` and set PREFECT_API_URL (see docs/flows.md)."""
+    _prefect_env()
+    if not os.environ.get("PREFECT_API_URL"):
+        from prefect.settings import PREFECT_API_URL
+
+        if not PREFECT_API_URL.value():
+            err_console.print(
+                "[bold red]error:[/] no Prefect server: scheduled runs need one. Start it with\n"
+                "  PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 prefect server start "
+                "--host 127.0.0.1 --port 4200\nand run this again with "
+                "PREFECT_API_URL=http://127.0.0.1:4200/api"
+            )
+            raise typer.Exit(2)
+    from curamix.flows.serve import serve_pipeline
+
+    with _friendly_errors():
+        try:
+            serve_pipeline(config, name=name, cron=cron, overrides=set_ or [], timezone=timezone)
+        except ValueError as err:
+            if isinstance(err, ConfigError):
+                raise
+            err_console.print(f"[bold red]error:[/] {err}")
+            raise typer.Exit(2) from None
 
 
 def _fit_errors() -> tuple[type[BaseException], ...]:

@@ -346,6 +346,140 @@ class CoresetConfig(CuramixModel):
         return self
 
 
+class MixtureSearchConfig(CuramixModel):
+    """Mixture search (flow step, not a stage): train a proxy LM on the run's curated pool with
+    a mixer choosing the domain weights; the result is ``RUN/mixture.json`` (docs/flows.md)."""
+
+    method: Literal["dga", "tikmix", "doremi", "regmix", "uniform", "natural", "temperature"] = (
+        "dga"
+    )
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Mixer constructor parameters, over the method's defaults (``curamix.mixers.search``)."""
+    stage: str | None = None
+    """Stage whose documents the proxy trains on; default: the run's last data stage (coreset,
+    select, else the deduplicated / decontaminated pool)."""
+    target_inputs: list[InputSpec] = Field(default_factory=list)
+    """Target texts (benchmark train sets); with ``target_domains`` empty too, the dsir
+    section's targets. DGA and TiKMiX follow the target's gradient, RegMix its loss."""
+    target_domains: list[str] = Field(default_factory=list)
+    """Pool domains whose held-out documents are the target."""
+    model: str = "nano"
+    """Proxy preset (``curamix.proxy.model.PRESETS``)."""
+    vocab_size: int = Field(default=1024, ge=256)
+    seq_len: int = Field(default=128, ge=8)
+    batch_size: int = Field(default=16, ge=1)
+    total_tokens: int = Field(default=409_600, ge=1)
+    """Proxy training tokens (steps = total_tokens / (batch_size * seq_len))."""
+    lr: float = Field(default=3e-3, gt=0)
+    update_every: int = Field(default=20, ge=1)
+    """Online mixers update the weights every this many steps."""
+    hook_rows: int = Field(default=4, ge=1)
+    eval_tokens: int = Field(default=16_384, ge=1)
+    val_fraction: float = Field(default=0.05, gt=0, lt=1)
+    regmix_runs: int = Field(default=16, ge=2)
+    """RegMix: proxy runs on sampled mixtures before the regression."""
+    regmix_tokens: int | None = Field(default=None, ge=1)
+    """RegMix: tokens per sampled run (default total_tokens / 4)."""
+    upsample: list[str] = Field(default_factory=list)
+    """Domains upweighted for the last ``upsample_last`` of training (a schedule stage)."""
+    upsample_factor: float = Field(default=2.0, gt=0)
+    upsample_last: float = Field(default=0.15, gt=0, lt=1)
+    device: str = "auto"
+    cpu_threads: int | None = Field(default=1, ge=1)
+    """Torch threads on CPU (one keeps its speed on a busy machine; None: torch's default)."""
+    checkpoint_every: int | None = Field(default=50, ge=1)
+    """Proxy checkpoints, so a killed search resumes where it stopped."""
+
+    @model_validator(mode="after")
+    def _one_batch(self) -> MixtureSearchConfig:
+        if self.total_tokens < self.batch_size * self.seq_len:
+            raise ValueError(
+                f"total_tokens ({self.total_tokens}) is smaller than one batch "
+                f"(batch_size * seq_len = {self.batch_size * self.seq_len})"
+            )
+        return self
+
+
+class ScalingConfig(CuramixModel):
+    """Scaling-law step (flow step): a proxy sweep on the search's token streams, law fits, and
+    a compute-aware recommendation (``curamix.scaling_laws``). Needs the ``mixture:`` section."""
+
+    models: list[str] = Field(default_factory=lambda: ["nano", "tiny"])
+    token_budgets: list[int] = Field(default_factory=lambda: [51_200, 102_400, 204_800])
+    mixtures: list[Literal["search", "natural", "uniform"]] = Field(
+        default_factory=lambda: ["search"]
+    )
+    """Mixtures each cell is trained on: the search's result, token shares, uniform."""
+    laws: list[Literal["chinchilla", "mixing"]] = Field(default_factory=lambda: ["chinchilla"])
+    """``mixing`` needs several mixtures (more runs than domains + 2)."""
+    n_boot: int = Field(default=50, ge=0)
+    """Bootstrap resamples for the parameter intervals."""
+    compute: float = Field(default=1e20, gt=0)
+    """Training FLOPs the recommendation is for (C = 6 N D)."""
+    max_epochs: float = Field(default=4.0, gt=0)
+    """Repetition cap per domain in the recommendation."""
+    lr: float = Field(default=3e-3, gt=0)
+    batch_size: int = Field(default=16, ge=1)
+    device: str = "auto"
+    cpu_threads: int | None = Field(default=1, ge=1)
+
+
+class ExportConfig(CuramixModel):
+    """Export step (flow step): the run's final mixture rendered for trainers into RUN/export/."""
+
+    formats: list[str] = Field(default_factory=lambda: ["json", "csv"])
+    """Names in ``curamix.export.FORMATS`` (or aliases); trainer formats (megatron, olmo-core,
+    nanotron, llm-foundry, hf) need ``prefix_template`` or ``paths``."""
+    prefix_template: str | None = None
+    """Data location per domain, e.g. ``/data/{domain}_text_document``."""
+    paths: dict[str, str | list[str]] | None = None
+    """Data location(s) per domain; wins over the template for the domains it names."""
+    total_steps: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, v: list[str]) -> list[str]:
+        from curamix.export.render import format_name
+
+        if not v:
+            raise ValueError("give at least one format")
+        return [format_name(f) for f in v]
+
+    @model_validator(mode="after")
+    def _locations(self) -> ExportConfig:
+        if self.paths is not None:  # checked against the mixture's domains when exporting
+            return self
+        from curamix.export.render import format_options, render
+        from curamix.mixture import Mixture
+
+        probe = Mixture({"a": 0.5, "b": 0.5})
+        for fmt in self.formats:
+            opts = {}
+            if self.prefix_template is not None and "template" in format_options(fmt):
+                opts["template"] = self.prefix_template
+            try:
+                render(probe, fmt, **opts)
+            except ValueError as err:
+                if "template" in opts:
+                    raise ValueError(f"prefix_template: {err}") from None
+                raise ValueError(
+                    f"format {fmt!r} needs the data location of each domain: set "
+                    "prefix_template (e.g. '/data/{domain}_text_document') or paths"
+                ) from None
+        return self
+
+
+class FlowConfig(CuramixModel):
+    """How ``curate_flow`` runs the steps (Prefect): retries and artifacts."""
+
+    retries: int = Field(default=1, ge=0)
+    """Retries of a failed step when a retry can fix it (never on bad config or input)."""
+    retry_delay_s: float = Field(default=5.0, ge=0)
+    artifacts: bool = True
+    """Publish Prefect artifacts (stage summaries, mixture table, plots)."""
+
+
 class PipelineConfig(CuramixModel):
     """A run: where its outputs go, which stages run, and each stage's section."""
 
@@ -362,6 +496,10 @@ class PipelineConfig(CuramixModel):
     betr: BETRConfig | None = None
     select: SelectConfig | None = None
     coreset: CoresetConfig | None = None
+    mixture: MixtureSearchConfig | None = None
+    scaling: ScalingConfig | None = None
+    export: ExportConfig | None = None
+    flow: FlowConfig | None = None
 
     @field_validator("stages")
     @classmethod
@@ -466,6 +604,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         (data.get("decontam"), "test_inputs"),
         (data.get("dsir"), "target_inputs"),
         (data.get("betr"), "benchmark_inputs"),
+        (data.get("mixture"), "target_inputs"),
     ]
     for section, key in sections:
         if not isinstance(section, dict):

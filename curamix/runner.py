@@ -158,6 +158,19 @@ def require_upstream(
     return done
 
 
+def run_stage(
+    spark: SparkSession,
+    cfg: PipelineConfig,
+    stage: str,
+    upstream: dict[str, JobResult] | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> JobResult:
+    """Run one stage of ``cfg`` as :func:`run_pipeline` does (skipped when already complete);
+    ``upstream``: this run's results so far (others come from the run folder)."""
+    kwargs = {} if stage == "ingest" else {"upstream": upstream if upstream is not None else {}}
+    return _stage_runner(stage)(spark, cfg, on_step=on_step, **kwargs)
+
+
 def run_pipeline(
     cfg: PipelineConfig,
     spark: SparkSession | None = None,
@@ -179,8 +192,7 @@ def run_pipeline(
     for stage in cfg.stages:
         if only is not None and stage not in only:
             continue
-        kwargs = {} if stage == "ingest" else {"upstream": results}
-        results[stage] = _stage_runner(stage)(spark, cfg, on_step=on_step, **kwargs)
+        results[stage] = run_stage(spark, cfg, stage, results, on_step)
     write_json_atomic(
         run_dir / "last_run.json",
         {s: {"folder": r.path.name, "skipped": r.skipped} for s, r in results.items()},

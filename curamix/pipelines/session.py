@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
+import ipaddress
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
-from curamix.config import SparkConfig
+from curamix.config import ConfigError, SparkConfig
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -26,8 +30,16 @@ JAVA_HINT = (
 LOG4J = Path(__file__).with_name("log4j2.properties")
 
 
+CONNECT_TIMEOUT_S = 5.0
+"""How long :func:`check_master_reachable` waits for a cluster master to accept a connection."""
+
+
 class JavaMissingError(RuntimeError):
     """No usable Java runtime for Spark."""
+
+
+class ClusterUnreachableError(ConfigError):
+    """The configured cluster master does not accept connections (the message names the URL)."""
 
 
 def java_version() -> tuple[int, str]:
@@ -70,10 +82,82 @@ def _package_zip() -> str:
     pkg = Path(curamix.__file__).parent
     fd, name = tempfile.mkstemp(prefix="curamix-", suffix=".zip")
     os.close(fd)
+    atexit.register(lambda: Path(name).unlink(missing_ok=True))  # served to executors until exit
     with zipfile.ZipFile(name, "w", zipfile.ZIP_DEFLATED) as zf:
         for f in pkg.rglob("*.py"):
             zf.write(f, f.relative_to(pkg.parent).as_posix())
     return name
+
+
+def master_endpoints(master: str) -> list[tuple[str, int]]:
+    """(host, port) of each address a cluster master URL names: ``spark://h:p[,h2:p2]`` (port
+    7077 by default) or ``k8s://[https://]h[:p]`` (443, or 80 for ``http``). Empty for
+    ``local[...]``, ``yarn`` and other URLs without an address."""
+    m = master.strip()
+    if m.startswith("spark://"):
+        out = []
+        for part in m[len("spark://") :].split(","):
+            u = urlsplit(f"//{part.strip()}")
+            if not u.hostname:
+                raise ConfigError(f"spark.master: no host in {master!r}")
+            try:
+                out.append((u.hostname, u.port or 7077))
+            except ValueError:
+                raise ConfigError(f"spark.master: bad port in {master!r}") from None
+        return out
+    if m.startswith("k8s://"):
+        rest = m[len("k8s://") :]
+        u = urlsplit(rest if "://" in rest else f"https://{rest}")
+        if not u.hostname:
+            raise ConfigError(f"spark.master: no host in {master!r}")
+        try:
+            return [(u.hostname, u.port or (80 if u.scheme == "http" else 443))]
+        except ValueError:
+            raise ConfigError(f"spark.master: bad port in {master!r}") from None
+    return []
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback IP address (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_master_reachable(master: str, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
+    """Fail fast, before any JVM starts, when no address of a cluster master accepts a TCP
+    connection within ``timeout`` seconds (Spark itself would retry for a minute or more).
+
+    Returns the local address the connection left from (an address the cluster can reach this
+    driver at), or None for masters without an address (``local[...]``, ``yarn``)."""
+    endpoints = master_endpoints(master)
+    if not endpoints:
+        return None
+    errors = []
+    for host, port in endpoints:
+        try:
+            with socket.create_connection((host, port), timeout=timeout) as sock:
+                return str(sock.getsockname()[0])
+        except OSError as err:
+            reason = (
+                f"no answer within {timeout:g} s"
+                if isinstance(err, TimeoutError)
+                else (err.strerror or str(err))
+            )
+            errors.append(f"{host}:{port}: {reason}")
+    start = (
+        "Start it with infra/spark/start-cluster.sh, or set"
+        if all(is_loopback(h) for h, _ in endpoints)
+        else "Set"
+    )
+    raise ClusterUnreachableError(
+        f"cannot reach the Spark master {master} ({'; '.join(errors)}). Is the cluster up? "
+        f"{start} spark.master in the pipeline YAML (or CURAMIX_SPARK__MASTER) to a master "
+        "that is running, or to local[*]."
+    )
 
 
 def local_cores(master: str) -> int:
@@ -87,15 +171,22 @@ def local_cores(master: str) -> int:
 def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
     """Build (or return the active) SparkSession from ``cfg``.
 
-    Local mode by default, any master URL for a cluster; Arrow on; UI off unless asked for, and
-    then bound to 127.0.0.1; workers run this interpreter (so they find pandas and pyarrow).
+    Local mode by default, any master URL for a cluster; a cluster master that does not answer
+    fails within seconds (:class:`ClusterUnreachableError`, naming the URL). Arrow on; UI off
+    unless asked for, and then bound to 127.0.0.1; local and loopback clusters keep the driver
+    on 127.0.0.1 too; workers run this interpreter (so they find pandas and pyarrow).
     """
     cfg = cfg or SparkConfig()
     check_java()
+    driver_addr = check_master_reachable(cfg.master)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     is_local = cfg.master.startswith("local")
-    if is_local:
+    endpoints = master_endpoints(cfg.master)
+    on_loopback = is_local or (bool(endpoints) and all(is_loopback(h) for h, _ in endpoints))
+    reachable_at = cfg.conf.get("spark.driver.host") or driver_addr
+    if on_loopback or (cfg.ui and reachable_at):
+        # Spark binds its web UI to SPARK_LOCAL_IP, and to 0.0.0.0 when that is unset.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from pyspark.sql import SparkSession
 
@@ -113,12 +204,15 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{LOG4J}")
     )
-    if cfg.ui:
-        b = b.config("spark.driver.bindAddress", "127.0.0.1").config("spark.ui.host", "127.0.0.1")
-    if is_local:
+    if on_loopback:
         b = b.config("spark.driver.host", "127.0.0.1").config(
             "spark.driver.bindAddress", "127.0.0.1"
         )
+    elif cfg.ui and reachable_at:
+        # SPARK_LOCAL_IP (set for the UI) would also become the driver's address: advertise the
+        # configured driver host, or the address the master was reached from, so that
+        # executors can connect back.
+        b = b.config("spark.driver.host", reachable_at)
     if cfg.executor_memory:
         b = b.config("spark.executor.memory", cfg.executor_memory)
     shuffle = cfg.shuffle_partitions or (2 * local_cores(cfg.master) if is_local else None)

@@ -1,0 +1,562 @@
+"""BETR job: rank a pool sample against benchmark examples, train a cheap text classifier on
+the ranking, and keep the pool's best-scored share of tokens.
+
+Spark glue over :mod:`curamix.selectors.betr` (Mizrahi et al. 2025, arXiv:2507.12466):
+
+1. sample: ``betr.sample`` pool documents with the smallest hash of (seed, id), so the sample
+   does not depend on partitioning (one Spark task per part returns its smallest keys, a
+   second pass fetches the chosen documents); clamped to the pool size with a message;
+2. in process: embed the sample and every benchmark TRAIN example (``betr.embed``), rank the
+   sample per example through a FAISS index, score = best rank value (``max``) or ``mean``;
+   label the top ``positive_fraction`` positive; hold out ``heldout_fraction`` of the sample
+   (hash of (seed, id)); balance the rest and train
+   :class:`~curamix.selectors.betr.HashedTextClassifier`;
+3. the threshold: on the held-out documents' classifier scores, the cut that keeps
+   ``keep_tokens`` of their words (or ``F_opt(compute)`` percent);
+4. one Spark task per pool part scores its documents with the broadcast classifier and
+   writes ``scores/`` (id, domain, score, n_words), ``data/`` (the kept documents) and
+   ``ledger/`` (every document: ``kept`` with its score, or ``removed`` with reason
+   ``betr_below_threshold`` and its score).
+
+Also written: ``model/`` (classifier weights ``.npy`` + JSON, no pickle), ``sample.parquet``
+(the sample's rank scores, labels, split and classifier scores), ``report.md`` and the
+manifest. Tokens are whitespace words (the ``n_words`` column) throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curamix.config import BETRConfig, ConfigError, IngestConfig, PipelineConfig, config_hash
+from curamix.io.inputs import ExpandedInputs, expand_inputs
+from curamix.io.records import read_unit
+from curamix.io.store import JobResult, load_completed, stage_writer
+from curamix.pipelines.parts import map_parts, part_files
+from curamix.schema import DOC_SCHEMA, LEDGER_SCHEMA
+from curamix.selectors.betr import (
+    HashedTextClassifier,
+    balance_classes,
+    binary_metrics,
+    hash_unit,
+    keep_fraction,
+    label_top,
+    rank_values,
+    token_share_threshold,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+STAGE = "betr"
+REMOVED_REASON = "betr_below_threshold"
+BATCH = 4096
+N_TOP = 5
+SNIPPET = 160
+KEYS_SCHEMA = pa.schema([("id", pa.string()), ("key", pa.float64())])
+SAMPLE_SCHEMA = pa.schema(
+    [("id", pa.string()), ("text", pa.string()), ("domain", pa.string()), ("n_words", pa.int64())]
+)
+SCORES_SCHEMA = pa.schema(
+    [("id", pa.string()), ("domain", pa.string()), ("score", pa.float64()), ("n_words", pa.int64())]
+)
+SUMMARY_SCHEMA = pa.schema(
+    [
+        ("domain", pa.string()),
+        ("n_docs", pa.int64()),
+        ("n_tokens", pa.int64()),
+        ("n_kept", pa.int64()),
+        ("kept_tokens", pa.int64()),
+        ("id", pa.string()),
+        ("score", pa.float64()),
+        ("snippet", pa.string()),
+    ]
+)
+"""A part's result: one row per domain with its counts (``id`` null), and its ``N_TOP``
+best-scored documents (counts null)."""
+
+
+def betr_key(cfg: PipelineConfig, pool: JobResult, bench_fingerprints: list[dict]) -> str:
+    return config_hash(STAGE, cfg.betr, pool.manifest_hash, bench_fingerprints, cfg.seed)
+
+
+def expand_benchmarks(bc: BETRConfig) -> ExpandedInputs:
+    """The benchmark inputs' read units and fingerprints; errors name ``betr.benchmark_inputs``."""
+    try:
+        return expand_inputs(IngestConfig(inputs=bc.benchmark_inputs))
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("ingest.inputs.", "betr.benchmark_inputs.")) from None
+
+
+def read_benchmarks(bc: BETRConfig) -> tuple[list[tuple[str, str, str]], list[dict]]:
+    """``(example id, text, benchmark)`` of every benchmark TRAIN example (benchmark = the
+    input's domain, by default the file stem) and the files' fingerprints.
+
+    Raises :class:`~curamix.config.ConfigError` (a ``ValueError``) naming the file when an
+    input holds no example."""
+    expanded = expand_benchmarks(bc)
+    items: list[tuple[str, str, str]] = []
+    empty: list[str] = []
+    for unit in expanded.units:
+        before = len(items)
+        for batch in read_unit(unit):
+            t = batch.to_pydict()
+            for i, text, domain, reason in zip(
+                t["id"], t["text"], t["domain"], t["reason"], strict=True
+            ):
+                if reason is None:
+                    items.append((i, text, domain))
+        if len(items) == before:
+            empty += list(unit.paths)
+    if not items or empty:
+        raise ConfigError(
+            "betr.benchmark_inputs: no benchmark examples in "
+            + ", ".join(empty or [f["path"] for f in expanded.fingerprints])
+            + " (each record needs a non-empty text)"
+        )
+    return items, expanded.fingerprints
+
+
+def sample_keys_part(path: str, seed: int, n: int) -> pa.Table:
+    """The ``n`` documents of a part with the smallest hash of (seed, id)."""
+    ids = pq.read_table(path, columns=["id"])["id"].to_pylist()
+    keys = hash_unit(ids, seed, "betr-sample")
+    order = np.lexsort((np.asarray(ids, dtype=object).astype(str), keys))[:n]
+    return pa.table({"id": [ids[i] for i in order], "key": keys[order]}, schema=KEYS_SCHEMA)
+
+
+def sample_docs_part(path: str, wanted: frozenset[str]) -> pa.Table:
+    """The documents of a part whose id is in ``wanted``."""
+    t = pq.read_table(path, columns=SAMPLE_SCHEMA.names)
+    keep = [i in wanted for i in t["id"].to_pylist()]
+    return t.filter(pa.array(keep, type=pa.bool_())).cast(SAMPLE_SCHEMA)
+
+
+def score_part(
+    path: str, index: int, out_dir: str, clf: HashedTextClassifier, threshold: float
+) -> pa.Table:
+    """Score one pool part; write its scores, kept documents and ledger; return its per-domain
+    counts and its best-scored documents."""
+    name = f"part-{index:05d}.parquet"
+    counts: dict[str, list[int]] = {}
+    top: list[tuple[float, str, str, str]] = []
+    pf = pq.ParquetFile(path)
+    with (
+        pq.ParquetWriter(os.path.join(out_dir, "scores", name), SCORES_SCHEMA) as sw,
+        pq.ParquetWriter(os.path.join(out_dir, "data", name), DOC_SCHEMA) as dw,
+        pq.ParquetWriter(os.path.join(out_dir, "ledger", name), LEDGER_SCHEMA) as lw,
+    ):
+        for batch in pf.iter_batches(batch_size=BATCH, columns=DOC_SCHEMA.names):
+            docs = pa.Table.from_batches([batch]).select(DOC_SCHEMA.names).cast(DOC_SCHEMA)
+            ids, domains = docs["id"].to_pylist(), docs["domain"].to_pylist()
+            texts = docs["text"].to_pylist()
+            n_words = np.asarray(docs["n_words"].to_numpy(), dtype=np.int64)
+            scores = clf.decision_function(texts)
+            kept = scores >= threshold
+            sw.write_table(
+                pa.table(
+                    {"id": ids, "domain": domains, "score": scores, "n_words": n_words},
+                    schema=SCORES_SCHEMA,
+                )
+            )
+            dw.write_table(docs.filter(pa.array(kept)))
+            lw.write_table(
+                pa.table(
+                    {
+                        "id": ids,
+                        "stage": [STAGE] * len(ids),
+                        "decision": ["kept" if k else "removed" for k in kept.tolist()],
+                        "reason": [None if k else REMOVED_REASON for k in kept.tolist()],
+                        "score": scores,
+                        "ref_id": [None] * len(ids),
+                    },
+                    schema=LEDGER_SCHEMA,
+                )
+            )
+            for d, w, k in zip(domains, n_words.tolist(), kept.tolist(), strict=True):
+                e = counts.setdefault(d, [0, 0, 0, 0])
+                e[0] += 1
+                e[1] += w
+                e[2] += int(k)
+                e[3] += w if k else 0
+            for j in np.argsort(-scores, kind="stable")[:N_TOP]:
+                top.append((float(scores[j]), ids[j], domains[j], texts[j][:SNIPPET]))
+    top = sorted(top, key=lambda x: (-x[0], x[1]))[:N_TOP]
+    rows: list[dict[str, Any]] = [
+        {
+            "domain": d,
+            "n_docs": a,
+            "n_tokens": b,
+            "n_kept": c,
+            "kept_tokens": e,
+            "id": None,
+            "score": None,
+            "snippet": None,
+        }
+        for d, (a, b, c, e) in sorted(counts.items())
+    ]
+    rows += [
+        {
+            "domain": d,
+            "n_docs": None,
+            "n_tokens": None,
+            "n_kept": None,
+            "kept_tokens": None,
+            "id": i,
+            "score": s,
+            "snippet": x,
+        }
+        for s, i, d, x in top
+    ]
+    return pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA)
+
+
+def draw_sample(
+    spark: SparkSession, parts: list[str], seed: int, n: int
+) -> tuple[list[str], list[str], list[str], np.ndarray]:
+    """(ids, texts, domains, n_words) of the ``n`` pool documents with the smallest hash of
+    (seed, id), in key order: the same sample for any partitioning."""
+    keys = map_parts(spark, parts, lambda i, p: sample_keys_part(p, seed, n), KEYS_SCHEMA)
+    ranked = sorted(zip(keys["key"].to_pylist(), keys["id"].to_pylist(), strict=True))[:n]
+    order = {doc_id: k for k, (_, doc_id) in enumerate(ranked)}
+    wanted = frozenset(order)
+    docs = map_parts(spark, parts, lambda i, p: sample_docs_part(p, wanted), SAMPLE_SCHEMA)
+    rows = sorted(docs.to_pylist(), key=lambda r: order[r["id"]])
+    return (
+        [r["id"] for r in rows],
+        [r["text"] for r in rows],
+        [r["domain"] for r in rows],
+        np.asarray([r["n_words"] for r in rows], dtype=np.int64),
+    )
+
+
+def run_betr(
+    spark: SparkSession,
+    cfg: PipelineConfig,
+    on_step: Callable[[str], None] | None = None,
+    upstream: dict[str, JobResult] | None = None,
+) -> JobResult:
+    """Score the pool toward the benchmarks with BETR and keep the best ``keep_tokens`` share
+    of its tokens (see the module docstring and docs/betr.md)."""
+    from curamix.runner import pool_stage, require_upstream
+    from curamix.selectors.embed import embed_texts
+    from curamix.selectors.index import VectorIndex
+
+    if cfg.betr is None:
+        raise ValueError("run_betr needs a 'betr:' section in the config")
+    bc = cfg.betr
+    say = on_step or (lambda _msg: None)
+    t0 = time.perf_counter()
+    source = pool_stage(cfg)
+    pool = require_upstream(cfg, source, upstream)
+    bench_fp = expand_benchmarks(bc).fingerprints
+    key = betr_key(cfg, pool, bench_fp)
+    done = load_completed(cfg.run_dir, STAGE, key)
+    if done is not None:
+        say(f"betr: skipped, already complete at {done.path}")
+        return done
+    try:
+        keep = keep_fraction(bc.keep_tokens, bc.compute)
+    except ValueError as err:
+        raise ConfigError(f"betr: {err}") from None
+    keep_source = (
+        f"compute rule F_opt({bc.compute:g}) = {keep:.2%}"
+        if bc.compute is not None
+        else ("keep_tokens" if bc.keep_tokens is not None else "default 10%")
+    )
+    items, bench_fp = read_benchmarks(bc)
+    parts = part_files(pool.data_path)
+    n_pool = int(pool.counts.get("out", 0)) or sum(
+        pq.ParquetFile(p).metadata.num_rows for p in parts
+    )
+    n_sample = min(bc.sample, n_pool)
+    if n_sample < bc.sample:
+        say(f"betr: sample of {bc.sample} is larger than the pool ({n_pool} documents); using all")
+    if n_sample * bc.positive_fraction * (1 - bc.heldout_fraction) < 1 or (
+        n_sample * bc.heldout_fraction < 1
+    ):
+        raise ConfigError(
+            f"betr: a sample of {n_sample} documents (pool: {n_pool}) leaves no positive "
+            f"training document at positive_fraction={bc.positive_fraction} and "
+            f"heldout_fraction={bc.heldout_fraction}; raise betr.sample"
+        )
+    timings: dict[str, float] = {}
+
+    say(f"betr: drawing a sample of {n_sample} of {n_pool} documents of {source}")
+    t = time.perf_counter()
+    ids, texts, domains, n_words = draw_sample(spark, parts, cfg.seed, n_sample)
+    timings["sample_s"] = time.perf_counter() - t
+
+    e = bc.embed
+    say(f"betr: embedding {len(texts)} documents and {len(items)} benchmark examples ({e.model})")
+    t = time.perf_counter()
+    emb = dict(
+        name=e.model,
+        device=e.device,
+        max_seq_length=e.max_seq_length,
+        batch_size=e.batch_size,
+        fp16=e.fp16,
+    )
+    doc_vecs = embed_texts(texts, **emb)
+    ex_vecs = embed_texts([x[1] for x in items], **emb)
+    timings["embed_s"] = time.perf_counter() - t
+
+    say("betr: ranking the sample per benchmark example")
+    t = time.perf_counter()
+    # Ranks need k = every sampled document, above FAISS-GPU's k limit (2048): search on the CPU.
+    icfg = e.index.model_copy(update={"gpu": "off"})
+    index = VectorIndex.build(doc_vecs, cfg=icfg, metric="ip", seed=cfg.seed)
+    bench_names = sorted({b for _, _, b in items})
+    best = np.zeros(len(ids))
+    total = np.zeros(len(ids))
+    per_bench: dict[str, dict[str, Any]] = {}
+    for b in bench_names:
+        rows = [k for k, x in enumerate(items) if x[2] == b]
+        b_max, b_mean = rank_values(doc_vecs, ex_vecs[rows], index=index)
+        np.maximum(best, b_max, out=best)
+        total += b_mean * len(rows)
+        top = np.lexsort((np.arange(len(ids)), -b_mean, -b_max))[:N_TOP]
+        per_bench[b] = {
+            "examples": len(rows),
+            "top": [
+                {
+                    "id": ids[j],
+                    "domain": domains[j],
+                    "rank_value": round(float(b_max[j]), 4),
+                    "snippet": texts[j][:SNIPPET],
+                }
+                for j in top
+            ],
+        }
+    mean = total / len(items)
+    rank = best if bc.aggregation == "max" else mean
+    labels = label_top(
+        rank, bc.positive_fraction, tiebreak=mean if bc.aggregation == "max" else best
+    )
+    heldout = hash_unit(ids, cfg.seed, "betr-heldout") < bc.heldout_fraction
+    train_idx = np.flatnonzero(~heldout)
+    n_pos_train = int(labels[train_idx].sum())
+    if n_pos_train == 0 or n_pos_train == len(train_idx) or heldout.sum() == 0:
+        raise ConfigError(
+            f"betr: the sample is too small to train and hold out: {len(ids)} documents give "
+            f"{n_pos_train} positive of {len(train_idx)} training and {int(heldout.sum())} "
+            "held-out documents; raise betr.sample (or positive_fraction / heldout_fraction)"
+        )
+    bal = train_idx[balance_classes(labels[train_idx], random_state=cfg.seed)]
+    timings["rank_s"] = time.perf_counter() - t
+
+    say(f"betr: training the classifier on {len(bal)} balanced documents")
+    t = time.perf_counter()
+    clf = HashedTextClassifier(num_buckets=bc.num_buckets, epochs=bc.epochs, lr=bc.lr).fit(
+        [texts[j] for j in bal], labels[bal], random_state=cfg.seed
+    )
+    sample_scores = clf.decision_function(texts)
+    metrics = binary_metrics(labels[heldout], sample_scores[heldout])
+    metrics_train = binary_metrics(labels[bal], sample_scores[bal])
+    threshold = token_share_threshold(sample_scores[heldout], n_words[heldout], keep)
+    held_kept = sample_scores[heldout] >= threshold
+    heldout_share = float(n_words[heldout][held_kept].sum() / max(n_words[heldout].sum(), 1))
+    timings["train_s"] = time.perf_counter() - t
+    say(
+        f"betr: held-out accuracy {metrics['accuracy']:.3f} (balanced "
+        f"{metrics['balanced_accuracy']:.3f}, AUC {metrics['auc']:.3f}); threshold "
+        f"{threshold:.4f} keeps {heldout_share:.1%} of held-out tokens (target {keep:.1%})"
+    )
+
+    with stage_writer(cfg.run_dir, STAGE, key) as w:
+        for sub in ("data", "ledger", "scores"):
+            os.makedirs(w.path(sub))
+        clf.save(w.path("model"))
+        in_bal = np.zeros(len(ids), dtype=bool)
+        in_bal[bal] = True
+        pq.write_table(
+            pa.table(
+                {
+                    "id": ids,
+                    "domain": domains,
+                    "n_words": n_words,
+                    "rank_max": best,
+                    "rank_mean": mean,
+                    "positive": labels,
+                    "heldout": heldout,
+                    "trained_on": in_bal,
+                    "score": sample_scores,
+                }
+            ),
+            w.path("sample.parquet"),
+        )
+        say(f"betr: scoring {n_pool} documents in {len(parts)} tasks")
+        t = time.perf_counter()
+        out_dir = str(w.tmp)
+        bcast = spark.sparkContext.broadcast(clf)
+        res = map_parts(
+            spark,
+            parts,
+            lambda i, p: score_part(p, i, out_dir, bcast.value, threshold),
+            SUMMARY_SCHEMA,
+        ).to_pylist()
+        bcast.unpersist()
+        timings["score_s"] = time.perf_counter() - t
+        per_domain: dict[str, dict[str, Any]] = {}
+        for r in res:
+            if r["id"] is None:
+                d = per_domain.setdefault(
+                    r["domain"], {"in": 0, "kept": 0, "tokens_in": 0, "tokens_kept": 0}
+                )
+                d["in"] += r["n_docs"]
+                d["kept"] += r["n_kept"]
+                d["tokens_in"] += r["n_tokens"]
+                d["tokens_kept"] += r["kept_tokens"]
+        n_in = sum(d["in"] for d in per_domain.values())
+        n_kept = sum(d["kept"] for d in per_domain.values())
+        tok_in = sum(d["tokens_in"] for d in per_domain.values())
+        tok_kept = sum(d["tokens_kept"] for d in per_domain.values())
+        for d in per_domain.values():
+            d["removed"] = d["in"] - d["kept"]
+            d["token_share_pool"] = d["tokens_in"] / max(tok_in, 1)
+            d["token_share_kept"] = d["tokens_kept"] / max(tok_kept, 1)
+            d["kept_vs_pool"] = d["token_share_kept"] / max(d["token_share_pool"], 1e-12)
+        # Accounting: every pool document is in the ledger once, kept or removed.
+        if n_in != pool.counts.get("out", n_in):
+            raise RuntimeError(
+                f"betr scored {n_in} documents, but {source} wrote {pool.counts.get('out')}"
+            )
+        n_ledger = pq.ParquetDataset(str(w.path("ledger"))).read(columns=["id"]).num_rows
+        n_data = pq.ParquetDataset(str(w.path("data"))).read(columns=["id"]).num_rows
+        if (n_ledger, n_data) != (n_in, n_kept):
+            raise RuntimeError(
+                f"betr accounting mismatch: {n_in} in, {n_kept} kept, but the ledger has "
+                f"{n_ledger} rows and data {n_data} documents"
+            )
+        top_pool = sorted((r for r in res if r["id"] is not None), key=lambda r: -r["score"])
+        timings["total_s"] = time.perf_counter() - t0
+        manifest = {
+            "config": bc.model_dump(mode="json"),
+            "config_hash": config_hash(bc),
+            "seed": cfg.seed,
+            "inputs": {"manifests": {source: pool.manifest_hash}, "benchmark_files": bench_fp},
+            "counts": {
+                "in": n_in,
+                "kept": n_kept,
+                "out": n_kept,
+                "removed": n_in - n_kept,
+                "quarantined": 0,
+                "removed_reasons": {REMOVED_REASON: n_in - n_kept},
+                "tokens_in": tok_in,
+                "tokens_kept": tok_kept,
+                "per_domain": dict(sorted(per_domain.items())),
+            },
+            "betr": {
+                "keep_tokens": keep,
+                "keep_source": keep_source,
+                "threshold": threshold,
+                "kept_token_share": tok_kept / max(tok_in, 1),
+                "kept_doc_share": n_kept / max(n_in, 1),
+                "heldout_kept_token_share": heldout_share,
+                "sample": {
+                    "requested": bc.sample,
+                    "used": len(ids),
+                    "clamped": len(ids) < bc.sample,
+                    "positives": int(labels.sum()),
+                    "heldout": int(heldout.sum()),
+                    "trained_on": len(bal),
+                },
+                "classifier": {
+                    "heldout": metrics,
+                    "train": metrics_train,
+                    "params": clf.params(),
+                },
+                "benchmarks": per_bench,
+                "embed_model": e.model,
+                "top_pool": [
+                    {
+                        "id": r["id"],
+                        "domain": r["domain"],
+                        "score": round(r["score"], 4),
+                        "snippet": r["snippet"],
+                    }
+                    for r in top_pool[:N_TOP]
+                ],
+            },
+            "timings": {k: round(v, 3) for k, v in timings.items()},
+            "outputs": {
+                "data": "data",
+                "ledger": "ledger",
+                "scores": "scores",
+                "model": "model",
+                "sample": "sample.parquet",
+                "report": "report.md",
+            },
+        }
+        manifest = json.loads(json.dumps(manifest, default=float))
+        w.path("report.md").write_text(_report(manifest), encoding="utf-8")
+        result = w.commit(manifest)
+    say(
+        f"betr: kept {n_kept} of {n_in} documents, {tok_kept / max(tok_in, 1):.1%} of the tokens "
+        f"-> {result.path}"
+    )
+    return result
+
+
+def _one_line(s: str) -> str:
+    return " ".join(s.split()).replace("|", "/")
+
+
+def _report(m: dict[str, Any]) -> str:
+    c, b = m["counts"], m["betr"]
+    h, s = b["classifier"]["heldout"], b["sample"]
+    benches = ", ".join(f"{n} ({v['examples']} examples)" for n, v in b["benchmarks"].items())
+    lines = [
+        "# BETR report",
+        "",
+        f"Benchmarks: {benches}; "
+        f"embedding model `{b['embed_model']}`, aggregation `{m['config']['aggregation']}`.",
+        "",
+        f"Sample: {s['used']} documents"
+        + (f" (requested {s['requested']}, clamped to the pool)" if s["clamped"] else "")
+        + f", {s['positives']} labelled positive (top {m['config']['positive_fraction']:.0%}), "
+        f"{s['heldout']} held out, {s['trained_on']} balanced documents trained on.",
+        "",
+        f"Classifier on the held-out documents: accuracy {h['accuracy']:.3f}, balanced "
+        f"accuracy {h['balanced_accuracy']:.3f}, ROC AUC {h['auc']:.3f}.",
+        "",
+        f"Threshold {b['threshold']:.4f} ({b['keep_source']}: keep {b['keep_tokens']:.1%} of "
+        f"tokens; {b['heldout_kept_token_share']:.1%} on the held-out documents). Kept "
+        f"{c['kept']} of {c['in']} documents ({b['kept_doc_share']:.1%}) and "
+        f"{c['tokens_kept']} of {c['tokens_in']} words ({b['kept_token_share']:.1%}).",
+        "",
+        "Tokens are whitespace words. Share = a domain's part of the pool's or of the kept "
+        "tokens; ratio = kept share / pool share.",
+        "",
+        "| domain | docs | kept docs | words | kept words | kept rate | pool share | kept share "
+        "| ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for d, e in c["per_domain"].items():
+        lines.append(
+            f"| {d} | {e['in']} | {e['kept']} | {e['tokens_in']} | {e['tokens_kept']} | "
+            f"{e['tokens_kept'] / max(e['tokens_in'], 1):.1%} | {e['token_share_pool']:.1%} | "
+            f"{e['token_share_kept']:.1%} | {e['kept_vs_pool']:.2f} |"
+        )
+    lines += ["", "## Sample documents ranked best per benchmark", ""]
+    for name, v in b["benchmarks"].items():
+        lines.append(f"### {name}")
+        lines.append("")
+        for x in v["top"]:
+            lines.append(
+                f"- `{x['id']}` ({x['domain']}, rank value {x['rank_value']}): "
+                f"{_one_line(x['snippet'])}"
+            )
+        lines.append("")
+    lines += ["## Best-scored pool documents (classifier)", ""]
+    for x in b["top_pool"]:
+        lines.append(f"- `{x['id']}` ({x['domain']}, {x['score']}): {_one_line(x['snippet'])}")
+    lines.append("")
+    return "\n".join(lines)

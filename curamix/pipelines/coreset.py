@@ -1,0 +1,351 @@
+"""Coreset job: keep k documents of the pool chosen by CCS, SSL prototypes, k-center greedy
+or at random, over the embed stage's vectors.
+
+Spark glue over :mod:`curamix.selectors.coreset`:
+
+1. the driver reads the pool's ids and domains (the run's latest pool: decontam's,
+   semdedup's, dedup's or ingest's output) and the embed stage's vectors of those ids, sorted
+   by id; only documents with an embedding can be chosen (the others are removed with reason
+   ``not_embedded``);
+2. the score (for ``ccs`` and ``prototypes``): ``prototype`` = cosine distance to the nearest
+   spherical k-means centroid (Sorscher et al. 2022), or the per-document ``score`` of a
+   scoring stage's ``scores/`` (``dsir``: the log importance weight; ``betr``: the
+   classifier score). Higher = harder: CCS drops the top ``beta`` share, ``keep_hard``
+   prototypes keep the top k;
+3. the selection runs on the driver from the id-sorted arrays with ``random_state=cfg.seed``,
+   so the same seed gives the same coreset on one core or a cluster;
+4. one Spark task per pool part writes its selected documents (``data/``, the document
+   schema) and its ledger (``kept``, or ``removed`` with reason ``not_selected``; ``score``
+   = the document's score when the method uses one).
+
+The report compares the per-domain composition before and after, and the coverage of the
+coreset (cosine distance of sampled pool documents to their nearest selected document)
+against a random selection of the same size.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from curamix.config import CoresetConfig, PipelineConfig, config_hash
+from curamix.io.store import JobResult, load_completed, stage_writer
+from curamix.pipelines.parts import part_files
+from curamix.pipelines.semdedup import (
+    DECISION_SCHEMA,
+    NOT_EMBEDDED,
+    default_clusters,
+    read_pool_ids,
+    write_pool_outputs,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+STAGE = "coreset"
+NOT_SELECTED = "not_selected"
+RANDOM_STREAM = 7_777_777
+"""Seed offset of the random baseline in the report's coverage comparison."""
+COVERAGE_QUERIES = 2000
+
+
+def coreset_key(
+    cfg: PipelineConfig, pool: JobResult, embed: JobResult, scores: JobResult | None
+) -> str:
+    return config_hash(
+        STAGE,
+        cfg.coreset,
+        pool.manifest_hash,
+        embed.manifest_hash,
+        scores.manifest_hash if scores is not None else None,
+        cfg.seed,
+    )
+
+
+def coreset_size(cc: CoresetConfig, n_pool: int) -> int:
+    """``k``, or ``fraction`` of the pool's documents (at least 1)."""
+    return cc.k if cc.k is not None else max(1, int(cc.fraction * n_pool))  # type: ignore[operator]
+
+
+def read_stage_scores(result: JobResult, ids: np.ndarray) -> np.ndarray:
+    """The ``score`` column of a scoring stage's ``scores/`` for ``ids`` (sorted), float64.
+    Raises ValueError naming the stage and a missing id when a document has no score."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    folder = result.path / "scores"
+    if not folder.is_dir():
+        raise ValueError(
+            f"coreset.score={result.stage!r}: {result.path} has no scores/ folder to read "
+            "per-document scores from"
+        )
+    t = pa.concat_tables(pq.read_table(p, columns=["id", "score"]) for p in part_files(folder))
+    t = t.filter(pc.is_in(t["id"], value_set=pa.array(ids.tolist(), pa.string())))
+    t = t.take(pc.sort_indices(t, sort_keys=[("id", "ascending")]))
+    got = np.asarray(t["id"].to_pylist(), dtype=str)
+    if len(got) != len(ids) or (got != ids).any():
+        missing = sorted(set(ids.tolist()) - set(got.tolist()))
+        raise ValueError(
+            f"coreset.score={result.stage!r}: {len(missing)} embedded pool documents have no "
+            f"score in {folder} (e.g. {missing[:3]}); the scoring stage read another pool"
+        )
+    return np.asarray(t["score"].to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def coverage(
+    vectors: np.ndarray, chosen: np.ndarray, n_queries: int, seed: int
+) -> dict[str, float]:
+    """Cosine distance from up to ``n_queries`` sampled documents to their nearest chosen
+    document: mean, 95th percentile and max (lower = the coreset covers the pool better)."""
+    rng = np.random.default_rng(seed)
+    q = rng.choice(len(vectors), size=min(n_queries, len(vectors)), replace=False)
+    best = np.full(len(q), -np.inf, dtype=np.float32)
+    c = vectors[chosen]
+    for lo in range(0, len(c), 8192):
+        best = np.maximum(best, (vectors[q] @ c[lo : lo + 8192].T).max(axis=1))
+    d = 1.0 - best.astype(np.float64)
+    return {"mean": float(d.mean()), "p95": float(np.quantile(d, 0.95)), "max": float(d.max())}
+
+
+def run_coreset(
+    spark: SparkSession,
+    cfg: PipelineConfig,
+    on_step: Callable[[str], None] | None = None,
+    upstream: dict[str, JobResult] | None = None,
+) -> JobResult:
+    """Select a coreset of the pool (CCS, prototypes, k-center or random) with ``cfg.seed``."""
+    from curamix.pipelines.embed import load_embeddings
+    from curamix.runner import pool_stage, require_upstream
+    from curamix.selectors.coreset import prototype_scores, random_select, select_coreset
+
+    if cfg.coreset is None:
+        raise ValueError("run_coreset needs a 'coreset:' section in the config")
+    cc = cfg.coreset
+    say = on_step or (lambda _msg: None)
+    t0 = time.perf_counter()
+    source = pool_stage(cfg)
+    pool = require_upstream(cfg, source, upstream)
+    embed = require_upstream(cfg, "embed", upstream)
+    score_stage = None if cc.score == "prototype" else require_upstream(cfg, cc.score, upstream)
+    key = coreset_key(cfg, pool, embed, score_stage)
+    done = load_completed(cfg.run_dir, STAGE, key)
+    if done is not None:
+        say(f"coreset: skipped, already complete at {done.path}")
+        return done
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    parts = part_files(pool.data_path)
+    pool_ids, pool_domains, sizes = read_pool_ids(parts)
+    n_in = len(pool_ids)
+    k = coreset_size(cc, n_in)
+    emb = load_embeddings(embed, ids=pool_ids.tolist())
+    n_emb = len(emb)
+    if k > n_emb:
+        raise ValueError(
+            f"coreset.k={k} is larger than the {n_emb} pool documents with an embedding "
+            f"(of {n_in} in {source}"
+            + (f"; embed.sample={cfg.embed.sample}" if cfg.embed and cfg.embed.sample else "")
+            + ")"
+        )
+    timings["read_s"] = round(time.perf_counter() - t, 3)
+    t = time.perf_counter()
+    needs_score = cc.method in ("ccs", "prototypes")
+    scores: np.ndarray | None = None
+    n_clusters = None
+    if needs_score and score_stage is None:
+        n_clusters = min(cc.n_clusters or default_clusters(n_emb), n_emb)
+        say(f"coreset: prototype scores (spherical k-means, {n_clusters} clusters)")
+        scores = prototype_scores(emb.vectors, n_clusters, seed=cfg.seed)
+    elif score_stage is not None:
+        scores = read_stage_scores(score_stage, emb.ids)
+    timings["score_s"] = round(time.perf_counter() - t, 3)
+    say(f"coreset: {cc.method} selects {k} of {n_emb} embedded documents (seed {cfg.seed})")
+    t = time.perf_counter()
+    chosen = select_coreset(
+        cc.method,
+        k,
+        vectors=emb.vectors,
+        scores=scores,
+        n=n_emb,
+        random_state=cfg.seed,
+        beta=cc.beta,
+        strata=cc.strata,
+        keep_hard=cc.keep_hard,
+    )
+    timings["select_s"] = round(time.perf_counter() - t, 3)
+    if len(chosen) != k or len(np.unique(chosen)) != k:
+        raise RuntimeError(
+            f"coreset: {cc.method} chose {len(np.unique(chosen))} documents, not {k}"
+        )
+    t = time.perf_counter()
+    cov = coverage(emb.vectors, chosen, COVERAGE_QUERIES, cfg.seed)
+    baseline = random_select(n_emb, k, random_state=cfg.seed + RANDOM_STREAM)
+    cov_random = coverage(emb.vectors, baseline, COVERAGE_QUERIES, cfg.seed)
+    timings["coverage_s"] = round(time.perf_counter() - t, 3)
+
+    selected = np.zeros(n_emb, dtype=bool)
+    selected[chosen] = True
+    per_domain: dict[str, dict[str, Any]] = {}
+    for d in sorted(set(pool_domains.tolist())):
+        in_d = emb.domains == d
+        n_d = int(np.count_nonzero(pool_domains == d))
+        kept = int(np.count_nonzero(selected & in_d))
+        per_domain[d] = {
+            "in": n_d,
+            "embedded": int(np.count_nonzero(in_d)),
+            "kept": kept,
+            "removed": n_d - kept,
+            "pool_share": n_d / max(n_in, 1),
+            "selected_share": kept / k,
+            "random_share": int(np.count_nonzero(in_d[baseline])) / k,
+        }
+    score_summary = None
+    if scores is not None:
+        score_summary = {
+            "pool": _quantiles(scores),
+            "selected": _quantiles(scores[chosen]),
+        }
+    manifest: dict[str, Any] = {
+        "config": cc.model_dump(mode="json"),
+        "config_hash": config_hash(cc),
+        "seed": cfg.seed,
+        "inputs": {
+            "manifests": {
+                source: pool.manifest_hash,
+                "embed": embed.manifest_hash,
+                **({cc.score: score_stage.manifest_hash} if score_stage is not None else {}),
+            }
+        },
+        "k": k,
+        "n_clusters": n_clusters,
+        "counts": {
+            "in": n_in,
+            "embedded": n_emb,
+            "kept": k,
+            "out": k,
+            "removed": n_in - k,
+            "quarantined": 0,
+            "removed_reasons": {NOT_SELECTED: n_emb - k, NOT_EMBEDDED: n_in - n_emb},
+            "per_domain": per_domain,
+        },
+        "coverage": {"selected": cov, "random_same_size": cov_random},
+        "scores": score_summary,
+        "timings": timings,
+        "outputs": {"data": "data", "ledger": "ledger", "report": "report.md"},
+    }
+    with stage_writer(cfg.run_dir, STAGE, key) as w:
+        say(f"coreset: writing the selected documents and the ledger ({len(parts)} tasks)")
+        t = time.perf_counter()
+        decisions = _decisions(pool_ids, emb.ids, selected, scores)
+        written = write_pool_outputs(spark, parts, sizes, decisions, str(w.tmp), STAGE)
+        timings["write_s"] = round(time.perf_counter() - t, 3)
+        for d, e in per_domain.items():
+            got = written.get((d, "kept"), 0)
+            if got != e["kept"]:
+                raise RuntimeError(
+                    f"coreset accounting mismatch in domain {d!r}: wrote {got} kept, chose {e['kept']}"
+                )
+        timings["total_s"] = round(time.perf_counter() - t0, 3)
+        w.path("report.md").write_text(_report(manifest), encoding="utf-8")
+        result = w.commit(json.loads(json.dumps(manifest, default=float)))
+    say(f"coreset: kept {k} of {n_in} documents ({cc.method}) -> {result.path}")
+    return result
+
+
+def _quantiles(x: np.ndarray) -> dict[str, float]:
+    q = np.quantile(x, [0.0, 0.25, 0.5, 0.75, 1.0])
+    return dict(zip(("min", "q25", "median", "q75", "max"), map(float, q), strict=True))
+
+
+def _decisions(
+    pool_ids: np.ndarray, emb_ids: np.ndarray, selected: np.ndarray, scores: np.ndarray | None
+) -> pa.Table:
+    """One decision row per pool document (pool order) from the id-sorted selection."""
+    n = len(pool_ids)
+    ids = pool_ids.astype(str)
+    if len(emb_ids):
+        pos = np.minimum(np.searchsorted(emb_ids, ids), len(emb_ids) - 1)
+        has = emb_ids[pos] == ids
+    else:
+        pos, has = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+    kept = np.zeros(n, dtype=bool)
+    kept[has] = selected[pos[has]]
+    reason = np.full(n, None, dtype=object)
+    reason[has & ~kept] = NOT_SELECTED
+    reason[~has] = NOT_EMBEDDED
+    score = np.full(n, np.nan)
+    if scores is not None:
+        score[has] = scores[pos[has]]
+    return pa.table(
+        {
+            "id": pa.array(pool_ids.tolist(), pa.string()),
+            "decision": pa.array(np.where(kept, "kept", "removed").tolist(), pa.string()),
+            "reason": pa.array(reason.tolist(), pa.string()),
+            "score": pa.array(score, pa.float64(), from_pandas=True),
+            "ref_id": pa.array([None] * n, pa.string()),
+        },
+        schema=DECISION_SCHEMA,
+    )
+
+
+def _report(m: dict[str, Any]) -> str:
+    c, cf, cov = m["counts"], m["config"], m["coverage"]
+    method = cf["method"]
+    how = {
+        "ccs": f"CCS (drop the hardest beta={cf['beta']}, {cf['strata']} strata of the "
+        f"`{cf['score']}` score)",
+        "prototypes": f"SSL prototypes (keep the {'hardest' if cf['keep_hard'] else 'easiest'} "
+        f"by the `{cf['score']}` score)",
+        "kcenter": "k-center greedy over the embeddings",
+        "random": "uniform random",
+    }[method]
+    lines = [
+        "# Coreset report",
+        "",
+        f"{c['kept']} of {c['in']} documents selected by {how}, seed {m['seed']}. "
+        f"{c['removed_reasons'][NOT_EMBEDDED]} pool documents had no embedding (removed, "
+        "`not_embedded`).",
+        "",
+        "Coverage (cosine distance of sampled pool documents to their nearest selected one; "
+        "lower is better):",
+        "",
+        "| selection | mean | p95 | max |",
+        "|---|---:|---:|---:|",
+        f"| {method} | {cov['selected']['mean']:.4f} | {cov['selected']['p95']:.4f} | "
+        f"{cov['selected']['max']:.4f} |",
+        f"| random, same size | {cov['random_same_size']['mean']:.4f} | "
+        f"{cov['random_same_size']['p95']:.4f} | {cov['random_same_size']['max']:.4f} |",
+        "",
+        "## Composition",
+        "",
+        "| domain | pool | pool share | selected | selected share | random share | ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for d, e in c["per_domain"].items():
+        ratio = e["selected_share"] / e["pool_share"] if e["pool_share"] else 0.0
+        lines.append(
+            f"| {d} | {e['in']} | {e['pool_share']:.3f} | {e['kept']} | "
+            f"{e['selected_share']:.3f} | {e['random_share']:.3f} | {ratio:.2f} |"
+        )
+    if m["scores"]:
+        s = m["scores"]
+        lines += [
+            "",
+            f"## Score (`{cf['score']}`)",
+            "",
+            "| | min | q25 | median | q75 | max |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name in ("pool", "selected"):
+            q = s[name]
+            lines.append(
+                f"| {name} | {q['min']:.4g} | {q['q25']:.4g} | {q['median']:.4g} | "
+                f"{q['q75']:.4g} | {q['max']:.4g} |"
+            )
+    lines.append("")
+    return "\n".join(lines)
