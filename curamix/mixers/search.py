@@ -142,21 +142,10 @@ def read_target_texts(paths: Sequence[str]) -> list[str]:
 
 
 def read_domains(data_path: str | Path) -> dict[str, list[str]]:
-    """A stage's documents as ``{domain: [text, ...]}``: domains sorted, texts by ``id``, so the
-    result does not depend on how the stage split its Parquet files."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """A stage's documents as ``{domain: [text, ...]}`` (:func:`curamix.proxy.data.read_domain_texts`)."""
+    from curamix.proxy.data import read_domain_texts
 
-    from curamix.pipelines.parts import part_files
-
-    table = pa.concat_tables(
-        [pq.read_table(p, columns=["id", "domain", "text"]) for p in part_files(data_path)]
-    ).sort_by([("domain", "ascending"), ("id", "ascending")])
-    out: dict[str, list[str]] = {}
-    for d, t in zip(
-        table.column("domain").to_pylist(), table.column("text").to_pylist(), strict=True
-    ):
-        out.setdefault(d, []).append(t)
+    out = read_domain_texts(data_path)
     if not out:
         raise ValueError(f"no documents in {data_path}: nothing to search a mixture over")
     return out

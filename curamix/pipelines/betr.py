@@ -39,7 +39,15 @@ from curamix.config import BETRConfig, ConfigError, IngestConfig, PipelineConfig
 from curamix.io.inputs import ExpandedInputs, expand_inputs
 from curamix.io.records import read_unit
 from curamix.io.store import JobResult, load_completed, stage_writer
-from curamix.pipelines.parts import map_parts, part_files
+from curamix.pipelines.parts import (
+    SampleKey,
+    check_accounting,
+    in_sample,
+    map_parts,
+    part_files,
+    sample_hash,
+    spark_sample_cutoff,
+)
 from curamix.schema import DOC_SCHEMA, LEDGER_SCHEMA
 from curamix.selectors.betr import (
     HashedTextClassifier,
@@ -60,7 +68,6 @@ REMOVED_REASON = "betr_below_threshold"
 BATCH = 4096
 N_TOP = 5
 SNIPPET = 160
-KEYS_SCHEMA = pa.schema([("id", pa.string()), ("key", pa.float64())])
 SAMPLE_SCHEMA = pa.schema(
     [("id", pa.string()), ("text", pa.string()), ("domain", pa.string()), ("n_words", pa.int64())]
 )
@@ -124,19 +131,10 @@ def read_benchmarks(bc: BETRConfig) -> tuple[list[tuple[str, str, str]], list[di
     return items, expanded.fingerprints
 
 
-def sample_keys_part(path: str, seed: int, n: int) -> pa.Table:
-    """The ``n`` documents of a part with the smallest hash of (seed, id)."""
-    ids = pq.read_table(path, columns=["id"])["id"].to_pylist()
-    keys = hash_unit(ids, seed, "betr-sample")
-    order = np.lexsort((np.asarray(ids, dtype=object).astype(str), keys))[:n]
-    return pa.table({"id": [ids[i] for i in order], "key": keys[order]}, schema=KEYS_SCHEMA)
-
-
-def sample_docs_part(path: str, wanted: frozenset[str]) -> pa.Table:
-    """The documents of a part whose id is in ``wanted``."""
+def sample_docs_part(path: str, seed: int, cutoff: SampleKey | None) -> pa.Table:
+    """The documents of a part inside the seeded sample that ``cutoff`` bounds."""
     t = pq.read_table(path, columns=SAMPLE_SCHEMA.names)
-    keep = [i in wanted for i in t["id"].to_pylist()]
-    return t.filter(pa.array(keep, type=pa.bool_())).cast(SAMPLE_SCHEMA)
+    return t.filter(pa.array(in_sample(t["id"].to_pylist(), seed, cutoff))).cast(SAMPLE_SCHEMA)
 
 
 def score_part(
@@ -222,13 +220,11 @@ def draw_sample(
     spark: SparkSession, parts: list[str], seed: int, n: int
 ) -> tuple[list[str], list[str], list[str], np.ndarray]:
     """(ids, texts, domains, n_words) of the ``n`` pool documents with the smallest hash of
-    (seed, id), in key order: the same sample for any partitioning."""
-    keys = map_parts(spark, parts, lambda i, p: sample_keys_part(p, seed, n), KEYS_SCHEMA)
-    ranked = sorted(zip(keys["key"].to_pylist(), keys["id"].to_pylist(), strict=True))[:n]
-    order = {doc_id: k for k, (_, doc_id) in enumerate(ranked)}
-    wanted = frozenset(order)
-    docs = map_parts(spark, parts, lambda i, p: sample_docs_part(p, wanted), SAMPLE_SCHEMA)
-    rows = sorted(docs.to_pylist(), key=lambda r: order[r["id"]])
+    (seed, id) (:func:`curamix.pipelines.parts.spark_sample_cutoff`, the embed stage's sample),
+    in key order: the same sample for any partitioning."""
+    cutoff = spark_sample_cutoff(spark, parts, seed, n)
+    docs = map_parts(spark, parts, lambda i, p: sample_docs_part(p, seed, cutoff), SAMPLE_SCHEMA)
+    rows = sorted(docs.to_pylist(), key=lambda r: (sample_hash(seed, r["id"]), r["id"]))
     return (
         [r["id"] for r in rows],
         [r["text"] for r in rows],
@@ -423,18 +419,7 @@ def run_betr(
             d["token_share_pool"] = d["tokens_in"] / max(tok_in, 1)
             d["token_share_kept"] = d["tokens_kept"] / max(tok_kept, 1)
             d["kept_vs_pool"] = d["token_share_kept"] / max(d["token_share_pool"], 1e-12)
-        # Accounting: every pool document is in the ledger once, kept or removed.
-        if n_in != pool.counts.get("out", n_in):
-            raise RuntimeError(
-                f"betr scored {n_in} documents, but {source} wrote {pool.counts.get('out')}"
-            )
-        n_ledger = pq.ParquetDataset(str(w.path("ledger"))).read(columns=["id"]).num_rows
-        n_data = pq.ParquetDataset(str(w.path("data"))).read(columns=["id"]).num_rows
-        if (n_ledger, n_data) != (n_in, n_kept):
-            raise RuntimeError(
-                f"betr accounting mismatch: {n_in} in, {n_kept} kept, but the ledger has "
-                f"{n_ledger} rows and data {n_data} documents"
-            )
+        check_accounting(STAGE, w.tmp, source, pool.counts.get("out"), n_in, n_kept)
         top_pool = sorted((r for r in res if r["id"] is not None), key=lambda r: -r["score"])
         timings["total_s"] = time.perf_counter() - t0
         manifest = {

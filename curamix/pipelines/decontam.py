@@ -29,7 +29,7 @@ from curamix.config import DecontamConfig, IngestConfig, PipelineConfig, config_
 from curamix.io.inputs import expand_inputs
 from curamix.io.records import read_unit
 from curamix.io.store import JobResult, load_completed, stage_writer
-from curamix.pipelines.parts import map_parts, part_files
+from curamix.pipelines.parts import check_accounting, map_parts, part_files
 from curamix.schema import DOC_SCHEMA, LEDGER_SCHEMA
 from curamix.selectors.decontam import ContaminationIndex, build_index, find_contamination
 
@@ -191,18 +191,7 @@ def run_decontam(
         n_in = sum(e["in"] for e in per_domain.values())
         n_removed = sum(e["removed"] for e in per_domain.values())
         n_kept = n_in - n_removed
-        # Accounting: every input document is in the ledger once, kept or removed.
-        if n_in != pool.counts.get("out", n_in):
-            raise RuntimeError(
-                f"decontam read {n_in} documents, but {source} wrote {pool.counts.get('out')}"
-            )
-        n_ledger = pq.ParquetDataset(str(w.path("ledger"))).read(columns=["id"]).num_rows
-        n_data = pq.ParquetDataset(str(w.path("data"))).read(columns=["id"]).num_rows
-        if (n_ledger, n_data) != (n_in, n_kept):
-            raise RuntimeError(
-                f"decontam accounting mismatch: {n_in} in, {n_kept} kept + {n_removed} removed, "
-                f"but the ledger has {n_ledger} rows and data {n_data} documents"
-            )
+        check_accounting(STAGE, w.tmp, source, pool.counts.get("out"), n_in, n_kept)
         pos = {i: k for k, i in enumerate(ci.item_ids)}
         per_bench: dict[str, dict[str, Any]] = {}
         for b in ci.benchmarks:

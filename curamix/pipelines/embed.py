@@ -21,12 +21,10 @@ only on the ids and the seed, never on the partitioning.
 
 from __future__ import annotations
 
-import hashlib
-import heapq
 import json
 import os
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +36,13 @@ import pyarrow.parquet as pq
 
 from curamix.config import EmbedConfig, PipelineConfig, config_hash
 from curamix.io.store import JobResult, load_completed, stage_writer
-from curamix.pipelines.parts import map_parts, part_files
+from curamix.pipelines.parts import (
+    SampleKey,
+    in_sample,
+    map_parts,
+    part_files,
+    spark_sample_cutoff,
+)
 from curamix.schema import LEDGER_SCHEMA
 
 if TYPE_CHECKING:
@@ -50,10 +54,6 @@ EMBEDDINGS, INDEX, LEDGER = "embeddings", "index", "ledger"
 CHUNK = 4096
 """Documents per ``encode`` call inside a task (bounds the texts and vectors held at once)."""
 
-SampleKey = tuple[int, str]
-"""``(hash(seed, id), id)``: the order in which ``sample`` keeps documents."""
-
-KEY_SCHEMA = pa.schema([("h", pa.int64()), ("id", pa.string())])
 PART_SCHEMA = pa.schema(
     [
         ("domain", pa.string()),
@@ -91,38 +91,6 @@ def _section(cfg: PipelineConfig) -> EmbedConfig:
 
 
 # --- the seeded sample ------------------------------------------------------------------------
-
-
-def sample_hash(seed: int, doc_id: str) -> int:
-    """A 63-bit hash of ``(seed, id)`` (blake2b; fits Spark's and Arrow's int64)."""
-    digest = hashlib.blake2b(f"{seed}\x00{doc_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
-
-
-def part_keys(ids: Iterable[str], seed: int, sample: int) -> list[SampleKey]:
-    """A part's ``sample + 1`` smallest ``(hash, id)`` keys, sorted: enough to find the cutoff
-    and to tell whether the whole pool exceeds the sample."""
-    return heapq.nsmallest(sample + 1, ((sample_hash(seed, i), i) for i in ids))
-
-
-def cutoff_from_keys(keys: Iterable[SampleKey], sample: int) -> SampleKey | None:
-    """The largest key kept by a sample of ``sample`` documents, given every part's
-    :func:`part_keys`; ``None`` when the sample covers every document."""
-    merged = heapq.nsmallest(sample + 1, keys)
-    return merged[sample - 1] if len(merged) > sample else None
-
-
-def sample_cutoff(parts_ids: Iterable[Iterable[str]], seed: int, sample: int) -> SampleKey | None:
-    """:func:`cutoff_from_keys` over any split of the ids into parts; the result does not
-    depend on the split. A document is in the sample iff its key <= the cutoff."""
-    return cutoff_from_keys((k for ids in parts_ids for k in part_keys(ids, seed, sample)), sample)
-
-
-def in_sample(ids: Sequence[str], seed: int, cutoff: SampleKey | None) -> np.ndarray:
-    """Boolean mask of the ids inside the sample that ``cutoff`` bounds (all when ``None``)."""
-    if cutoff is None:
-        return np.ones(len(ids), dtype=bool)
-    return np.fromiter(((sample_hash(seed, i), i) <= cutoff for i in ids), bool, len(ids))
 
 
 # --- one part ---------------------------------------------------------------------------------
@@ -219,11 +187,6 @@ def embed_part(
     return pa.Table.from_pylist(rows, schema=PART_SCHEMA)
 
 
-def _part_keys(path: str, seed: int, sample: int) -> pa.Table:
-    keys = part_keys(pq.read_table(path, columns=["id"])["id"].to_pylist(), seed, sample)
-    return pa.table({"h": [h for h, _ in keys], "id": [i for _, i in keys]}, schema=KEY_SCHEMA)
-
-
 # --- reading the output -----------------------------------------------------------------------
 
 
@@ -314,11 +277,7 @@ def run_embed(
     cutoff: SampleKey | None = None
     if ec.sample is not None and (n_pool is None or ec.sample < n_pool):
         t = time.perf_counter()
-        sample, seed = ec.sample, cfg.seed
-        keys = map_parts(spark, parts, lambda _i, p: _part_keys(p, seed, sample), KEY_SCHEMA)
-        cutoff = cutoff_from_keys(
-            zip(keys["h"].to_pylist(), keys["id"].to_pylist(), strict=True), sample
-        )
+        cutoff = spark_sample_cutoff(spark, parts, cfg.seed, ec.sample)
         timings["sample_s"] = round(time.perf_counter() - t, 3)
     say(
         f"embed: {n_pool if n_pool is not None else '?'} documents of {source} in "

@@ -70,28 +70,37 @@ def load_run_domains(
         Domains in sorted order; each domain's texts sorted by document ``id``, so the result
         does not depend on how the stage partitioned its Parquet files.
     """
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     from curamix.io.store import latest_result
-    from curamix.pipelines.parts import part_files
 
     run_dir = Path(run_dir)
     stage = stage or _pool_stage(run_dir)
     res = latest_result(run_dir, stage)
     if res is None:
         raise FileNotFoundError(f"no completed '{stage}' output in {run_dir}: run that stage first")
-    tables = [pq.read_table(p, columns=["id", "domain", "text"]) for p in part_files(res.data_path)]
-    import pyarrow as pa
+    return read_domain_texts(res.data_path, domains)
 
+
+def read_domain_texts(
+    data_path: str | Path, domains: list[str] | None = None
+) -> dict[str, list[str]]:
+    """A stage's documents (its ``data/`` folder) as ``{domain: [text, ...]}``: domains sorted,
+    texts by ``id``, so the result does not depend on how the stage split its Parquet files.
+    ``domains``: keep only these (each must be present)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from curamix.pipelines.parts import part_files
+
+    tables = [pq.read_table(p, columns=["id", "domain", "text"]) for p in part_files(data_path)]
+    if not tables:
+        return {}
     table = pa.concat_tables(tables)
     if domains is not None:
         present = set(pc.unique(table.column("domain")).to_pylist())
         missing = sorted(set(domains) - present)
         if missing:
-            raise ValueError(
-                f"domains {missing} are not in {res.data_path} (it has {sorted(present)})"
-            )
+            raise ValueError(f"domains {missing} are not in {data_path} (it has {sorted(present)})")
         table = table.filter(pc.is_in(table.column("domain"), pa.array(list(domains))))
     table = table.sort_by([("domain", "ascending"), ("id", "ascending")])
     out: dict[str, list[str]] = {}

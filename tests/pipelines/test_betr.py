@@ -14,6 +14,7 @@ import pytest
 
 from curamix.config import build_config
 from curamix.pipelines.betr import REMOVED_REASON, draw_sample
+from curamix.pipelines.parts import sample_hash
 from curamix.runner import run_pipeline
 from curamix.selectors.betr import HashedTextClassifier, hash_unit
 from tests.conftest import write_jsonl
@@ -164,8 +165,8 @@ def test_sample_does_not_depend_on_partitioning(spark, tmp_path):
             parts.append(str(p))
         drawn[name] = draw_sample(spark, parts, seed=9, n=40)[0]
     assert drawn["one"] == drawn["three"]
-    keys = hash_unit(ids, 9, "betr-sample")
-    assert drawn["one"] == [ids[i] for i in np.argsort(keys)[:40]]
+    # the embed stage's sample: the 40 smallest (hash of (seed, id), id) keys, in key order
+    assert drawn["one"] == sorted(ids, key=lambda i: (sample_hash(9, i), i))[:40]
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,8 @@ import pytest
 
 from curamix.config import build_config
 from curamix.io.store import load_completed
-from curamix.pipelines.embed import (
-    STAGE,
-    embed_key,
-    in_sample,
-    load_embeddings,
-    load_index,
-    sample_cutoff,
-    sample_hash,
-)
+from curamix.pipelines.embed import STAGE, embed_key, load_embeddings, load_index
+from curamix.pipelines.parts import in_sample, sample_cutoff, sample_hash
 from curamix.runner import run_pipeline
 from curamix.selectors.embed import embed_texts
 from curamix.selectors.index import IndexTooLargeError
