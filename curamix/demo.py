@@ -769,7 +769,7 @@ DEMO_PIPELINE = """\
 # curate_flow. `curamix run pipeline.yaml` runs the stages only (ingest .. select).
 run_dir: run
 seed: {seed}
-stages: [ingest, dedup, decontam, dsir, select]
+stages: [ingest, dedup, embed, semdedup, decontam, dsir, betr, select]
 spark:
   master: "local[*]"
   driver_memory: 2g
@@ -784,6 +784,15 @@ dedup:
   # Exact + MinHash-LSH near duplicates (Jaccard >= 0.8 of word 5-grams), across domains.
   threshold: 0.8
   scope: global
+embed:
+  # all-MiniLM-L6-v2 (bundled, offline) on the first 128 tokens of every deduplicated document.
+  max_seq_length: 128
+semdedup:
+  # SemDeDup (Abbas et al. 2023): within k-means clusters of the embeddings, drop documents
+  # whose cosine to an earlier one exceeds 1 - eps. The demo's templated documents sit close
+  # together: at eps 0.05 half the forum domain would go and the removal-rate gate stops the
+  # run (the report's removal-vs-eps table shows the curve).
+  eps: 0.02
 decontam:
   # Documents sharing a 13-gram with the benchmark's TEST split are removed.
   test_inputs:
@@ -793,6 +802,15 @@ dsir:
   target_inputs:
     - path: targets/demobench_train.jsonl
   min_example_length: 20
+betr:
+  # BETR (Mizrahi et al. 2025): rank a 1,000-document sample against the benchmark's train
+  # examples, train a hashed-ngram classifier on it and keep the best-scored 30% of words.
+  benchmark_inputs:
+    - path: targets/demobench_train.jsonl
+  sample: 1000
+  keep_tokens: 0.3
+  embed:
+    max_seq_length: 128
 select:
   fraction: 0.3
 # The flow steps after the stages (curate_flow; not stages of `curamix run`).

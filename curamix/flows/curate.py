@@ -48,6 +48,7 @@ NOT_RETRYABLE = frozenset(
         "NotImplementedError",
         "ImportError",
         "DedupGateError",  # a safety gate: the data, not the machine
+        "SemDedupGateError",
         "AccountingError",
         "JavaMissingError",
         "ScalingLawFitError",

@@ -31,7 +31,7 @@ RUN_MIXTURE = "mixture.json"
 RECOMMENDATION = "recommendation.json"
 EXPORT_DIR = "export"
 EXPORT_MARKER = "_COMPLETE.json"
-SCORE_STAGES = ("embed", "dsir", "betr")
+SCORE_STAGES = ("embed", "dsir")
 """Stages without a ``data/`` of documents."""
 
 
@@ -58,7 +58,7 @@ def check_plan(cfg: PipelineConfig) -> None:
         if stage in SCORE_STAGES:
             problems.append(
                 f"mixture.stage: {stage!r} writes scores, not documents; use a stage with a "
-                "data/ output (ingest, dedup, decontam, semdedup, select, coreset)"
+                "data/ output (ingest, dedup, semdedup, decontam, betr, select, coreset)"
             )
         elif stage not in cfg.stages:
             problems.append(

@@ -105,13 +105,14 @@ def make_mixer(method: str, params: Mapping[str, Any] | None = None, seed: int =
 
 def pool_stage_for(cfg: PipelineConfig) -> str:
     """The stage whose documents the search trains on: ``mixture.stage``, else the run's last
-    data stage (coreset, select), else the pool stage (decontam / semdedup / dedup / ingest)."""
+    selection (coreset, select, betr: BETR keeps its best-scored documents in ``data/``), else
+    the pool stage (decontam / semdedup / dedup / ingest)."""
     from curamix.runner import pool_stage
 
     assert cfg.mixture is not None
     if cfg.mixture.stage:
         return cfg.mixture.stage
-    for stage in ("coreset", "select"):
+    for stage in ("coreset", "select", "betr"):
         if stage in cfg.stages:
             return stage
     return pool_stage(cfg)

@@ -19,7 +19,7 @@ from tests.flows.conftest import tiny_overrides
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
-STAGES = ["ingest", "dedup", "decontam", "dsir", "select"]
+STAGES = ["ingest", "dedup", "embed", "semdedup", "decontam", "dsir", "betr", "select"]
 STEPS = [*STAGES, "mixture", "scaling", "recommend", "export"]
 
 
@@ -321,3 +321,36 @@ def test_plan_problems_fail_before_any_stage(corpus, tmp_path):
     with pytest.raises(ConfigError, match="'dsir' writes scores, not documents"):
         check_plan(type(cfg).model_validate(scores))
     assert not (tmp_path / "r").exists()
+
+
+def test_explore_notebook_executes_on_the_flow_run(first_run, monkeypatch, tmp_path):
+    """notebooks/explore.ipynb, executed cell by cell in a kernel (nbclient) on the flow's run:
+    no cell fails, the plots render, and what it reports matches the run's own files."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from curamix.mixture import Mixture
+
+    summary, _, _ = first_run
+    run = Path(summary["run_dir"])
+    nb = nbformat.read(Path(__file__).resolve().parents[2] / "notebooks" / "explore.ipynb", 4)
+    monkeypatch.setenv("CURAMIX_RUN", str(run))
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 4  # composition, scores, weight trajectories + losses, law fit
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    seen = json.loads(text.split("SUMMARY ", 1)[1].splitlines()[0])
+    data_stages = [s for s in STAGES if s not in ("embed", "dsir")]
+    assert seen["data_stages"] == data_stages
+    for stage in data_stages:
+        manifest = json.loads((Path(summary["steps"][stage]["path"]) / "manifest.json").read_text())
+        assert seen["docs"][stage] == manifest["counts"]["out"], stage
+        assert seen["ledger_rows"][stage] == manifest["counts"]["in"], stage
+    assert seen["quarantined"] == 8
+    weights = dict(Mixture.read_json(run / "mixture.json").weights)
+    assert seen["weights"] == pytest.approx(weights)
+    assert "data/math_text_document" in text  # the megatron blend printed by the export cell

@@ -31,9 +31,11 @@ def test_only_failures_a_retry_can_fix_are_retried(exc, retry):
 def test_gates_and_missing_java_are_not_retried():
     from curamix.flows.curate import is_retryable
     from curamix.pipelines.dedup import DedupGateError
+    from curamix.pipelines.semdedup import SemDedupGateError
     from curamix.pipelines.session import JavaMissingError
 
     assert not is_retryable(DedupGateError("domain x would lose 90%"))
+    assert not is_retryable(SemDedupGateError("domain x would lose 60%"))
     assert not is_retryable(JavaMissingError("no java"))
 
 
