@@ -599,6 +599,11 @@ def demo(
         _flow_report(summary)
         console.print(f"flow finished in {time.perf_counter() - t:.0f}s")
         console.print(f"next: [bold]curamix status {out / 'run'}[/]")
+        console.print(
+            f"explore: open [bold]notebooks/explore.ipynb[/] in Jupyter with "
+            f"CURAMIX_RUN={(out / 'run').resolve()} (composition, removals, scores, weights, "
+            "fits, export)"
+        )
 
 
 def _prefect_env() -> None:
