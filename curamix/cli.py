@@ -1,5 +1,6 @@
-"""The ``curamix`` command line: ``ingest``, ``run``, ``dedup``, ``decontam``, ``score``, ``select``,
-``fit``, ``recommend``, ``status``, ``demo`` (the Prefect flow), ``serve``.
+"""The ``curamix`` command line: ``ingest``, ``run``, ``dedup``, ``embed``, ``semdedup``,
+``decontam``, ``score`` (``dsir``, ``betr``), ``select``, ``coreset``, ``sweep``, ``fit``,
+``recommend``, ``export``, ``status``, ``demo`` (the Prefect flow), ``serve``.
 
 Every command prints where its outputs are. Bad configs and a missing Java runtime end with
 a one-paragraph message and exit code 2, not a traceback.
@@ -35,6 +36,7 @@ err_console = Console(stderr=True, highlight=False)
 @contextmanager
 def _friendly_errors() -> Iterator[None]:
     from curamix.pipelines.dedup import DedupGateError
+    from curamix.pipelines.semdedup import SemDedupGateError
     from curamix.pipelines.session import JavaMissingError
 
     try:
@@ -42,7 +44,7 @@ def _friendly_errors() -> Iterator[None]:
     except (ConfigError, JavaMissingError) as err:
         err_console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(2) from None
-    except DedupGateError as err:
+    except (DedupGateError, SemDedupGateError) as err:
         err_console.print(f"[bold red]safety gate:[/] {err}")
         raise typer.Exit(3) from None
 
@@ -430,7 +432,6 @@ def semdedup_cmd(
     ] = 0.5,
 ) -> None:
     """Remove semantic duplicates within k-means clusters of the embeddings (SemDeDup)."""
-    from curamix.pipelines.semdedup import SemDedupGateError
     from curamix.runner import extend_run_config
 
     with _friendly_errors():
@@ -441,11 +442,7 @@ def semdedup_cmd(
             "scope": scope,
             "max_removal_rate": max_removal_rate,
         }
-        try:
-            results = _run(extend_run_config(run_dir, "semdedup", section), only=["semdedup"])
-        except SemDedupGateError as err:
-            err_console.print(f"[bold red]safety gate:[/] {err}")
-            raise typer.Exit(3) from None
+        results = _run(extend_run_config(run_dir, "semdedup", section), only=["semdedup"])
         c = results["semdedup"].counts
         console.print(f"semantic duplicates: {c['removed']} of {c['in']} removed, kept {c['kept']}")
         console.print(f"report: [cyan]{results['semdedup'].path / 'report.md'}[/]")

@@ -124,3 +124,17 @@ def test_decontam_then_dsir_reads_the_decontaminated_pool(spark, tmp_path):
     by_stage = {r["stage"]: r for r in status}
     assert by_stage["decontam"]["counts"]["removed"] == 1
     assert by_stage["dsir"]["counts"]["in"] == 20
+
+
+def test_safety_gates_exit_3_with_the_message(capsys):
+    import typer
+
+    from curamix.cli import _friendly_errors
+    from curamix.pipelines.dedup import DedupGateError
+    from curamix.pipelines.semdedup import SemDedupGateError
+
+    for exc in (DedupGateError("domain a: 0.9"), SemDedupGateError("domain forum: 0.502")):
+        with pytest.raises(typer.Exit) as err, _friendly_errors():
+            raise exc
+        assert err.value.exit_code == 3
+        assert str(exc) in capsys.readouterr().err
