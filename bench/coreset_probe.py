@@ -11,6 +11,11 @@ keeps 10% (``--keep``):
 - prototypes: the hardest by SSL-prototype score (Sorscher et al. 2022; ``prototypes_easy``
   keeps the easiest);
 - kcenter: k-center greedy over the embeddings;
+- facility_location: facility location (max(0, cosine) similarity) by stochastic greedy,
+  epsilon 0.01 (Mirzasoleiman et al. 2015 / CRAIG 2020);
+- dbp: density-based pruning (Abbas et al. 2024) with the reference code's defaults
+  (temperature 0.5, 20 nearest centroids, cluster balance 0.5, random within clusters) on the
+  same number of k-means clusters;
 - random: uniform.
 
 The probe: a logistic-regression domain classifier (C chosen once by 5-fold CV on the whole
@@ -39,7 +44,7 @@ SHARED = Path(
     os.environ.get("CURAMIX_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
 )
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("ccs", "prototypes", "prototypes_easy", "kcenter", "random")
+METHODS = ("ccs", "prototypes", "prototypes_easy", "kcenter", "facility_location", "dbp", "random")
 """Main rows; ``--extra-betas`` adds ``ccs@<beta>`` rows (sensitivity to CCS's drop share)."""
 
 
@@ -94,6 +99,7 @@ def select(method: str, x: np.ndarray, k: int, seed: int, n_clusters: int, beta:
         random_state=seed,
         beta=beta,
         keep_hard=not method.endswith("_easy"),
+        n_clusters=n_clusters,
     )
 
 

@@ -279,7 +279,8 @@ class SemDedupConfig(CuramixModel):
     """SemDeDup (Abbas et al. 2023) over the embed stage's vectors (see docs/embeddings.md)."""
 
     eps: float = Field(default=0.05, gt=0, lt=1)
-    """Remove a document whose cosine to an earlier kept one in its cluster exceeds 1 - eps."""
+    """Remove a document whose cosine to any earlier document of its cluster exceeds 1 - eps
+    (the reference code's rule: earlier removed documents count too)."""
     eps_report: list[float] = Field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.2])
     n_clusters: int | None = Field(default=None, ge=1)
     """Spherical k-means clusters; default ~sqrt(n / 2)."""
@@ -325,7 +326,7 @@ class BETRConfig(CuramixModel):
 class CoresetConfig(CuramixModel):
     """Coreset selection over the embed stage's vectors (see docs/embeddings.md)."""
 
-    method: Literal["ccs", "prototypes", "kcenter", "random"] = "ccs"
+    method: Literal["ccs", "prototypes", "kcenter", "facility_location", "dbp", "random"] = "ccs"
     k: int | None = Field(default=None, gt=0)
     fraction: float | None = Field(default=None, gt=0, le=1)
     """Share of the pool's documents kept."""
@@ -338,6 +339,17 @@ class CoresetConfig(CuramixModel):
     n_clusters: int | None = Field(default=None, ge=1)
     keep_hard: bool = True
     """Prototypes: keep the hardest (data plentiful) or the easiest (data scarce)."""
+    epsilon: float = Field(default=0.01, gt=0, lt=1)
+    """Facility location: stochastic greedy draws n / k * ln(1 / epsilon) candidates a step."""
+    temperature: float = Field(default=0.5, gt=0)
+    """DBP: softmax temperature over the cluster complexities (reference code's 0.5)."""
+    n_neighbors: int = Field(default=20, ge=1)
+    """DBP: nearest other centroids averaged in d_inter (reference code's 20)."""
+    balance: float = Field(default=0.5, ge=0, le=1)
+    """DBP: each cluster keeps at least int(balance * k / n_clusters) documents (reference
+    code's cls_bal_ratio 0.5; 0: at least one)."""
+    within: Literal["random", "easy", "hard"] = "random"
+    """DBP: how each cluster's budget is filled (uniform, closest or farthest to the centroid)."""
 
     @model_validator(mode="after")
     def _one_size(self) -> CoresetConfig:
@@ -356,8 +368,8 @@ class MixtureSearchConfig(CuramixModel):
     params: dict[str, Any] = Field(default_factory=dict)
     """Mixer constructor parameters, over the method's defaults (``curamix.mixers.search``)."""
     stage: str | None = None
-    """Stage whose documents the proxy trains on; default: the run's last data stage (coreset,
-    select, else the deduplicated / decontaminated pool)."""
+    """Stage whose documents the proxy trains on; default: the run's selection (coreset,
+    select, betr, in that order), else the deduplicated / decontaminated pool."""
     target_inputs: list[InputSpec] = Field(default_factory=list)
     """Target texts (benchmark train sets); with ``target_domains`` empty too, the dsir
     section's targets. DGA and TiKMiX follow the target's gradient, RegMix its loss."""

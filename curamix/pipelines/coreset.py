@@ -1,5 +1,5 @@
-"""Coreset job: keep k documents of the pool chosen by CCS, SSL prototypes, k-center greedy
-or at random, over the embed stage's vectors.
+"""Coreset job: keep k documents of the pool chosen by CCS, SSL prototypes, k-center greedy,
+facility location, density-based pruning (DBP) or at random, over the embed stage's vectors.
 
 Spark glue over :mod:`curamix.selectors.coreset`:
 
@@ -12,8 +12,9 @@ Spark glue over :mod:`curamix.selectors.coreset`:
    scoring stage's ``scores/`` (``dsir``: the log importance weight; ``betr``: the
    classifier score). Higher = harder: CCS drops the top ``beta`` share, ``keep_hard``
    prototypes keep the top k;
-3. the selection runs on the driver from the id-sorted arrays with ``random_state=cfg.seed``,
-   so the same seed gives the same coreset on one core or a cluster;
+3. the selection runs on the driver from the id-sorted arrays with ``random_state=cfg.seed``
+   (``dbp`` runs its own spherical k-means with ``n_clusters``, default as for the prototype
+   score), so the same seed gives the same coreset on one core or a cluster;
 4. one Spark task per pool part writes its selected documents (``data/``, the document
    schema) and its ledger (``kept``, or ``removed`` with reason ``not_selected``; ``score``
    = the document's score when the method uses one).
@@ -118,7 +119,8 @@ def run_coreset(
     on_step: Callable[[str], None] | None = None,
     upstream: dict[str, JobResult] | None = None,
 ) -> JobResult:
-    """Select a coreset of the pool (CCS, prototypes, k-center or random) with ``cfg.seed``."""
+    """Select a coreset of the pool (CCS, prototypes, k-center, facility location, DBP or
+    random) with ``cfg.seed``."""
     from curamix.pipelines.embed import load_embeddings
     from curamix.runner import pool_stage, require_upstream
     from curamix.selectors.coreset import prototype_scores, random_select, select_coreset
@@ -157,8 +159,9 @@ def run_coreset(
     needs_score = cc.method in ("ccs", "prototypes")
     scores: np.ndarray | None = None
     n_clusters = None
-    if needs_score and score_stage is None:
+    if (needs_score and score_stage is None) or cc.method == "dbp":
         n_clusters = min(cc.n_clusters or default_clusters(n_emb), n_emb)
+    if needs_score and score_stage is None:
         say(f"coreset: prototype scores (spherical k-means, {n_clusters} clusters)")
         scores = prototype_scores(emb.vectors, n_clusters, seed=cfg.seed)
     elif score_stage is not None:
@@ -176,6 +179,12 @@ def run_coreset(
         beta=cc.beta,
         strata=cc.strata,
         keep_hard=cc.keep_hard,
+        epsilon=cc.epsilon,
+        n_clusters=n_clusters,
+        temperature=cc.temperature,
+        n_neighbors=cc.n_neighbors,
+        balance=cc.balance,
+        within=cc.within,
     )
     timings["select_s"] = round(time.perf_counter() - t, 3)
     if len(chosen) != k or len(np.unique(chosen)) != k:
@@ -302,6 +311,10 @@ def _report(m: dict[str, Any]) -> str:
         "prototypes": f"SSL prototypes (keep the {'hardest' if cf['keep_hard'] else 'easiest'} "
         f"by the `{cf['score']}` score)",
         "kcenter": "k-center greedy over the embeddings",
+        "facility_location": "facility location (stochastic greedy, "
+        f"epsilon={cf['epsilon']}) over the embeddings",
+        "dbp": f"density-based pruning ({m['n_clusters']} k-means clusters, temperature "
+        f"{cf['temperature']}, balance {cf['balance']}, {cf['within']} within clusters)",
         "random": "uniform random",
     }[method]
     lines = [

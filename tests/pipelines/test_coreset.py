@@ -90,7 +90,7 @@ def test_every_method_matches_the_kernels(run, spark, demo):
     _, res0 = run
     emb = load_embeddings(res0["embed"])
     k = int(0.3 * len(emb))
-    for method in ("ccs", "prototypes", "kcenter", "random"):
+    for method in ("ccs", "prototypes", "kcenter", "facility_location", "dbp", "random"):
         if method == "ccs":
             res = res0["coreset"]
         else:
@@ -102,18 +102,40 @@ def test_every_method_matches_the_kernels(run, spark, demo):
             else None
         )
         want = select_coreset(
-            method, k, vectors=emb.vectors, scores=scores, random_state=3, keep_hard=False
+            method,
+            k,
+            vectors=emb.vectors,
+            scores=scores,
+            random_state=3,
+            keep_hard=False,
+            n_clusters=default_clusters(len(emb)),
         )
-        got = [r["id"] for r in _ledger(res) if r["decision"] == "kept"]
+        led = _ledger(res)
+        got = [r["id"] for r in led if r["decision"] == "kept"]
         assert got == sorted(emb.ids[want].tolist()), method
         assert res.manifest["config"]["method"] == method
+        # the same accounting for every method: each pool document once, k kept
+        n = res0["ingest"].counts["out"]
+        assert len(led) == n and res.counts["kept"] == k and res.counts["removed"] == n - k
+        assert sum(e["kept"] for e in res.counts["per_domain"].values()) == k
+        assert {r["reason"] for r in led if r["decision"] == "removed"} <= {
+            "not_selected",
+            "not_embedded",
+        }
+        if method == "dbp":
+            assert res.manifest["n_clusters"] == default_clusters(len(emb))
+            assert "density-based pruning" in (res.path / "report.md").read_text()
 
 
 @pytest.mark.spark
-def test_same_coreset_on_one_core(run, tmp_path):
+@pytest.mark.parametrize("method", ["ccs", "facility_location"])
+def test_same_coreset_on_one_core(run, spark, demo, tmp_path, method):
     """The selection is computed on the driver from id-sorted arrays: a local[1] session with
     other shuffle settings (in a fresh process) writes the same ledger."""
     cfg, res = run
+    if method != "ccs":
+        cfg = _cfg(demo / "run", demo, method=method, fraction=0.3)
+        res = run_pipeline(cfg, spark=spark)
     other = tmp_path / "run"
     other.mkdir()
     for stage in ("ingest", "embed"):  # reuse the upstream outputs: only coreset runs again
