@@ -451,11 +451,18 @@ def semdedup_cmd(
 @app.command("coreset")
 def coreset_cmd(
     run_dir: Annotated[Path, typer.Argument(help="Run folder with a completed embed stage.")],
-    method: Annotated[str, typer.Option(help="ccs, prototypes, kcenter or random.")] = "ccs",
+    method: Annotated[
+        str,
+        typer.Option(help="ccs, prototypes, kcenter, facility_location, dbp or random."),
+    ] = "ccs",
     k: Annotated[int | None, typer.Option(help="Documents to keep.")] = None,
     fraction: Annotated[float | None, typer.Option(help="Share of the pool to keep.")] = None,
     score: Annotated[
-        str, typer.Option(help="prototype (k-means distance), dsir or betr (a scoring stage).")
+        str,
+        typer.Option(
+            help="prototype (k-means distance), dsir or betr (a scoring stage's scores), or "
+            "proxy_loss (loss under a small reference proxy trained on a pool sample)."
+        ),
     ] = "prototype",
     beta: Annotated[float, typer.Option(help="CCS: hardest share dropped first.")] = 0.3,
     strata: Annotated[int, typer.Option(help="CCS: equal-width score strata.")] = 50,

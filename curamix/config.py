@@ -323,6 +323,23 @@ class BETRConfig(CuramixModel):
         return self
 
 
+class ProxyScoreConfig(CuramixModel):
+    """The reference proxy of the ``proxy_loss`` coreset score (perplexity pruning, Marion et
+    al. 2023): trained on a seeded sample of the pool, it scores every document's mean
+    next-token loss (``curamix.proxy.perplexity``)."""
+
+    model: str = "nano"
+    """A proxy preset (``curamix.proxy.model.PRESETS``)."""
+    sample: int = Field(default=2_000, ge=1)
+    """Pool documents the reference model and its tokenizer are trained on."""
+    total_tokens: int = Field(default=300_000, ge=1)
+    vocab_size: int = Field(default=1024, ge=257)
+    seq_len: int = Field(default=128, ge=8)
+    """Context; each document is scored on its first seq_len + 1 tokens."""
+    batch_size: int = Field(default=16, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
 class CoresetConfig(CuramixModel):
     """Coreset selection over the embed stage's vectors (see docs/embeddings.md)."""
 
@@ -330,9 +347,9 @@ class CoresetConfig(CuramixModel):
     k: int | None = Field(default=None, gt=0)
     fraction: float | None = Field(default=None, gt=0, le=1)
     """Share of the pool's documents kept."""
-    score: Literal["prototype", "dsir", "betr"] = "prototype"
-    """Importance / difficulty column: distance to the nearest k-means centroid, or a scoring
-    stage's score."""
+    score: Literal["prototype", "dsir", "betr", "proxy_loss"] = "prototype"
+    """Importance / difficulty column: distance to the nearest k-means centroid, a scoring
+    stage's score, or the loss under a small reference proxy LM (``proxy``)."""
     beta: float = Field(default=0.3, ge=0, lt=1)
     """CCS: share of the hardest (highest-score) documents dropped first."""
     strata: int = Field(default=50, ge=1)
@@ -350,6 +367,8 @@ class CoresetConfig(CuramixModel):
     code's cls_bal_ratio 0.5; 0: at least one)."""
     within: Literal["random", "easy", "hard"] = "random"
     """DBP: how each cluster's budget is filled (uniform, closest or farthest to the centroid)."""
+    proxy: ProxyScoreConfig = Field(default_factory=ProxyScoreConfig)
+    """The reference proxy of ``score: proxy_loss``."""
 
     @model_validator(mode="after")
     def _one_size(self) -> CoresetConfig:

@@ -10,8 +10,10 @@ Spark glue over :mod:`curamix.selectors.coreset`:
 2. the score (for ``ccs`` and ``prototypes``): ``prototype`` = cosine distance to the nearest
    spherical k-means centroid (Sorscher et al. 2022), or the per-document ``score`` of a
    scoring stage's ``scores/`` (``dsir``: the log importance weight; ``betr``: the
-   classifier score). Higher = harder: CCS drops the top ``beta`` share, ``keep_hard``
-   prototypes keep the top k;
+   classifier score), or ``proxy_loss``: each document's mean next-token loss under a small
+   reference proxy trained on a seeded sample of the pool (perplexity pruning, Marion et al.
+   2023; :func:`proxy_loss_scores`). Higher = harder: CCS drops the top ``beta`` share,
+   ``keep_hard`` prototypes keep the top k;
 3. the selection runs on the driver from the id-sorted arrays with ``random_state=cfg.seed``
    (``dbp`` runs its own spherical k-means with ``n_clusters``, default as for the prototype
    score), so the same seed gives the same coreset on one core or a cluster;
@@ -34,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from curamix.config import CoresetConfig, PipelineConfig, config_hash
+from curamix.config import CoresetConfig, PipelineConfig, ProxyScoreConfig, config_hash
 from curamix.io.store import JobResult, load_completed, stage_writer
 from curamix.pipelines.parts import part_files
 from curamix.pipelines.semdedup import (
@@ -71,6 +73,57 @@ def coreset_key(
 def coreset_size(cc: CoresetConfig, n_pool: int) -> int:
     """``k``, or ``fraction`` of the pool's documents (at least 1)."""
     return cc.k if cc.k is not None else max(1, int(cc.fraction * n_pool))  # type: ignore[operator]
+
+
+def read_pool_texts(parts: list[str], ids: np.ndarray) -> list[str]:
+    """The texts of ``ids`` (sorted) from the pool's parts, in the order of ``ids``."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    t = pa.concat_tables(pq.read_table(p, columns=["id", "text"]) for p in parts)
+    t = t.filter(pc.is_in(t["id"], value_set=pa.array(ids.tolist(), pa.string())))
+    t = t.take(pc.sort_indices(t, sort_keys=[("id", "ascending")]))
+    if t.num_rows != len(ids) or t["id"].to_pylist() != ids.tolist():
+        raise RuntimeError("coreset: the pool's parts do not hold every embedded document")
+    return t["text"].to_pylist()
+
+
+def proxy_loss_scores(
+    ps: ProxyScoreConfig,
+    parts: list[str],
+    ids: np.ndarray,
+    seed: int,
+    say: Callable[[str], None],
+) -> np.ndarray:
+    """Perplexity scores (Marion et al. 2023): a reference proxy trained on a seeded sample of
+    ``ps.sample`` pool documents scores each document's mean next-token loss (nats/token).
+    Documents under 2 tokens get the median score. On the driver, like the selection."""
+    from curamix.proxy.perplexity import doc_losses, reference_proxy
+
+    texts = read_pool_texts(parts, ids)
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(texts), size=min(ps.sample, len(texts)), replace=False))
+    say(
+        f"coreset: training a {ps.model} reference proxy on {len(pick)} pool documents "
+        f"({ps.total_tokens:,} tokens)"
+    )
+    model, tok = reference_proxy(
+        [texts[i] for i in pick],
+        model=ps.model,
+        vocab_size=ps.vocab_size,
+        seq_len=ps.seq_len,
+        batch_size=ps.batch_size,
+        total_tokens=ps.total_tokens,
+        random_state=seed,
+        device=ps.device,
+    )
+    say(f"coreset: proxy-loss scores of {len(texts)} documents")
+    scores = doc_losses(model, tok, texts)
+    bad = np.isnan(scores)
+    if bad.all():
+        raise ValueError("coreset.score=proxy_loss: no pool document has 2 tokens to score")
+    scores[bad] = np.nanmedian(scores)
+    return scores
 
 
 def read_stage_scores(result: JobResult, ids: np.ndarray) -> np.ndarray:
@@ -133,7 +186,11 @@ def run_coreset(
     source = pool_stage(cfg)
     pool = require_upstream(cfg, source, upstream)
     embed = require_upstream(cfg, "embed", upstream)
-    score_stage = None if cc.score == "prototype" else require_upstream(cfg, cc.score, upstream)
+    score_stage = (
+        None
+        if cc.score in ("prototype", "proxy_loss")
+        else require_upstream(cfg, cc.score, upstream)
+    )
     key = coreset_key(cfg, pool, embed, score_stage)
     done = load_completed(cfg.run_dir, STAGE, key)
     if done is not None:
@@ -161,7 +218,9 @@ def run_coreset(
     n_clusters = None
     if (needs_score and score_stage is None) or cc.method == "dbp":
         n_clusters = min(cc.n_clusters or default_clusters(n_emb), n_emb)
-    if needs_score and score_stage is None:
+    if needs_score and cc.score == "proxy_loss":
+        scores = proxy_loss_scores(cc.proxy, parts, emb.ids, cfg.seed, say)
+    elif needs_score and score_stage is None:
         say(f"coreset: prototype scores (spherical k-means, {n_clusters} clusters)")
         scores = prototype_scores(emb.vectors, n_clusters, seed=cfg.seed)
     elif score_stage is not None:

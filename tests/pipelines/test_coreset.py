@@ -219,3 +219,43 @@ def test_stage_scores_are_checked(tmp_path):
     assert read_stage_scores(res, np.array(["a", "b"])).tolist() == [1.0, 2.0]
     with pytest.raises(ValueError, match=r"1 embedded pool documents have no score .*\['c'\]"):
         read_stage_scores(res, np.array(["a", "b", "c"]))
+
+
+@pytest.mark.spark
+def test_proxy_loss_score_is_the_reference_proxys_loss(run, spark, demo, tmp_path):
+    """score: proxy_loss trains the reference proxy on a seeded pool sample and keeps, with
+    prototypes keep_hard false, the k documents of lowest loss under it (perplexity pruning)."""
+    from curamix.pipelines.coreset import proxy_loss_scores, read_pool_texts
+    from curamix.proxy.perplexity import doc_losses, reference_proxy
+
+    _, res0 = run
+    run_dir = tmp_path / "run"
+    shutil.copytree(res0["ingest"].path, run_dir / res0["ingest"].path.name)
+    shutil.copytree(res0["embed"].path, run_dir / res0["embed"].path.name)
+    shutil.copy(res0["ingest"].path.parent / "stages.json", run_dir / "stages.json")
+    proxy = {"sample": 60, "total_tokens": 8192, "vocab_size": 300, "seq_len": 32,
+             "batch_size": 8, "device": "cpu"}  # fmt: skip
+    cfg = _cfg(run_dir, demo, method="prototypes", keep_hard=False, fraction=0.2,
+               score="proxy_loss", proxy=proxy)  # fmt: skip
+    res = run_pipeline(cfg, spark=spark, only=["coreset"])["coreset"]
+    led = _ledger(res)
+    ids = np.array([r["id"] for r in led])
+    texts = read_pool_texts(
+        [str(p) for p in sorted(res0["ingest"].data_path.glob("*.parquet"))], ids
+    )
+    # the same computation by hand: seeded sample, reference proxy, per-document losses
+    pick = np.sort(np.random.default_rng(3).choice(len(texts), size=60, replace=False))
+    model, tok = reference_proxy(
+        [texts[i] for i in pick], vocab_size=300, seq_len=32, batch_size=8, total_tokens=8192,
+        random_state=3, device="cpu",
+    )  # fmt: skip
+    want = doc_losses(model, tok, texts)
+    assert np.isfinite(want).all()
+    np.testing.assert_allclose([r["score"] for r in led], want, rtol=1e-6)
+    kept = {r["id"] for r in led if r["decision"] == "kept"}
+    k = int(0.2 * len(ids))
+    assert kept == set(ids[np.argsort(want, kind="stable")[:k]].tolist())
+    # the helper itself, outside Spark, gives the same scores
+    again = proxy_loss_scores(cfg.coreset.proxy, [str(p) for p in sorted(
+        res0["ingest"].data_path.glob("*.parquet"))], ids, 3, lambda _m: None)  # fmt: skip
+    np.testing.assert_allclose(again, want, rtol=1e-6)
