@@ -633,7 +633,6 @@ def _flow_results(summary: dict) -> dict:
 
 def _flow_report(summary: dict) -> None:
     """The mixture weights and where every output and artifact of a flow run is."""
-    from curamix.config import KNOWN_STAGES
     from curamix.flows.artifacts import step_plots
     from curamix.mixture import Mixture
 
@@ -678,7 +677,7 @@ def _flow_report(summary: dict) -> None:
         console.print(f"run mixture: [cyan]{path}[/]", soft_wrap=True)
     for f in summary.get("exports", []):
         console.print(f"  export     [cyan]{f}[/]", soft_wrap=True)
-    plots = [p for step, s in steps.items() if step in KNOWN_STAGES for p in step_plots(s["path"])]
+    plots = [p for s in steps.values() for p in step_plots(s["path"])]
     for p in plots:
         console.print(f"  plot       [cyan]{p}[/]", soft_wrap=True)
     if summary.get("artifacts"):
