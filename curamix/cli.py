@@ -36,7 +36,6 @@ err_console = Console(stderr=True, highlight=False)
 @contextmanager
 def _friendly_errors() -> Iterator[None]:
     from curamix.pipelines.dedup import DedupGateError
-    from curamix.pipelines.semdedup import SemDedupGateError
     from curamix.pipelines.session import JavaMissingError
 
     try:
@@ -44,7 +43,7 @@ def _friendly_errors() -> Iterator[None]:
     except (ConfigError, JavaMissingError) as err:
         err_console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(2) from None
-    except (DedupGateError, SemDedupGateError) as err:
+    except DedupGateError as err:  # SemDedupGateError too
         err_console.print(f"[bold red]safety gate:[/] {err}")
         raise typer.Exit(3) from None
 

@@ -48,7 +48,6 @@ NOT_RETRYABLE = frozenset(
         "NotImplementedError",
         "ImportError",
         "DedupGateError",  # a safety gate: the data, not the machine
-        "SemDedupGateError",
         "AccountingError",
         "JavaMissingError",
         "ScalingLawFitError",

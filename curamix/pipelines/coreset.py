@@ -75,14 +75,19 @@ def coreset_size(cc: CoresetConfig, n_pool: int) -> int:
     return cc.k if cc.k is not None else max(1, int(cc.fraction * n_pool))  # type: ignore[operator]
 
 
-def read_pool_texts(parts: list[str], ids: np.ndarray) -> list[str]:
-    """The texts of ``ids`` (sorted) from the pool's parts, in the order of ``ids``."""
+def rows_for_ids(files: list[str], ids: np.ndarray, column: str) -> pa.Table:
+    """``id`` and ``column`` of the rows of ``files`` whose id is in ``ids``, sorted by id."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    t = pa.concat_tables(pq.read_table(p, columns=["id", "text"]) for p in parts)
+    t = pa.concat_tables(pq.read_table(p, columns=["id", column]) for p in files)
     t = t.filter(pc.is_in(t["id"], value_set=pa.array(ids.tolist(), pa.string())))
-    t = t.take(pc.sort_indices(t, sort_keys=[("id", "ascending")]))
+    return t.take(pc.sort_indices(t, sort_keys=[("id", "ascending")]))
+
+
+def read_pool_texts(parts: list[str], ids: np.ndarray) -> list[str]:
+    """The texts of ``ids`` (sorted) from the pool's parts, in the order of ``ids``."""
+    t = rows_for_ids(parts, ids, "text")
     if t.num_rows != len(ids) or t["id"].to_pylist() != ids.tolist():
         raise RuntimeError("coreset: the pool's parts do not hold every embedded document")
     return t["text"].to_pylist()
@@ -129,18 +134,13 @@ def proxy_loss_scores(
 def read_stage_scores(result: JobResult, ids: np.ndarray) -> np.ndarray:
     """The ``score`` column of a scoring stage's ``scores/`` for ``ids`` (sorted), float64.
     Raises ValueError naming the stage and a missing id when a document has no score."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     folder = result.path / "scores"
     if not folder.is_dir():
         raise ValueError(
             f"coreset.score={result.stage!r}: {result.path} has no scores/ folder to read "
             "per-document scores from"
         )
-    t = pa.concat_tables(pq.read_table(p, columns=["id", "score"]) for p in part_files(folder))
-    t = t.filter(pc.is_in(t["id"], value_set=pa.array(ids.tolist(), pa.string())))
-    t = t.take(pc.sort_indices(t, sort_keys=[("id", "ascending")]))
+    t = rows_for_ids(part_files(folder), ids, "score")
     got = np.asarray(t["id"].to_pylist(), dtype=str)
     if len(got) != len(ids) or (got != ids).any():
         missing = sorted(set(ids.tolist()) - set(got.tolist()))

@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 
 from curamix.config import PipelineConfig, config_hash
 from curamix.io.store import JobResult, load_completed, stage_writer
+from curamix.pipelines.dedup import DedupGateError
 from curamix.pipelines.parts import map_parts, part_files
 from curamix.schema import DOC_SCHEMA, LEDGER_SCHEMA
 
@@ -69,8 +70,9 @@ COUNT_SCHEMA = pa.schema([("domain", pa.string()), ("kind", pa.string()), ("n", 
 N_EXAMPLES = 10
 
 
-class SemDedupGateError(RuntimeError):
-    """A safety gate stopped the stage (a domain would lose too much of its data)."""
+class SemDedupGateError(DedupGateError):
+    """A safety gate stopped the stage (a domain would lose too much of its data); a
+    :class:`DedupGateError`, so the flow does not retry it and the CLI exits 3."""
 
 
 def semdedup_key(cfg: PipelineConfig, pool: JobResult, embed: JobResult) -> str:

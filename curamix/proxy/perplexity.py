@@ -135,7 +135,6 @@ def doc_losses(
         NaN for a document with fewer than 2 tokens (nothing to predict).
     """
     import torch
-    import torch.nn.functional as F
 
     seq_len = model.cfg.seq_len
     n_pred = seq_len if max_tokens is None else int(max_tokens)
@@ -160,10 +159,7 @@ def doc_losses(
                 mask[r, : len(x) - 1] = 1.0
             batch, mask = batch.to(device), mask.to(device)
             with torch.no_grad():
-                logits = model(batch[:, :-1]).float()
-                nll = F.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none"
-                ).reshape(mask.shape)
+                nll = model.loss(batch, reduction="none").reshape(mask.shape)
                 per_doc = (nll * mask).sum(1) / mask.sum(1)
             for r, (i, _) in enumerate(rows):
                 out[start + i] = float(per_doc[r])
