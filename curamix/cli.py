@@ -196,7 +196,11 @@ def score_dsir(
         typer.Option("--target", "-t", help="Target file, folder or glob (repeatable)."),
     ] = None,
     hash_mode: Annotated[
-        str, typer.Option(help="fast, or sha256 (bit-compatible with data-selection).")
+        str,
+        typer.Option(
+            help="fast (the reference's sha256 buckets, each distinct n-gram hashed once), "
+            "sha256 (the reference's string path, slow) or hash64 (64-bit buckets, no table).",
+        ),
     ] = "fast",
     num_buckets: Annotated[int, typer.Option(help="Hashed n-gram buckets.")] = 10_000,
     ngrams: Annotated[int, typer.Option(help="Longest n-gram.")] = 2,

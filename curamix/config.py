@@ -201,7 +201,11 @@ class DSIRConfig(CuramixModel):
     """Domains of the pool used as target."""
     num_buckets: int = Field(default=10_000, ge=1)
     ngrams: int = Field(default=2, ge=1, le=5)
-    hash_mode: Literal["fast", "sha256"] = "fast"
+    hash_mode: Literal["fast", "sha256", "hash64"] = "fast"
+    """``fast``: the reference's sha256 buckets, each distinct n-gram hashed once per worker
+    (numba SHA-256, keyed by a 64-bit n-gram hash); ``sha256``: the reference's own string
+    path (hashlib); ``hash64``: 64-bit hash buckets, fastest and no table, but its collisions
+    differ from the reference's (about 6% of a 20% selection moves at 10k buckets)."""
     laplace: float = Field(default=0.0, ge=0)
     min_example_length: int = Field(default=100, ge=0)
     num_tokens_to_fit: int | Literal["auto", "all"] = "auto"

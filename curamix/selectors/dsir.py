@@ -4,11 +4,19 @@ Plain kernels (tokenize, hashed n-gram counts of a batch as a sparse matrix, log
 weights, Gumbel top-k with per-document noise from (seed, id)) and a small estimator,
 :class:`DSIRSelector`, that a notebook, the Spark job and the tests all share.
 
-Two hash modes: ``sha256`` is bit-compatible with the reference package ``data-selection``
-(``int(sha256(gram).hexdigest(), 16) % num_buckets``); ``fast`` (the default) finds the same
-tokens on the code points of the text in numpy, hashes them with a vectorized 64-bit
-polynomial hash and derives n-gram hashes arithmetically, so its buckets differ from the
-reference's only through hash collisions.
+Three hash modes, all on the reference's tokens (lowercased WordPunct runs):
+
+- ``fast`` (the default): the reference's buckets, ``int(sha256(gram).hexdigest(), 16) %
+  num_buckets``, without its cost. Tokens are found on the code points of the text in numpy,
+  every n-gram gets a 64-bit hash (vectorized polynomial hash, n-gram hashes derived
+  arithmetically), and a per-process table maps that hash to the n-gram's sha256 bucket; only
+  n-grams not seen before are hashed, by a numba SHA-256 of their UTF-8 bytes. Equal to the
+  reference's buckets on every n-gram of ../shared/data (17.7M n-grams, 1.9M distinct).
+- ``sha256``: the reference's string path (Python tokens, hashlib, memoized), the plain
+  ground truth the tests hold ``fast`` to.
+- ``hash64``: the 64-bit hashes reduced to buckets directly, no table; fastest and flat in
+  memory, but its collisions are not the reference's (at 10k buckets about 6% of a 20%
+  selection moves, as with any other hash).
 
 References
 ----------
@@ -18,6 +26,7 @@ NeurIPS 2023. arXiv:2302.03169. Reference code: github.com/p-lambda/dsir (PyPI d
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import warnings
@@ -38,9 +47,15 @@ _WORDPUNCT_ASCII = re.compile(WORDPUNCT_PATTERN)
 _INFO_SEPARATORS = re.compile("[\x1c-\x1f]")  # whitespace to ``re``, not to ``regex``
 EPS = 1e-8
 """The reference's smoothing inside the logs of ``log_diff``."""
-HashMode = Literal["fast", "sha256"]
+HashMode = Literal["fast", "sha256", "hash64"]
+HASH_MODES: tuple[str, ...] = ("fast", "sha256", "hash64")
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _CACHE_LIMIT = 4_000_000
+
+
+def _check_hash_mode(hash_mode: str) -> None:
+    if hash_mode not in HASH_MODES:
+        raise ValueError(f"hash_mode must be one of {', '.join(HASH_MODES)}, got {hash_mode!r}")
 
 
 def tokenize(text: str) -> list[str]:
@@ -81,6 +96,241 @@ def _mix64(x: np.ndarray) -> np.ndarray:
         x = x ^ (x >> np.uint64(27))
         x = x * np.uint64(0x94D049BB133111EB)
         return x ^ (x >> np.uint64(31))
+
+
+_SHA256_K = np.array(
+    [
+        0x428A2F98, 0x71374491, 0xB5C0FBCF, 0xE9B5DBA5, 0x3956C25B, 0x59F111F1, 0x923F82A4,
+        0xAB1C5ED5, 0xD807AA98, 0x12835B01, 0x243185BE, 0x550C7DC3, 0x72BE5D74, 0x80DEB1FE,
+        0x9BDC06A7, 0xC19BF174, 0xE49B69C1, 0xEFBE4786, 0x0FC19DC6, 0x240CA1CC, 0x2DE92C6F,
+        0x4A7484AA, 0x5CB0A9DC, 0x76F988DA, 0x983E5152, 0xA831C66D, 0xB00327C8, 0xBF597FC7,
+        0xC6E00BF3, 0xD5A79147, 0x06CA6351, 0x14292967, 0x27B70A85, 0x2E1B2138, 0x4D2C6DFC,
+        0x53380D13, 0x650A7354, 0x766A0ABB, 0x81C2C92E, 0x92722C85, 0xA2BFE8A1, 0xA81A664B,
+        0xC24B8B70, 0xC76C51A3, 0xD192E819, 0xD6990624, 0xF40E3585, 0x106AA070, 0x19A4C116,
+        0x1E376C08, 0x2748774C, 0x34B0BCB5, 0x391C0CB3, 0x4ED8AA4A, 0x5B9CCA4F, 0x682E6FF3,
+        0x748F82EE, 0x78A5636F, 0x84C87814, 0x8CC70208, 0x90BEFFFA, 0xA4506CEB, 0xBEF9A3F7,
+        0xC67178F2,
+    ],
+    dtype=np.int64,
+)  # fmt: skip
+_SHA256_H0 = np.array(
+    [
+        0x6A09E667,
+        0xBB67AE85,
+        0x3C6EF372,
+        0xA54FF53A,
+        0x510E527F,
+        0x9B05688C,
+        0x1F83D9AB,
+        0x5BE0CD19,
+    ],
+    dtype=np.int64,
+)
+
+
+def _sha256_buckets_impl(
+    buf, tok_start, tok_end, first, order, num_buckets, k, h0, out
+):  # pragma: no cover - numba
+    """``int(sha256(gram), 16) % num_buckets`` for n-grams given as runs of tokens: n-gram m is
+    tokens ``first[m] .. first[m] + order - 1`` (byte spans into ``buf``, UTF-8) joined by one
+    space, exactly the string the reference hashes. FIPS 180-4 SHA-256 on 32-bit words held
+    in int64 (every sum masked), then the 256-bit digest reduced modulo ``num_buckets`` word
+    by word, big-endian."""
+    mask = 0xFFFFFFFF
+    w = np.empty(64, dtype=np.int64)
+    hs = np.empty(8, dtype=np.int64)
+    msg = np.empty(256, dtype=np.uint8)
+    for m in range(first.shape[0]):
+        i = first[m]
+        n = order - 1
+        for t in range(i, i + order):
+            n += tok_end[t] - tok_start[t]
+        total = ((n + 8) // 64 + 1) * 64
+        if total > msg.shape[0]:
+            msg = np.empty(2 * total, dtype=np.uint8)
+        p = 0
+        for t in range(i, i + order):
+            if t > i:
+                msg[p] = 32
+                p += 1
+            for q in range(tok_start[t], tok_end[t]):
+                msg[p] = buf[q]
+                p += 1
+        msg[p] = 0x80
+        p += 1
+        while p < total - 8:
+            msg[p] = 0
+            p += 1
+        bits = n * 8
+        for q in range(8):
+            msg[total - 1 - q] = (bits >> (8 * q)) & 0xFF
+        for q in range(8):
+            hs[q] = h0[q]
+        for blk in range(0, total, 64):
+            for t in range(16):
+                j = blk + 4 * t
+                w[t] = (
+                    (np.int64(msg[j]) << 24)
+                    | (np.int64(msg[j + 1]) << 16)
+                    | (np.int64(msg[j + 2]) << 8)
+                    | np.int64(msg[j + 3])
+                )
+            for t in range(16, 64):
+                x, y = w[t - 15], w[t - 2]
+                s0 = (((x >> 7) | (x << 25)) ^ ((x >> 18) | (x << 14)) ^ (x >> 3)) & mask
+                s1 = (((y >> 17) | (y << 15)) ^ ((y >> 19) | (y << 13)) ^ (y >> 10)) & mask
+                w[t] = (w[t - 16] + s0 + w[t - 7] + s1) & mask
+            a, b, c, d, e, f, g, h = hs[0], hs[1], hs[2], hs[3], hs[4], hs[5], hs[6], hs[7]
+            for t in range(64):
+                s1 = (
+                    ((e >> 6) | (e << 26)) ^ ((e >> 11) | (e << 21)) ^ ((e >> 25) | (e << 7))
+                ) & mask
+                ch = (e & f) ^ (~e & g)
+                t1 = (h + s1 + ch + k[t] + w[t]) & mask
+                s0 = (
+                    ((a >> 2) | (a << 30)) ^ ((a >> 13) | (a << 19)) ^ ((a >> 22) | (a << 10))
+                ) & mask
+                maj = (a & b) ^ (a & c) ^ (b & c)
+                h, g, f, e = g, f, e, (d + t1) & mask
+                d, c, b, a = c, b, a, (t1 + s0 + maj) & mask
+            hs[0] = (hs[0] + a) & mask
+            hs[1] = (hs[1] + b) & mask
+            hs[2] = (hs[2] + c) & mask
+            hs[3] = (hs[3] + d) & mask
+            hs[4] = (hs[4] + e) & mask
+            hs[5] = (hs[5] + f) & mask
+            hs[6] = (hs[6] + g) & mask
+            hs[7] = (hs[7] + h) & mask
+        r = 0
+        for q in range(8):
+            r = ((r << 32) | hs[q]) % num_buckets
+        out[m] = r
+
+
+def _table_lookup_impl(keys, tkeys, tvals, out, new_pos, shift):  # pragma: no cover - numba
+    """Open-addressing lookup-or-insert of 64-bit keys (0 = empty slot). ``out[i]`` gets the
+    stored bucket, or ``-1 - slot`` for a key inserted now (bucket still to compute); the
+    positions in ``keys`` of the inserted keys go to ``new_pos``. Returns how many."""
+    cap_mask = tkeys.shape[0] - 1
+    n_new = 0
+    for i in range(keys.shape[0]):
+        key = keys[i]
+        slot = np.int64((key * np.uint64(0x9E3779B97F4A7C15)) >> shift)
+        while True:
+            tk = tkeys[slot]
+            if tk == key:
+                v = tvals[slot]
+                out[i] = v if v >= 0 else -1 - slot
+                break
+            if tk == 0:
+                tkeys[slot] = key
+                tvals[slot] = -1
+                out[i] = -1 - slot
+                new_pos[n_new] = i
+                n_new += 1
+                break
+            slot = (slot + 1) & cap_mask
+    return n_new
+
+
+@functools.cache
+def _sha256_kernels():
+    """(SHA-256 bucket kernel, table lookup kernel), compiled by numba on first use."""
+    import numba
+
+    jit = numba.njit(cache=True, nogil=True)
+    return jit(_sha256_buckets_impl), jit(_table_lookup_impl), jit(_table_rehash_impl)
+
+
+def _table_rehash_impl(keys, vals, new_keys, new_vals, shift):  # pragma: no cover - numba
+    """Move every stored key of a full table into a larger (empty) one."""
+    cap_mask = new_keys.shape[0] - 1
+    for i in range(keys.shape[0]):
+        key = keys[i]
+        if key != 0:
+            slot = np.int64((key * np.uint64(0x9E3779B97F4A7C15)) >> shift)
+            while new_keys[slot] != 0:
+                slot = (slot + 1) & cap_mask
+            new_keys[slot] = key
+            new_vals[slot] = vals[i]
+
+
+_TABLE_LIMIT = 1 << 23
+"""N-grams a :class:`_BucketTable` holds before it starts over (about 200 MB)."""
+_TABLE_CHUNK = 1 << 20
+
+
+class _BucketTable:
+    """The reference's sha256 bucket of every n-gram seen so far in this process, keyed by
+    the n-gram's 64-bit hash (open addressing, numba). Only n-grams not seen before are
+    hashed with SHA-256, so the cost follows the vocabulary, not the text; the buckets equal
+    the reference's unless two different n-grams share a 64-bit hash (about 1e-7 for the
+    corpus's 2M distinct n-grams), in which case the later one takes the earlier's bucket."""
+
+    def __init__(self, num_buckets: int, capacity: int = 1 << 16):
+        if not 0 < num_buckets < 1 << 31:
+            raise ValueError(f"num_buckets must be in [1, 2^31), got {num_buckets}")
+        self.num_buckets = num_buckets
+        self._alloc(capacity)
+
+    def _alloc(self, capacity: int) -> None:
+        self.keys = np.zeros(capacity, dtype=np.uint64)
+        self.vals = np.full(capacity, -1, dtype=np.int32)
+        self.size = 0
+
+    def _shift(self, capacity: int) -> np.uint64:
+        return np.uint64(64 - (capacity.bit_length() - 1))
+
+    def _reserve(self, n: int) -> None:
+        if self.size + n > _TABLE_LIMIT:
+            self._alloc(len(self.keys))
+        cap = len(self.keys)
+        while 2 * (self.size + n) > cap:
+            cap *= 2
+        if cap != len(self.keys):
+            keys, vals = np.zeros(cap, dtype=np.uint64), np.full(cap, -1, dtype=np.int32)
+            _sha256_kernels()[2](self.keys, self.vals, keys, vals, self._shift(cap))
+            self.keys, self.vals = keys, vals
+
+    def buckets(
+        self,
+        keys: np.ndarray,
+        first: np.ndarray,
+        order: int,
+        tok_start: np.ndarray,
+        tok_end: np.ndarray,
+        buf: np.ndarray,
+    ) -> np.ndarray:
+        """Bucket of each n-gram: ``keys`` its 64-bit hash, ``first`` its first token (the
+        tokens' byte spans into the UTF-8 ``buf``), ``order`` its number of tokens."""
+        sha, lookup, _ = _sha256_kernels()
+        keys = np.where(keys == 0, np.uint64(1), keys)  # 0 marks an empty slot
+        out = np.empty(len(keys), dtype=np.int64)
+        for s in range(0, len(keys), _TABLE_CHUNK):
+            ks = keys[s : s + _TABLE_CHUNK]
+            self._reserve(len(ks))
+            o = out[s : s + _TABLE_CHUNK]
+            new_pos = np.empty(len(ks), dtype=np.int64)
+            n_new = lookup(ks, self.keys, self.vals, o, new_pos, self._shift(len(self.keys)))
+            if n_new:
+                new_pos = new_pos[:n_new]
+                b = np.empty(n_new, dtype=np.int64)
+                f = np.ascontiguousarray(first[s : s + _TABLE_CHUNK][new_pos])
+                sha(buf, tok_start, tok_end, f, order, self.num_buckets, _SHA256_K, _SHA256_H0, b)
+                self.vals[-1 - o[new_pos]] = b
+                self.size += n_new
+                pending = o < 0
+                o[pending] = self.vals[-1 - o[pending]]
+        return out
+
+
+_TABLES: dict[int, _BucketTable] = {}
+
+
+def _table(num_buckets: int) -> _BucketTable:
+    if num_buckets not in _TABLES:
+        _TABLES[num_buckets] = _BucketTable(num_buckets)
+    return _TABLES[num_buckets]
 
 
 _HASHERS: dict[tuple[str, int], _Sha256Buckets] = {}
@@ -146,31 +396,45 @@ _GROUP_CODEPOINTS = 1 << 22
 
 
 def _fast_token_hashes(
-    texts: Sequence[str], words_only: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """(64-bit token hashes in document order, document of each token) for the fast mode;
+    texts: Sequence[str], words_only: bool = False, spans: bool = False
+) -> tuple[np.ndarray, ...]:
+    """(64-bit token hashes in document order, document of each token) for the fast modes;
     documents are hashed in groups of at most ``_GROUP_CODEPOINTS`` code points. With
-    ``words_only``, punctuation separates tokens like whitespace (tokens are ``\\w+``)."""
-    hs, ds = [], []
-    i, n = 0, len(texts)
+    ``words_only``, punctuation separates tokens like whitespace (tokens are ``\\w+``). With
+    ``spans``, also each token's byte start and end in the UTF-8 of the lowercased documents
+    joined by newlines, and those bytes."""
+    parts: list[tuple[np.ndarray, ...]] = []
+    i, n, nbytes = 0, len(texts), 0
     while i < n:
         j, size = i, 0
         while j < n and (j == i or size + len(texts[j]) + 1 <= _GROUP_CODEPOINTS):
             size += len(texts[j]) + 1
             j += 1
-        h, d = _group_token_hashes(texts[i:j], words_only)
-        hs.append(h)
-        ds.append(d + i)
+        g = _group_token_hashes(texts[i:j], words_only, spans)
+        if spans:
+            g = (g[0], g[1] + i, g[2] + nbytes, g[3] + nbytes, g[4])
+            nbytes += len(g[4]) + 1
+        else:
+            g = (g[0], g[1] + i)
+        parts.append(g)
         i = j
-    if not hs:
-        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
-    return np.concatenate(hs), np.concatenate(ds)
+    if not parts:
+        empty = (np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64))
+        return empty + (np.zeros(0, np.int64),) * 2 + (np.zeros(0, np.uint8),) if spans else empty
+    out = tuple(np.concatenate([p[k] for p in parts]) for k in range(2 if not spans else 4))
+    if spans:  # one newline between groups keeps the byte offsets above
+        sep = np.full(1, 10, dtype=np.uint8)
+        bufs = [x for p in parts for x in (p[4], sep)][:-1]
+        out = (*out, np.concatenate(bufs))
+    return out
 
 
 def _group_token_hashes(
-    texts: Sequence[str], words_only: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """(64-bit token hashes in document order, document of each token) for the fast mode.
+    texts: Sequence[str], words_only: bool = False, spans: bool = False
+) -> tuple[np.ndarray, ...]:
+    """(64-bit token hashes in document order, document of each token) for the fast modes,
+    plus with ``spans`` the tokens' UTF-8 byte spans and the bytes (see
+    :func:`_fast_token_hashes`).
 
     Tokens are the maximal runs of word or of punctuation code points of the lowercased text,
     which is exactly what ``\\w+|[^\\w\\s]+`` finds. A token's hash is its polynomial
@@ -178,9 +442,13 @@ def _group_token_hashes(
     B's inverse, then mixed with the length. All in numpy, with no Python per token."""
     n = len(texts)
     lows = [t.lower() for t in texts]
-    cps = np.frombuffer("\n".join(lows).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    joined = "\n".join(lows)
+    cps = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    empty: tuple[np.ndarray, ...] = (np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64))
+    if spans:
+        empty += (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint8))
     if len(cps) == 0:
-        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+        return empty
     c = _classes(cps)
     if words_only:
         c = np.where(c == 2, np.int8(0), c)
@@ -192,7 +460,7 @@ def _group_token_hashes(
     keep = c[run_starts] != 0
     starts, ends = run_starts[keep], run_ends[keep]
     if len(starts) == 0:
-        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+        return empty
     pw, ipw = _powers(max(len(cps), _GROUP_CODEPOINTS))
     pw, ipw = pw[: len(cps)], ipw[: len(cps)]
     with np.errstate(over="ignore"):
@@ -203,7 +471,14 @@ def _group_token_hashes(
         h = _mix64(poly ^ (lengths * np.uint64(0xD6E8FEB86659FD93)))
     doc_start = np.cumsum([0] + [len(s) + 1 for s in lows[:-1]])
     per_doc = np.diff(np.append(np.searchsorted(starts, doc_start), len(starts)))
-    return h, np.repeat(np.arange(n, dtype=np.int64), per_doc)
+    doc = np.repeat(np.arange(n, dtype=np.int64), per_doc)
+    if not spans:
+        return h, doc
+    blen = 1 + (cps >= 0x80).astype(np.int64) + (cps >= 0x800) + (cps >= 0x10000)
+    boff = np.zeros(len(cps) + 1, dtype=np.int64)
+    np.cumsum(blen, out=boff[1:])
+    buf = np.frombuffer(joined.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    return h, doc, boff[starts], boff[ends], buf
 
 
 def _to_buckets(h: np.ndarray, num_buckets: int) -> np.ndarray:
@@ -254,17 +529,19 @@ def batch_grams(
 ) -> Grams:
     """Bucket ids of every n-gram (orders 1..``ngrams``) of a batch of texts; n-grams never
     cross a document (or chunk) boundary."""
-    if hash_mode not in ("fast", "sha256"):
-        raise ValueError(f"hash_mode must be 'fast' or 'sha256', got {hash_mode!r}")
+    _check_hash_mode(hash_mode)
     n = len(texts)
     if hash_mode == "fast":
+        h, doc_of_tok, tok_start, tok_end, buf = _fast_token_hashes(texts, spans=True)
+    elif hash_mode == "hash64":
         h, doc_of_tok = _fast_token_hashes(texts)
-        n_tokens = np.bincount(doc_of_tok, minlength=n).astype(np.int64)
-        flat: list[str] = []
-    else:
+    if hash_mode == "sha256":
         toks = [tokenize(t) for t in texts]
         n_tokens = np.fromiter(map(len, toks), dtype=np.int64, count=n)
         flat = list(chain.from_iterable(toks))
+    else:
+        n_tokens = np.bincount(doc_of_tok, minlength=n).astype(np.int64)
+        flat = []
     total = int(n_tokens.sum())
     if chunk_tokens:
         starts = (
@@ -289,8 +566,15 @@ def batch_grams(
         row_doc = np.arange(n, dtype=np.int64)
         n_rows = n
     buckets, rows = [], []
-    if hash_mode == "fast":
-        buckets.append(_to_buckets(h, num_buckets))
+    if hash_mode != "sha256":
+        table = _table(num_buckets) if hash_mode == "fast" else None
+
+        def to_buckets(keys: np.ndarray, order: int, first: np.ndarray) -> np.ndarray:
+            if table is None:
+                return _to_buckets(keys, num_buckets)
+            return table.buckets(keys, first, order, tok_start, tok_end, buf)
+
+        buckets.append(to_buckets(h, 1, np.arange(total, dtype=np.int64)))
         rows.append(seg)
         acc = h
         with np.errstate(over="ignore"):
@@ -299,8 +583,9 @@ def batch_grams(
                     acc[:-1] * np.uint64(0x9E3779B97F4A7C15) + h[order - 1 :] + np.uint64(order)
                 )
                 valid = seg[: total - order + 1] == seg[order - 1 :]
-                buckets.append(_to_buckets(acc[valid], num_buckets))
-                rows.append(seg[: total - order + 1][valid])
+                first = np.flatnonzero(valid)
+                buckets.append(to_buckets(acc[first], order, first))
+                rows.append(seg[first])
     else:
         hasher = _hasher("sha256", num_buckets)
         buckets.append(hasher(flat))
@@ -504,8 +789,7 @@ class DSIRSelector:
             raise ValueError(f"num_buckets must be an int in 1..2**32-1, got {self.num_buckets!r}")
         if not isinstance(self.ngrams, int) or self.ngrams < 1:
             raise ValueError(f"ngrams must be a positive int, got {self.ngrams!r}")
-        if self.hash_mode not in ("fast", "sha256"):
-            raise ValueError(f"hash_mode must be 'fast' or 'sha256', got {self.hash_mode!r}")
+        _check_hash_mode(self.hash_mode)
         if self.chunk_tokens is not None and self.chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be >= 1 or None, got {self.chunk_tokens!r}")
 

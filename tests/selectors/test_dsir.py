@@ -87,12 +87,51 @@ def test_fast_token_hash_does_not_depend_on_position():
     assert h1[0] == h2[1] and h1[1] == h2[2] and h1[0] == h2[-1]
 
 
-def test_fast_mode_is_stable_and_spreads():
-    c1, _, _ = ngram_counts(["the quick brown fox jumps"], num_buckets=1000)
-    c2, _, _ = ngram_counts(["the quick brown fox jumps"], num_buckets=1000)
+TRICKY = [
+    "Alice went to the store",
+    "x'₃⁴₅'y H₂O — “quoted” naïve_test",
+    "a\x1cb\x1fc KELVIN \u212a İstanbul ǅ straße",
+    "",
+    "日本語。です emoji 😀😀 ok 𝔘𝔫𝔦",
+    "long " + "é" * 40 + " " + "x" * 130 + " tail!!",  # n-grams over 1, 2 and 4 SHA blocks
+    "a\nb\tc\n\nd",
+]
+
+
+@pytest.mark.parametrize(("ngrams", "chunk_tokens"), [(1, None), (2, None), (3, 2)])
+def test_fast_buckets_are_the_references_sha256_buckets(ngrams, chunk_tokens, monkeypatch):
+    import curamix.selectors.dsir as dsir_mod
+
+    def counts(mode: str, texts: list[str]) -> np.ndarray:
+        return dsir_mod.batch_grams(texts, 10_000, ngrams, mode, chunk_tokens).counts(10_000)
+
+    texts = TRICKY + [f"doc {i} word{i % 7} w{i}" for i in range(300)]
+    want = counts("sha256", texts).toarray()
+    assert want.sum() > 1200
+    dsir_mod._TABLES.clear()
+    monkeypatch.setattr(dsir_mod, "_TABLE_CHUNK", 64)  # lookups in chunks, the table grows
+    assert np.array_equal(counts("fast", texts).toarray(), want)  # cold table
+    rev = counts("sha256", texts[::-1]).toarray()
+    assert np.array_equal(counts("fast", texts[::-1]).toarray(), rev)  # warm table
+    monkeypatch.setattr(dsir_mod, "_TABLE_LIMIT", 100)  # starts over when full
+    assert np.array_equal(counts("fast", texts).toarray(), want)
+    assert dsir_mod._TABLES[10_000].size <= 100
+    dsir_mod._TABLES.clear()
+
+
+def test_fast_mode_takes_lone_surrogates():
+    # Python strings may hold them (json.loads("\\ud800")); hashlib's UTF-8 would raise.
+    c, n_tokens, _ = ngram_counts(["ab \ud800 cd"], num_buckets=100)
+    assert n_tokens.tolist() == [3] and c.sum() == 5
+
+
+@pytest.mark.parametrize("mode", ["fast", "hash64"])
+def test_fast_modes_are_stable_and_spread(mode):
+    c1, _, _ = ngram_counts(["the quick brown fox jumps"], num_buckets=1000, hash_mode=mode)
+    c2, _, _ = ngram_counts(["the quick brown fox jumps"], num_buckets=1000, hash_mode=mode)
     assert np.array_equal(c1.toarray(), c2.toarray()) and c1.sum() == 9
     words = [f"w{i}" for i in range(20000)]
-    hist = total_counts([" ".join(words)], num_buckets=100, ngrams=1)
+    hist = total_counts([" ".join(words)], num_buckets=100, ngrams=1, hash_mode=mode)
     assert hist.sum() == 20000
     assert hist.min() > 150 and hist.max() < 260  # uniform-ish: 200 per bucket
 
@@ -297,14 +336,22 @@ def test_parity_with_data_selection_on_the_real_corpus(corpus, tmp_path):
     mine = sel.select(scores, k, top_k=True, lengths=lengths)
     assert set(mine.tolist()) == set(ref_top.tolist())
 
-    # Fast mode: the same selection up to hash collisions. At 10k buckets collisions alone move
-    # about 6% of a 20% selection: the reference algorithm with a salted sha256 (any hash other
-    # than its own) keeps 0.931 of its own selection here. Fast mode must do at least as well.
+    # Fast mode: the reference's buckets through its table, so the same weights and selection.
     fast = DSIRSelector(hash_mode="fast").fit(by_domain, raw_in_file_order)
     fscores, flengths = fast.score_batch(texts)
-    assert np.array_equal(flengths, lengths)  # same tokens on every document, only hashes differ
-    fsel = fast.select(fscores, k, top_k=True, lengths=flengths)
-    overlap_fast = len(set(fsel.tolist()) & set(mine.tolist())) / k
+    assert np.array_equal(flengths, lengths)
+    assert np.array_equal(fast.raw_counts_, sel.raw_counts_)
+    assert np.allclose(fscores, ref_weights, rtol=1e-5, atol=1e-9)
+    assert set(fast.select(fscores, k, top_k=True, lengths=flengths).tolist()) == set(mine.tolist())
+
+    # hash64 mode: the same selection up to hash collisions. At 10k buckets collisions alone
+    # move about 6% of a 20% selection: the reference algorithm with a salted sha256 (any hash
+    # other than its own) keeps 0.931 of its own selection here. hash64 must do at least as well.
+    h64 = DSIRSelector(hash_mode="hash64").fit(by_domain, raw_in_file_order)
+    hscores, hlengths = h64.score_batch(texts)
+    assert np.array_equal(hlengths, lengths)  # same tokens on every document, only hashes differ
+    hsel = h64.select(hscores, k, top_k=True, lengths=hlengths)
+    overlap_h64 = len(set(hsel.tolist()) & set(mine.tolist())) / k
 
     import curamix.selectors.dsir as dsir_mod
 
@@ -325,8 +372,8 @@ def test_parity_with_data_selection_on_the_real_corpus(corpus, tmp_path):
         )
         / k
     )
-    assert overlap_fast >= 0.92
-    assert overlap_fast >= overlap_salted - 0.005, (overlap_fast, overlap_salted)
+    assert overlap_h64 >= 0.92
+    assert overlap_h64 >= overlap_salted - 0.005, (overlap_h64, overlap_salted)
 
 
 @pytest.mark.realdata
