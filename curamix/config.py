@@ -199,7 +199,7 @@ class DSIRConfig(CuramixModel):
     """Target texts from files (benchmark sets, ...), read like ingest inputs."""
     target_domains: list[str] = Field(default_factory=list)
     """Domains of the pool used as target."""
-    num_buckets: int = Field(default=10_000, ge=1)
+    num_buckets: int = Field(default=10_000, ge=1, lt=2**31)
     ngrams: int = Field(default=2, ge=1, le=5)
     hash_mode: Literal["fast", "sha256", "hash64"] = "fast"
     """``fast``: the reference's sha256 buckets, each distinct n-gram hashed once per worker

@@ -255,9 +255,10 @@ def _table_rehash_impl(keys, vals, new_keys, new_vals, shift):  # pragma: no cov
             new_vals[slot] = vals[i]
 
 
-_TABLE_LIMIT = 1 << 23
-"""N-grams a :class:`_BucketTable` holds before it starts over (about 200 MB)."""
 _TABLE_CHUNK = 1 << 20
+_TABLE_LIMIT = (1 << 23) - _TABLE_CHUNK
+"""N-grams a :class:`_BucketTable` holds before it starts over: at most 2^24 slots of 12
+bytes (about 200 MB)."""
 
 
 class _BucketTable:
@@ -785,8 +786,8 @@ class DSIRSelector:
 
     # -- parameters
     def _check_params(self) -> None:
-        if not isinstance(self.num_buckets, int) or not 1 <= self.num_buckets < 2**32:
-            raise ValueError(f"num_buckets must be an int in 1..2**32-1, got {self.num_buckets!r}")
+        if not isinstance(self.num_buckets, int) or not 1 <= self.num_buckets < 2**31:
+            raise ValueError(f"num_buckets must be an int in 1..2**31-1, got {self.num_buckets!r}")
         if not isinstance(self.ngrams, int) or self.ngrams < 1:
             raise ValueError(f"ngrams must be a positive int, got {self.ngrams!r}")
         _check_hash_mode(self.hash_mode)

@@ -116,6 +116,8 @@ def test_fast_buckets_are_the_references_sha256_buckets(ngrams, chunk_tokens, mo
     monkeypatch.setattr(dsir_mod, "_TABLE_LIMIT", 100)  # starts over when full
     assert np.array_equal(counts("fast", texts).toarray(), want)
     assert dsir_mod._TABLES[10_000].size <= 100
+    monkeypatch.setattr(dsir_mod, "_GROUP_CODEPOINTS", 200)  # byte spans across groups
+    assert np.array_equal(counts("fast", texts).toarray(), want)
     dsir_mod._TABLES.clear()
 
 
