@@ -235,24 +235,11 @@ def _table_lookup_impl(keys, tkeys, tvals, out, new_pos, shift):  # pragma: no c
 
 @functools.cache
 def _sha256_kernels():
-    """(SHA-256 bucket kernel, table lookup kernel), compiled by numba on first use."""
+    """(SHA-256 bucket kernel, table lookup-or-insert kernel), compiled by numba on first use."""
     import numba
 
     jit = numba.njit(cache=True, nogil=True)
-    return jit(_sha256_buckets_impl), jit(_table_lookup_impl), jit(_table_rehash_impl)
-
-
-def _table_rehash_impl(keys, vals, new_keys, new_vals, shift):  # pragma: no cover - numba
-    """Move every stored key of a full table into a larger (empty) one."""
-    cap_mask = new_keys.shape[0] - 1
-    for i in range(keys.shape[0]):
-        key = keys[i]
-        if key != 0:
-            slot = np.int64((key * np.uint64(0x9E3779B97F4A7C15)) >> shift)
-            while new_keys[slot] != 0:
-                slot = (slot + 1) & cap_mask
-            new_keys[slot] = key
-            new_vals[slot] = vals[i]
+    return jit(_sha256_buckets_impl), jit(_table_lookup_impl)
 
 
 _TABLE_CHUNK = 1 << 20
@@ -288,9 +275,12 @@ class _BucketTable:
         cap = len(self.keys)
         while 2 * (self.size + n) > cap:
             cap *= 2
-        if cap != len(self.keys):
+        if cap != len(self.keys):  # grow: re-insert the stored keys into a larger table
+            live = np.flatnonzero(self.keys)
             keys, vals = np.zeros(cap, dtype=np.uint64), np.full(cap, -1, dtype=np.int32)
-            _sha256_kernels()[2](self.keys, self.vals, keys, vals, self._shift(cap))
+            slot = np.empty(len(live), dtype=np.int64)
+            _sha256_kernels()[1](self.keys[live], keys, vals, slot, slot.copy(), self._shift(cap))
+            vals[-1 - slot] = self.vals[live]
             self.keys, self.vals = keys, vals
 
     def buckets(
@@ -304,7 +294,7 @@ class _BucketTable:
     ) -> np.ndarray:
         """Bucket of each n-gram: ``keys`` its 64-bit hash, ``first`` its first token (the
         tokens' byte spans into the UTF-8 ``buf``), ``order`` its number of tokens."""
-        sha, lookup, _ = _sha256_kernels()
+        sha, lookup = _sha256_kernels()
         keys = np.where(keys == 0, np.uint64(1), keys)  # 0 marks an empty slot
         out = np.empty(len(keys), dtype=np.int64)
         for s in range(0, len(keys), _TABLE_CHUNK):
@@ -420,8 +410,7 @@ def _fast_token_hashes(
         parts.append(g)
         i = j
     if not parts:
-        empty = (np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64))
-        return empty + (np.zeros(0, np.int64),) * 2 + (np.zeros(0, np.uint8),) if spans else empty
+        return _group_token_hashes([], words_only, spans)
     out = tuple(np.concatenate([p[k] for p in parts]) for k in range(2 if not spans else 4))
     if spans:  # one newline between groups keeps the byte offsets above
         sep = np.full(1, 10, dtype=np.uint8)
