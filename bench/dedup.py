@@ -11,10 +11,12 @@ Each method runs in its own process; the parent samples the resident memory of t
 tree (JVM and Python workers included) for the peak. Timed: from reading the input to having
 every document's duplicate cluster.
 
-- curamix: ingest (timed separately) then the dedup stage on Spark local[2], defaults
-  (threshold 0.8, 128 permutations, verified edges); ``curamix-matched``: the same at
-  datatrove's effective threshold (where its 14 x 8 S-curve crosses 1/2: 0.72), to compare F1
-  at one operating point; ``curamix-1core``: the in-process kernels on 1 core.
+- curamix: ingest (timed separately, and shown) then the dedup stage with its defaults
+  (threshold 0.8, 128 permutations, verified edges, ``engine: auto``: in the driver process up
+  to 100k documents, Spark local[2] above); ``curamix-spark`` / ``curamix-local``: the stage
+  with its engine forced; ``curamix-matched``: auto at datatrove's effective threshold (where
+  its 14 x 8 S-curve crosses 1/2: 0.72), to compare F1 at one operating point;
+  ``curamix-1core``: the bare kernels (``minhash_dedup``, no exact pass, no output) on 1 core.
 - datatrove: its MinHash pipeline (signature, buckets, cluster, filter) with
   LocalPipelineExecutor, 2 workers, default MinhashConfig (5-grams, 14 bands x 8 hashes).
 - datasketch: MinHashLSH(threshold=0.8, num_perm=128), word 5-gram shingles of the
@@ -41,7 +43,15 @@ import threading
 import time
 from pathlib import Path
 
-METHODS = ("curamix", "curamix-matched", "curamix-1core", "datatrove", "datasketch")
+METHODS = (
+    "curamix",
+    "curamix-spark",
+    "curamix-local",
+    "curamix-matched",
+    "curamix-1core",
+    "datatrove",
+    "datasketch",
+)
 DATATROVE_MIDPOINT = round((1 / 14) ** (1 / 8), 2)
 """Where datatrove's default 14 x 8 LSH S-curve crosses 1/2: its effective threshold (0.72)."""
 
@@ -168,7 +178,7 @@ def make_corpus(data: Path, scale: int, work: Path) -> tuple[Path, Path]:
 
 
 # ----------------------------------------------------------------------------- methods
-def bench_curamix(corpus: str, work: Path, threshold: float = 0.8) -> dict:
+def bench_curamix(corpus: str, work: Path, threshold: float = 0.8, engine: str = "auto") -> dict:
     import pyarrow.parquet as pq
 
     from curamix.config import build_config
@@ -184,7 +194,7 @@ def bench_curamix(corpus: str, work: Path, threshold: float = 0.8) -> dict:
             "spark": {"master": "local[2]", "driver_memory": "8g"},
             "stages": ["ingest", "dedup"],
             "ingest": {"inputs": [{"path": corpus, "domain_field": "source"}]},
-            "dedup": {"max_removal_rate": 1.0, "threshold": threshold},
+            "dedup": {"max_removal_rate": 1.0, "threshold": threshold, "engine": engine},
         },
         use_env=False,
     )
@@ -204,6 +214,7 @@ def bench_curamix(corpus: str, work: Path, threshold: float = 0.8) -> dict:
         "ingest_seconds": t_ingest,
         "spark_start_seconds": start,
         "stage_timings": res.manifest["timings"],
+        "engine": res.manifest["engine"],
         "lsh": res.manifest["lsh"],
         "clusters": clusters,
     }
@@ -346,6 +357,8 @@ def score(data: Path, labels: Path, clusters: dict, work: Path) -> dict:
 def child(method: str, corpus: str, work: Path) -> None:
     fn = {
         "curamix": bench_curamix,
+        "curamix-spark": lambda c, w: bench_curamix(c, w, engine="spark"),
+        "curamix-local": lambda c, w: bench_curamix(c, w, engine="local"),
         "curamix-matched": lambda c, w: bench_curamix(c, w, DATATROVE_MIDPOINT),
         "curamix-1core": bench_curamix_1core,
         "datatrove": bench_datatrove,
@@ -390,18 +403,24 @@ def main() -> None:
         rows[method] = res
         extra = ""
         if method.startswith("curamix") and "ingest_seconds" in res:
-            extra = f" (ingest {res['ingest_seconds']:.1f} s, Spark start {res['spark_start_seconds']:.1f} s not included)"
+            extra = (
+                f" (engine {res['engine']}; ingest {res['ingest_seconds']:.1f} s and Spark start"
+                f" {res['spark_start_seconds']:.1f} s not included)"
+            )
         print(
             f"{method:14s} {res['seconds']:8.1f} s {res['docs_per_s']:9.0f} docs/s  P {res['precision']:.4f}"
             f" R {res['recall']:.4f} F1 {res['f1']:.4f}  peak RSS {res['peak_rss_gib']:.2f} GiB{extra}",
             flush=True,
         )
-    if "curamix" in rows:
+    for ours in (m for m in rows if m.startswith("curamix")):
         for peer in ("datatrove", "datasketch"):
             if peer in rows:
-                print(
-                    f"curamix / {peer}: {rows['curamix']['docs_per_s'] / rows[peer]['docs_per_s']:.2f}x docs/s"
-                )
+                r = rows[ours]
+                line = f"{ours} / {peer}: {r['docs_per_s'] / rows[peer]['docs_per_s']:.2f}x docs/s"
+                if "ingest_seconds" in r:
+                    end = r["seconds"] + r["ingest_seconds"]
+                    line += f" ({rows[peer]['seconds'] / end:.2f}x with ingest)"
+                print(line)
     kinds = sorted({k for r in rows.values() for k in r["recall_by_kind"]})
     print("\npair recall by kind: " + " ".join(f"{m:>13s}" for m in rows))
     for k in kinds:

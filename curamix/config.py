@@ -115,6 +115,10 @@ class IngestConfig(CuramixModel):
     oversize: Literal["quarantine", "split"] = "quarantine"
     """``split`` cuts oversize documents at paragraph, line or word boundaries into chunks of at
     most ``max_doc_bytes``; chunk ids are ``<id>#<k>`` and ``meta.parent_id`` names the parent."""
+    engine: Literal["auto", "spark", "local"] = "auto"
+    """``spark``: one Spark task per read unit; ``local``: the same functions in the driver
+    process (same output); ``auto``: local up to ``local_max_bytes`` of input files."""
+    local_max_bytes: int = Field(default=64 * 2**20, ge=0)
 
 
 class DedupConfig(CuramixModel):
@@ -146,6 +150,11 @@ class DedupConfig(CuramixModel):
     """Connected components: ``distributed`` large-star/small-star rounds, or union-find in
     one Spark task; ``auto`` takes the one-task path up to ``single_task_max_edges`` edges."""
     single_task_max_edges: int = Field(default=2_000_000, ge=0)
+    engine: Literal["auto", "spark", "local"] = "auto"
+    """``spark``: the distributed job; ``local``: the same kernels and rules in the driver
+    process (no Spark jobs; same output); ``auto``: local up to ``local_max_docs`` documents,
+    where Spark's fixed cost per job outweighs the work."""
+    local_max_docs: int = Field(default=100_000, ge=0)
 
     @model_validator(mode="after")
     def _bands_rows(self) -> DedupConfig:

@@ -37,6 +37,7 @@ from curamix.pipelines.parts import map_parts, part_files
 from curamix.schema import DOC_SCHEMA, LEDGER_SCHEMA
 from curamix.selectors.dedup import (
     band_keys,
+    dedup_decisions,
     exact_key,
     minhash_signatures,
     normalize,
@@ -119,7 +120,7 @@ def _read_rows(path: str, start: int, count: int, columns: list[str]) -> pa.Tabl
     return f.read_row_groups(groups, columns=columns).slice(start - (first or 0), count)
 
 
-def signature_slice(payload: str, index: int, out_dir: str, cfg: DedupConfig) -> pa.Table:
+def signature_table(payload: str, cfg: DedupConfig) -> pa.Table:
     """Phase A for one slice: exact keys, LSH band keys and shingle hashes of its documents."""
     path, part, start, count = payload.rsplit("|", 3)
     t = _read_rows(path, int(start), int(count), ["id", "text", "domain"])
@@ -134,7 +135,7 @@ def signature_slice(payload: str, index: int, out_dir: str, cfg: DedupConfig) ->
     b, r = bands_rows(cfg)
     keys = band_keys(minhash_signatures(sh, doc, len(texts), cfg.num_perm, cfg.seed), b, r)
     offsets = np.searchsorted(doc, np.arange(len(texts) + 1)).astype(np.int32)
-    table = pa.table(
+    return pa.table(
         {
             "id": t.column("id"),
             "domain": t.column("domain"),
@@ -147,14 +148,23 @@ def signature_slice(payload: str, index: int, out_dir: str, cfg: DedupConfig) ->
         },
         schema=SIG_SCHEMA,
     )
-    pq.write_table(table, os.path.join(out_dir, f"part-{index:05d}.parquet"), compression="zstd")
+
+
+def _in_counts(table: pa.Table) -> pa.Table:
     domains, n = np.unique(
-        np.array(t.column("domain").to_pylist(), dtype=object), return_counts=True
+        np.array(table.column("domain").to_pylist(), dtype=object), return_counts=True
     )
     return pa.table(
         {"domain": domains.tolist(), "kind": ["in"] * len(n), "n": n.astype(np.int64)},
         schema=COUNT_SCHEMA,
     )
+
+
+def signature_slice(payload: str, index: int, out_dir: str, cfg: DedupConfig) -> pa.Table:
+    """Phase A task: :func:`signature_table` written to ``out_dir``; returns the domain counts."""
+    table = signature_table(payload, cfg)
+    pq.write_table(table, os.path.join(out_dir, f"part-{index:05d}.parquet"), compression="zstd")
+    return _in_counts(table)
 
 
 def _jaccard_fn(batches):
@@ -185,6 +195,157 @@ def _with_jaccard(pairs: DataFrame, sig: DataFrame) -> DataFrame:
         .select("u", "v", "a", "b")
     )
     return joined.mapInArrow(_jaccard_fn, "u string, v string, sim double")
+
+
+DEC_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("_part", pa.int64()),
+        ("domain", pa.string()),
+        ("reason", pa.string()),
+        ("ref_id", pa.string()),
+        ("sim", pa.float64()),
+        ("ref_domain", pa.string()),
+    ]
+)
+
+
+def _list_values(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(values, offsets) of a list column, offsets starting at 0."""
+    arr = col.combine_chunks()
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    return arr.flatten().to_numpy(), offsets - offsets[0]
+
+
+def local_decisions(
+    work: list[str], dc: DedupConfig, say: Callable[[str], None] = lambda _m: None
+) -> tuple[pa.Table, pa.Table, int, int]:
+    """The whole stage's decisions in this process (``engine: local``): phase A slice by slice
+    with the same kernels as the Spark tasks, then :func:`dedup_decisions`. Returns the removed
+    documents (``DEC_SCHEMA``), the per-domain input counts, and the candidate / verified edge
+    counts."""
+    tables = []
+    for k, payload in enumerate(work):
+        tables.append(signature_table(payload, dc))
+        if len(work) > 4 and (k + 1) % max(1, len(work) // 4) == 0:
+            say(f"dedup: signatures {k + 1}/{len(work)} slices")
+    sig = pa.concat_tables(tables) if tables else SIG_SCHEMA.empty_table()
+    ids = sig.column("id").to_pylist()
+    domains = sig.column("domain").to_pylist()
+    prio: dict[str, int] = {}
+    for k, d in enumerate(dc.domain_priority):
+        prio.setdefault(d, k)
+    last = len(dc.domain_priority)
+    order = sorted(range(len(ids)), key=lambda i: (prio.get(domains[i], last), ids[i]))
+    rank = np.empty(len(ids), dtype=np.int64)
+    rank[order] = np.arange(len(ids))
+    if dc.scope == "local":
+        scope = np.unique(np.array(domains, dtype=object), return_inverse=True)[1]
+    else:
+        scope = np.zeros(len(ids), dtype=np.int64)
+    b, _ = bands_rows(dc)
+    band_vals, _ = _list_values(sig.column("bands"))
+    shingles, offsets = _list_values(sig.column("shingles"))
+    say(f"dedup: exact groups, LSH candidates and components of {len(ids)} documents (in-process)")
+    d = dedup_decisions(
+        rank,
+        scope,
+        sig.column("exact_key").to_pylist() if dc.exact else None,
+        band_vals.view(np.uint64).reshape(len(ids), b) if dc.near else None,
+        shingles.view(np.uint64),
+        offsets,
+        threshold=dc.threshold,
+        verify=dc.verify,
+    )
+    gone = np.flatnonzero(d.ref >= 0)
+    ref = d.ref[gone]
+    dec = pa.table(
+        {
+            "id": [ids[i] for i in gone],
+            "_part": sig.column("_part").combine_chunks().take(pa.array(gone, pa.int64())),
+            "domain": [domains[i] for i in gone],
+            "reason": ["exact_duplicate" if x else "near_duplicate" for x in d.exact[gone]],
+            "ref_id": [ids[i] for i in ref],
+            "sim": d.sim[gone],
+            "ref_domain": [domains[i] for i in ref],
+        },
+        schema=DEC_SCHEMA,
+    )
+    return dec, _in_counts(sig), d.candidate_edges, d.verified_edges
+
+
+def _summaries_local(dec: pa.Table, dc: DedupConfig) -> tuple[list[dict], list[dict], list[dict]]:
+    """Counts per (domain, reason, cross-domain, below threshold), the component-size
+    histogram and the components over the size limit: what the Spark path aggregates."""
+    rows = dec.to_pylist()
+    agg: dict[tuple, int] = {}
+    size: dict[str, int] = {}
+    members: dict[str, list[str]] = {}
+    for x in rows:
+        k = (
+            x["domain"],
+            x["reason"],
+            x["domain"] != x["ref_domain"],
+            x["reason"] == "near_duplicate" and x["sim"] < dc.threshold,
+        )
+        agg[k] = agg.get(k, 0) + 1
+        size[x["ref_id"]] = size.get(x["ref_id"], 1) + 1
+        members.setdefault(x["ref_id"], []).append(x["id"])
+    counts = [
+        {"domain": k[0], "reason": k[1], "cross": k[2], "below": k[3], "count": n}
+        for k, n in agg.items()
+    ]
+    hist: dict[int, int] = {}
+    for n in size.values():
+        hist[n] = hist.get(n, 0) + 1
+    comp_sizes = [{"size": k, "count": hist[k]} for k in sorted(hist)]
+    big = sorted((-n, r) for r, n in size.items() if n > dc.max_component_size)[:20]
+    big_components = [
+        {"kept": r, "size": -n, "sample_members": sorted(members[r])[:5]} for n, r in big
+    ]
+    return counts, comp_sizes, big_components
+
+
+def _summaries_spark(dec: DataFrame, dc: DedupConfig) -> tuple[list[dict], list[dict], list[dict]]:
+    """:func:`_summaries_local` from small Spark aggregates (no collect of the decisions)."""
+    from pyspark.sql import functions as F
+
+    cross = (F.col("domain") != F.col("ref_domain")).alias("cross")
+    low = ((F.col("reason") == "near_duplicate") & (F.col("sim") < dc.threshold)).alias("below")
+    counts = [x.asDict() for x in dec.groupBy("domain", "reason", cross, low).count().collect()]
+    sizes = dec.groupBy("ref_id").agg((F.count("*") + 1).alias("size"))
+    comp_sizes = [x.asDict() for x in sizes.groupBy("size").count().orderBy("size").collect()]
+    big_components = []
+    if any(c["size"] > dc.max_component_size for c in comp_sizes):
+        for row in (
+            sizes.filter(F.col("size") > dc.max_component_size)
+            .orderBy(F.desc("size"), "ref_id")
+            .limit(20)
+            .collect()
+        ):
+            sample = [
+                x["id"]
+                for x in dec.filter(F.col("ref_id") == row["ref_id"])
+                .orderBy("id")
+                .limit(5)
+                .collect()
+            ]
+            big_components.append(
+                {"kept": row["ref_id"], "size": row["size"], "sample_members": sample}
+            )
+    return counts, comp_sizes, big_components
+
+
+def _write_local_decisions(dec: pa.Table, dec_dir: str) -> None:
+    """The decisions partitioned by ingest part, as the Spark path writes them."""
+    parts = dec.column("_part").to_numpy()
+    for p in np.unique(parts):
+        folder = os.path.join(dec_dir, f"_part={int(p)}")
+        os.makedirs(folder)
+        pq.write_table(
+            dec.filter(pa.array(parts == p)).select(["id", "reason", "ref_id", "sim"]),
+            os.path.join(folder, "part-00000.parquet"),
+        )
 
 
 def finish_part(path: str, index: int, out_dir: str, decisions_dir: str) -> pa.Table:
@@ -227,8 +388,14 @@ def finish_part(path: str, index: int, out_dir: str, decisions_dir: str) -> pa.T
     )
 
 
+EXECUTION_ONLY = {"engine", "local_max_docs", "components", "single_task_max_edges"}
+"""Settings that change how the stage runs, never its output: not part of its cache key."""
+
+
 def dedup_key(cfg: PipelineConfig, ingest: JobResult) -> str:
-    return config_hash(STAGE, cfg.dedup, ingest.manifest_hash)
+    assert cfg.dedup is not None
+    decisive = cfg.dedup.model_dump(mode="json", exclude=EXECUTION_ONLY)
+    return config_hash(STAGE, decisive, ingest.manifest_hash)
 
 
 PRIO_WIDTH = 6
@@ -287,129 +454,151 @@ def run_dedup(
         sig_dir, dec_dir = str(w.path("_sig")), str(w.path("_decisions"))
         os.makedirs(sig_dir)
         work = slices(parts)
-        say(
-            f"dedup: MinHash signatures of {ingest.counts.get('out', '?')} documents in {len(work)} tasks "
-            f"({dc.num_perm} permutations, {b} bands x {r} rows, {dc.ngram}-{dc.unit} shingles)"
-        )
-        seen = _timed(
-            timings,
-            "signatures_s",
-            lambda: map_parts(
-                spark, work, lambda i, p: signature_slice(p, i, sig_dir, dc), COUNT_SCHEMA
-            ),
-        )
-
-        prio_expr = F.lit(len(dc.domain_priority))
-        for k, d in reversed(list(enumerate(dc.domain_priority))):
-            prio_expr = F.when(F.col("domain") == d, F.lit(k)).otherwise(prio_expr)
-        from pyspark.sql.pandas.types import from_arrow_schema
-
-        raw = (
-            spark.read.schema(from_arrow_schema(SIG_SCHEMA))
-            .parquet(sig_dir)
-            .withColumn("_node", _node(prio_expr, F.col("id")))
-        )
-        meta = raw.select(
-            "_node",
-            "id",
-            "domain",
-            "_part",
-            "exact_key",
-            "bands",
-            (F.col("domain") if dc.scope == "local" else F.lit("")).alias("_scope"),
-        ).cache()
-
-        # Exact duplicates: the best document of each (scope, normalized text) group stays.
-        if dc.exact:
-            say("dedup: exact duplicates")
-            by_key = Window.partitionBy("_scope", "exact_key").orderBy("_node")
-            ex = meta.withColumn("_rep", F.first("_node").over(by_key)).cache()
-            exact_pairs = ex.filter(F.col("_node") != F.col("_rep")).select("_node", "_rep")
-            survivors = ex.filter(F.col("_node") == F.col("_rep"))
+        n_docs = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+        engine = dc.engine
+        if engine == "auto":
+            engine = "local" if n_docs <= dc.local_max_docs else "spark"
+        cached: list[Any] = []
+        if engine == "local":
+            say(
+                f"dedup: {n_docs} documents <= dedup.local_max_docs={dc.local_max_docs}: in-process engine "
+                f"({dc.num_perm} permutations, {b} bands x {r} rows, {dc.ngram}-{dc.unit} shingles)"
+            )
+            t = time.perf_counter()
+            dec_t, seen, n_candidates, n_verified = local_decisions(work, dc, say)
+            timings["decide_s"] = round(time.perf_counter() - t, 3)
+            say("dedup: decisions and gates")
+            agg_rows, comp_sizes, big_components = _summaries_local(dec_t, dc)
         else:
-            exact_pairs = spark.createDataFrame([], "_node string, _rep string")
-            survivors = meta
-        # Near duplicates: LSH stars -> verified edges -> connected components.
-        near_pairs = spark.createDataFrame([], "_node string, _rep string, sim double")
-        n_candidates = n_verified = 0
-        if dc.near:
-            say("dedup: LSH candidate pairs")
-            buckets = survivors.select(
-                "_scope", "_node", F.posexplode("bands").alias("_band", "_key")
+            say(
+                f"dedup: MinHash signatures of {ingest.counts.get('out', '?')} documents in {len(work)} tasks "
+                f"({dc.num_perm} permutations, {b} bands x {r} rows, {dc.ngram}-{dc.unit} shingles)"
             )
-            by_bucket = Window.partitionBy("_scope", "_band", "_key")
-            cand = (
-                buckets.withColumn("_center", F.min("_node").over(by_bucket))
-                .filter(F.col("_node") != F.col("_center"))
-                .select(F.col("_node").alias("u"), F.col("_center").alias("v"))
-                .distinct()
-                .cache()
+            seen = _timed(
+                timings,
+                "signatures_s",
+                lambda: map_parts(
+                    spark, work, lambda i, p: signature_slice(p, i, sig_dir, dc), COUNT_SCHEMA
+                ),
             )
-            n_candidates = _timed(timings, "candidates_s", cand.count)
-            nodes = (
-                cand.select(F.col("u").alias("_node"))
-                .union(cand.select(F.col("v").alias("_node")))
-                .distinct()
+
+            prio_expr = F.lit(len(dc.domain_priority))
+            for k, d in reversed(list(enumerate(dc.domain_priority))):
+                prio_expr = F.when(F.col("domain") == d, F.lit(k)).otherwise(prio_expr)
+            from pyspark.sql.pandas.types import from_arrow_schema
+
+            raw = (
+                spark.read.schema(from_arrow_schema(SIG_SCHEMA))
+                .parquet(sig_dir)
+                .withColumn("_node", _node(prio_expr, F.col("id")))
             )
-            shingles = raw.select("_node", "shingles").join(nodes, "_node", "left_semi").cache()
-            if dc.verify:
-                say(f"dedup: verifying {n_candidates} candidate pairs by exact Jaccard")
-                edges = (
-                    _with_jaccard(cand, shingles)
-                    .filter(F.col("sim") >= dc.threshold)
-                    .select("u", "v")
+            meta = raw.select(
+                "_node",
+                "id",
+                "domain",
+                "_part",
+                "exact_key",
+                "bands",
+                (F.col("domain") if dc.scope == "local" else F.lit("")).alias("_scope"),
+            ).cache()
+
+            # Exact duplicates: the best document of each (scope, normalized text) group stays.
+            if dc.exact:
+                say("dedup: exact duplicates")
+                by_key = Window.partitionBy("_scope", "exact_key").orderBy("_node")
+                ex = meta.withColumn("_rep", F.first("_node").over(by_key)).cache()
+                exact_pairs = ex.filter(F.col("_node") != F.col("_rep")).select("_node", "_rep")
+                survivors = ex.filter(F.col("_node") == F.col("_rep"))
+            else:
+                exact_pairs = spark.createDataFrame([], "_node string, _rep string")
+                survivors = meta
+            # Near duplicates: LSH stars -> verified edges -> connected components.
+            near_pairs = spark.createDataFrame([], "_node string, _rep string, sim double")
+            n_candidates = n_verified = 0
+            if dc.near:
+                say("dedup: LSH candidate pairs")
+                buckets = survivors.select(
+                    "_scope", "_node", F.posexplode("bands").alias("_band", "_key")
+                )
+                by_bucket = Window.partitionBy("_scope", "_band", "_key")
+                cand = (
+                    buckets.withColumn("_center", F.min("_node").over(by_bucket))
+                    .filter(F.col("_node") != F.col("_center"))
+                    .select(F.col("_node").alias("u"), F.col("_center").alias("v"))
+                    .distinct()
                     .cache()
                 )
-            else:
-                edges = cand
-            n_verified = _timed(timings, "verify_s", edges.count)
-            single = dc.components == "single_task" or (
-                dc.components == "auto" and n_verified <= dc.single_task_max_edges
-            )
-            say(
-                f"dedup: connected components of {n_verified} edges ({'one task' if single else 'large-star/small-star rounds'})"
-            )
-            cc = connected_components_single_task if single else connected_components
-            comps = cc(edges).cache()
-            _timed(timings, "components_s", comps.count)
-            members = comps.filter(F.col("node") != F.col("component"))
-            sims = _with_jaccard(
-                members.select(F.col("node").alias("u"), F.col("component").alias("v")), shingles
-            )
-            near_pairs = sims.select(F.col("u").alias("_node"), F.col("v").alias("_rep"), "sim")
-        # Final decisions: an exact duplicate of a near-removed document points to its kept one.
-        near_pairs = near_pairs.cache()
-        resolved = exact_pairs.join(
-            near_pairs.select(F.col("_node").alias("_rep"), F.col("_rep").alias("_final"), "sim"),
-            "_rep",
-            "left",
-        ).select(
-            "_node",
-            F.coalesce("_final", "_rep").alias("_rep"),
-            F.coalesce("sim", F.lit(1.0)).alias("sim"),
-            F.lit("exact_duplicate").alias("reason"),
-        )
-        dec = (
-            resolved.unionByName(near_pairs.withColumn("reason", F.lit("near_duplicate")))
-            .join(meta.select("_node", "id", "domain", "_part"), "_node")
-            .join(
-                meta.select(F.col("_node").alias("_rep"), F.col("domain").alias("ref_domain")),
+                n_candidates = _timed(timings, "candidates_s", cand.count)
+                nodes = (
+                    cand.select(F.col("u").alias("_node"))
+                    .union(cand.select(F.col("v").alias("_node")))
+                    .distinct()
+                )
+                shingles = raw.select("_node", "shingles").join(nodes, "_node", "left_semi").cache()
+                if dc.verify:
+                    say(f"dedup: verifying {n_candidates} candidate pairs by exact Jaccard")
+                    edges = (
+                        _with_jaccard(cand, shingles)
+                        .filter(F.col("sim") >= dc.threshold)
+                        .select("u", "v")
+                        .cache()
+                    )
+                else:
+                    edges = cand
+                n_verified = _timed(timings, "verify_s", edges.count)
+                single = dc.components == "single_task" or (
+                    dc.components == "auto" and n_verified <= dc.single_task_max_edges
+                )
+                say(
+                    f"dedup: connected components of {n_verified} edges ({'one task' if single else 'large-star/small-star rounds'})"
+                )
+                cc = connected_components_single_task if single else connected_components
+                comps = cc(edges).cache()
+                _timed(timings, "components_s", comps.count)
+                members = comps.filter(F.col("node") != F.col("component"))
+                sims = _with_jaccard(
+                    members.select(F.col("node").alias("u"), F.col("component").alias("v")),
+                    shingles,
+                )
+                near_pairs = sims.select(F.col("u").alias("_node"), F.col("v").alias("_rep"), "sim")
+            # Final decisions: an exact duplicate of a near-removed document points to its kept one.
+            near_pairs = near_pairs.cache()
+            resolved = exact_pairs.join(
+                near_pairs.select(
+                    F.col("_node").alias("_rep"), F.col("_rep").alias("_final"), "sim"
+                ),
                 "_rep",
+                "left",
+            ).select(
+                "_node",
+                F.coalesce("_final", "_rep").alias("_rep"),
+                F.coalesce("sim", F.lit(1.0)).alias("sim"),
+                F.lit("exact_duplicate").alias("reason"),
             )
-            .select(
-                "id",
-                "_part",
-                "domain",
-                "reason",
-                _node_id("_rep").alias("ref_id"),
-                "sim",
-                "ref_domain",
+            dec = (
+                resolved.unionByName(near_pairs.withColumn("reason", F.lit("near_duplicate")))
+                .join(meta.select("_node", "id", "domain", "_part"), "_node")
+                .join(
+                    meta.select(F.col("_node").alias("_rep"), F.col("domain").alias("ref_domain")),
+                    "_rep",
+                )
+                .select(
+                    "id",
+                    "_part",
+                    "domain",
+                    "reason",
+                    _node_id("_rep").alias("ref_id"),
+                    "sim",
+                    "ref_domain",
+                )
+                .cache()
             )
-            .cache()
-        )
-        say("dedup: decisions and gates")
+            say("dedup: decisions and gates")
+            agg_rows, comp_sizes, big_components = _summaries_spark(dec, dc)
+            cached = [meta, dec, near_pairs]
 
         # Counts, component sizes and gates, from small aggregates.
+        t = time.perf_counter()
         per_domain: dict[str, dict[str, Any]] = {}
         for row in seen.to_pylist():
             e = per_domain.setdefault(
@@ -420,10 +609,7 @@ def run_dedup(
             e["kept"] += row["n"]
         n_in = sum(e["in"] for e in per_domain.values())
         below = 0
-        cross = (F.col("domain") != F.col("ref_domain")).alias("cross")
-        low = ((F.col("reason") == "near_duplicate") & (F.col("sim") < dc.threshold)).alias("below")
-        t = time.perf_counter()
-        for row in dec.groupBy("domain", "reason", cross, low).count().collect():
+        for row in agg_rows:
             e = per_domain[row["domain"]]
             e[row["reason"]] += row["count"]
             e["kept"] -= row["count"]
@@ -433,28 +619,7 @@ def run_dedup(
         for e in per_domain.values():
             e["removed"] = e["exact_duplicate"] + e["near_duplicate"]
             e["removal_rate"] = e["removed"] / max(e["in"], 1)
-        timings["decisions_s"] = round(time.perf_counter() - t, 3)
-        t = time.perf_counter()
-        sizes = dec.groupBy("ref_id").agg((F.count("*") + 1).alias("size"))
-        comp_sizes = [x.asDict() for x in sizes.groupBy("size").count().orderBy("size").collect()]
-        big_components = []
-        if any(c["size"] > dc.max_component_size for c in comp_sizes):
-            for row in (
-                sizes.filter(F.col("size") > dc.max_component_size)
-                .orderBy(F.desc("size"), "ref_id")
-                .limit(20)
-                .collect()
-            ):
-                sample = [
-                    x["id"]
-                    for x in dec.filter(F.col("ref_id") == row["ref_id"])
-                    .orderBy("id")
-                    .limit(5)
-                    .collect()
-                ]
-                big_components.append(
-                    {"kept": row["ref_id"], "size": row["size"], "sample_members": sample}
-                )
+        timings["summaries_s"] = round(time.perf_counter() - t, 3)
         near_removed = sum(e["near_duplicate"] for e in per_domain.values())
         n_kept = n_in - n_removed
         if n_in != ingest.counts.get("out", n_in):
@@ -477,6 +642,7 @@ def run_dedup(
             "config": dc.model_dump(mode="json"),
             "config_hash": config_hash(dc),
             "inputs": {"manifests": {"ingest": ingest.manifest_hash}},
+            "engine": engine,
             "lsh": {
                 "bands": b,
                 "rows": r,
@@ -506,7 +672,6 @@ def run_dedup(
                 "plot": "component_sizes.png",
             },
         }
-        timings["sizes_s"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
         _plot_sizes(comp_sizes, str(w.path("component_sizes.png")))
         w.path("report.md").write_text(_report(manifest), encoding="utf-8")
@@ -522,15 +687,21 @@ def run_dedup(
         timings["report_s"] = round(time.perf_counter() - t, 3)
         say("dedup: writing kept documents and the ledger")
         t = time.perf_counter()
-        dec.select("id", "_part", "reason", "ref_id", "sim").write.partitionBy("_part").parquet(
-            dec_dir
-        )
         for sub in ("data", "ledger"):
             os.makedirs(w.path(sub))
         out_dir = str(w.tmp)
-        counts = map_parts(
-            spark, parts, lambda i, p: finish_part(p, i, out_dir, dec_dir), COUNT_SCHEMA
-        )
+        if engine == "local":
+            _write_local_decisions(dec_t, dec_dir)
+            counts = pa.concat_tables(
+                [finish_part(p, i, out_dir, dec_dir) for i, p in enumerate(parts)]
+            )
+        else:
+            dec.select("id", "_part", "reason", "ref_id", "sim").write.partitionBy("_part").parquet(
+                dec_dir
+            )
+            counts = map_parts(
+                spark, parts, lambda i, p: finish_part(p, i, out_dir, dec_dir), COUNT_SCHEMA
+            )
         timings["write_s"] = round(time.perf_counter() - t, 3)
         written: dict[tuple[str, str], int] = {}
         for x in counts.to_pylist():
@@ -545,10 +716,10 @@ def run_dedup(
                 raise RuntimeError(
                     f"dedup accounting mismatch in domain {d!r}: wrote {got}, decided {e}"
                 )
-        for df in (meta, dec, near_pairs):
+        for df in cached:
             df.unpersist()
         shutil.rmtree(sig_dir)
-        shutil.rmtree(dec_dir)
+        shutil.rmtree(dec_dir, ignore_errors=True)
         timings["total_s"] = round(time.perf_counter() - t0, 3)
         result = w.commit(json.loads(json.dumps(manifest, default=float)))
     say(

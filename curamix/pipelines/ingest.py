@@ -263,9 +263,54 @@ def _phase_c(batches: Iterator[pa.RecordBatch], out_dir: str) -> Iterator[pa.Rec
             yield from finish_unit(idx, out_dir, json.loads(dups)).to_batches()
 
 
+EXECUTION_ONLY = {"engine", "local_max_bytes"}
+"""Settings that change how the stage runs, never its output: not part of its cache key."""
+
+
 def ingest_key(cfg: PipelineConfig, fingerprints: list[dict]) -> str:
     """Stage key: the ingest config and the fingerprints of its input files."""
-    return config_hash(STAGE, cfg.ingest, fingerprints)
+    assert cfg.ingest is not None
+    decisive = cfg.ingest.model_dump(mode="json", exclude=EXECUTION_ONLY)
+    return config_hash(STAGE, decisive, fingerprints)
+
+
+def _find_duplicate_ids_local(ids_path: str) -> dict[int, list[dict[str, Any]]]:
+    """:func:`_find_duplicate_ids` in this process (``engine: local``)."""
+    ids = pq.read_table(ids_path, schema=IDS_SCHEMA)
+    vc = pc.value_counts(ids["id"])
+    repeated = pc.filter(vc.field("values"), pc.greater(vc.field("counts"), 1))
+    if len(repeated) == 0:
+        return {}
+    holders: dict[str, set[tuple[str, int]]] = defaultdict(set)
+    cand = ids.filter(pc.is_in(ids["id"], value_set=repeated))
+    for i, s, r in zip(
+        cand["id"].to_pylist(), cand["source"].to_pylist(), cand["record"].to_pylist(), strict=True
+    ):
+        holders[i].add((s, r))
+    first_of: dict[tuple[str, int], tuple[str, int]] = {}
+    for recs in holders.values():
+        ordered = sorted(recs)
+        for rec in ordered[1:]:
+            first_of[rec] = min(first_of.get(rec, ordered[0]), ordered[0])
+    out: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    n = 0
+    for s, r, unit, pos in zip(
+        ids["source"].to_pylist(),
+        ids["record"].to_pylist(),
+        ids["unit"].to_pylist(),
+        ids["pos"].to_pylist(),
+        strict=True,
+    ):
+        first = first_of.get((s, r))
+        if first is not None:
+            out[unit].append({"pos": pos, "record": r, "first": f"{first[0]}:{first[1]}"})
+            n += 1
+    if n > MAX_DUPLICATE_ID_ROWS:
+        raise DuplicateIdError(
+            f"more than {MAX_DUPLICATE_ID_ROWS} records reuse an id seen earlier: the id field does not "
+            "hold unique ids. Set `id_field: null` on the input to give every record a content-and-source hash id."
+        )
+    return out
 
 
 def _find_duplicate_ids(spark: SparkSession, ids_path: str) -> dict[int, list[dict[str, Any]]]:
@@ -330,31 +375,59 @@ def run_ingest(
     with stage_writer(cfg.run_dir, STAGE, key) as w:
         out_dir = str(w.tmp)
         n_units = len(expanded.units)
-        say(f"ingest: reading {len(expanded.fingerprints)} files in {n_units} tasks")
-        t = time.perf_counter()
-        units = spark.sparkContext.parallelize(
-            [(i, u.to_json()) for i, u in enumerate(expanded.units)], numSlices=n_units
-        ).toDF("idx long, unit string")
-        counts = units.mapInArrow(lambda it: _phase_a(it, out_dir), counts_schema).toArrow()
-        timings["read_s"] = time.perf_counter() - t
+        engine = cfg.ingest.engine
+        size = sum(f["size"] for f in expanded.fingerprints)
+        if engine == "auto":
+            engine = "local" if size <= cfg.ingest.local_max_bytes else "spark"
+        if engine == "local":
+            say(
+                f"ingest: reading {len(expanded.fingerprints)} files ({size / 2**20:.1f} MiB <= "
+                f"ingest.local_max_bytes) in this process"
+            )
+            t = time.perf_counter()
+            counts = COUNTS_SCHEMA.empty_table()
+            for i, u in enumerate(expanded.units):
+                counts = pa.concat_tables([counts, ingest_unit(u, i, out_dir)])
+                if n_units > 4 and (i + 1) % max(1, n_units // 4) == 0:
+                    say(f"ingest: {i + 1}/{n_units} read units")
+            timings["read_s"] = time.perf_counter() - t
+            say("ingest: checking ids across files")
+            t = time.perf_counter()
+            dups = _find_duplicate_ids_local(os.path.join(out_dir, "_ids")) if n_units else {}
+            timings["duplicate_ids_s"] = time.perf_counter() - t
+            say("ingest: writing the ledger")
+            t = time.perf_counter()
+            deltas = pa.concat_tables(
+                [COUNTS_SCHEMA.empty_table()]
+                + [finish_unit(i, out_dir, dups.get(i, [])) for i in range(n_units)]
+            )
+            timings["ledger_s"] = time.perf_counter() - t
+        else:
+            say(f"ingest: reading {len(expanded.fingerprints)} files in {n_units} tasks")
+            t = time.perf_counter()
+            units = spark.sparkContext.parallelize(
+                [(i, u.to_json()) for i, u in enumerate(expanded.units)], numSlices=n_units
+            ).toDF("idx long, unit string")
+            counts = units.mapInArrow(lambda it: _phase_a(it, out_dir), counts_schema).toArrow()
+            timings["read_s"] = time.perf_counter() - t
 
-        say("ingest: checking ids across files")
-        t = time.perf_counter()
-        dups = _find_duplicate_ids(spark, os.path.join(out_dir, "_ids"))
-        timings["duplicate_ids_s"] = time.perf_counter() - t
+            say("ingest: checking ids across files")
+            t = time.perf_counter()
+            dups = _find_duplicate_ids(spark, os.path.join(out_dir, "_ids"))
+            timings["duplicate_ids_s"] = time.perf_counter() - t
 
-        say("ingest: writing the ledger")
-        t = time.perf_counter()
-        finish = spark.sparkContext.parallelize(
-            [(i, json.dumps(dups.get(i, []))) for i in range(n_units)],
-            numSlices=max(1, min(n_units, 4 * spark.sparkContext.defaultParallelism)),
-        ).toDF("idx long, dups string")
-        deltas = finish.mapInArrow(lambda it: _phase_c(it, out_dir), counts_schema).toArrow()
-        timings["ledger_s"] = time.perf_counter() - t
+            say("ingest: writing the ledger")
+            t = time.perf_counter()
+            finish = spark.sparkContext.parallelize(
+                [(i, json.dumps(dups.get(i, []))) for i in range(n_units)],
+                numSlices=max(1, min(n_units, 4 * spark.sparkContext.defaultParallelism)),
+            ).toDF("idx long, dups string")
+            deltas = finish.mapInArrow(lambda it: _phase_c(it, out_dir), counts_schema).toArrow()
+            timings["ledger_s"] = time.perf_counter() - t
 
         import shutil
 
-        shutil.rmtree(os.path.join(out_dir, "_ids"))
+        shutil.rmtree(os.path.join(out_dir, "_ids"), ignore_errors=True)
         summary = summarize_counts(pa.concat_tables([counts, deltas]))
         timings["total_s"] = time.perf_counter() - t0
         manifest: dict[str, Any] = {
@@ -364,7 +437,10 @@ def run_ingest(
             "ignored_files": expanded.ignored_files,
             "counts": summary,
             "timings": {k: round(v, 3) for k, v in timings.items()},
-            "spark": {"master": spark.sparkContext.master, "version": spark.version},
+            "engine": engine,
+            "spark": {"master": spark.sparkContext.master, "version": spark.version}
+            if engine == "spark"
+            else None,
             "outputs": {"data": "data", "ledger": "ledger", "quarantine": "quarantine"},
         }
         result = w.commit(manifest)

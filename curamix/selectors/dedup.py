@@ -19,6 +19,7 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -360,3 +361,168 @@ def minhash_dedup(
         for a, s in best.items():
             sim[a] = s
     return rep, sim
+
+
+# --- the whole decision in one process: exact groups, LSH stars, verification, components ---
+
+
+def _sorted_unique_csr_impl(values, offsets):  # pragma: no cover - compiled by numba
+    """Each document's shingle hashes sorted and deduplicated, as a new CSR pair."""
+    out = np.empty_like(values)
+    new = np.zeros_like(offsets)
+    k = 0
+    for d in range(offsets.shape[0] - 1):
+        s = np.sort(values[offsets[d] : offsets[d + 1]])
+        for i in range(s.shape[0]):
+            if i == 0 or s[i] != s[i - 1]:
+                out[k] = s[i]
+                k += 1
+        new[d + 1] = k
+    return out[:k], new
+
+
+def _jaccard_pairs_impl(u, v, values, offsets):  # pragma: no cover - compiled by numba
+    """Jaccard of the sorted-unique sets of documents u[i] and v[i] (a merge per pair)."""
+    out = np.empty(u.shape[0])
+    for i in range(u.shape[0]):
+        a0, a1 = offsets[u[i]], offsets[u[i] + 1]
+        b0, b1 = offsets[v[i]], offsets[v[i] + 1]
+        inter = 0
+        while a0 < a1 and b0 < b1:
+            if values[a0] == values[b0]:
+                inter += 1
+                a0 += 1
+                b0 += 1
+            elif values[a0] < values[b0]:
+                a0 += 1
+            else:
+                b0 += 1
+        union = (offsets[u[i] + 1] - offsets[u[i]]) + (offsets[v[i] + 1] - offsets[v[i]]) - inter
+        out[i] = inter / union if union > 0 else 1.0
+    return out
+
+
+@functools.cache
+def _set_kernels():
+    """(sorted_unique_csr, jaccard_pairs) compiled by numba, or the plain Python versions."""
+    try:
+        import numba
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return _sorted_unique_csr_impl, _jaccard_pairs_impl
+    jit = numba.njit(cache=True, nogil=True)
+    return jit(_sorted_unique_csr_impl), jit(_jaccard_pairs_impl)
+
+
+def shingle_sets(values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted, deduplicated shingle hashes per document (CSR: ``values[offsets[d]:offsets[d+1]]``
+    are document d's)."""
+    csr, _ = _set_kernels()
+    return csr(
+        np.ascontiguousarray(values, dtype=np.uint64), np.ascontiguousarray(offsets, np.int64)
+    )
+
+
+def jaccard_pairs(u: np.ndarray, v: np.ndarray, sets: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Exact Jaccard of documents ``u[i]`` and ``v[i]`` from :func:`shingle_sets` output."""
+    _, jac = _set_kernels()
+    values, offsets = sets
+    return jac(
+        np.ascontiguousarray(u, dtype=np.int64),
+        np.ascontiguousarray(v, dtype=np.int64),
+        values,
+        offsets,
+    )
+
+
+@dataclass
+class DedupDecisions:
+    """What :func:`dedup_decisions` decided for each of n documents."""
+
+    ref: np.ndarray
+    """Index of the kept document each document duplicates; -1 for kept documents."""
+    sim: np.ndarray
+    """Jaccard to ``ref`` (1.0 for exact duplicates of a kept document); NaN when kept."""
+    exact: np.ndarray
+    """True where the document was removed as an exact duplicate."""
+    candidate_edges: int
+    verified_edges: int
+
+
+def dedup_decisions(
+    rank: np.ndarray,
+    scope: np.ndarray,
+    exact_keys: Sequence[str] | None,
+    bands: np.ndarray | None,
+    shingles: np.ndarray,
+    offsets: np.ndarray,
+    threshold: float = 0.8,
+    verify: bool = True,
+) -> DedupDecisions:
+    """Exact and near-duplicate decisions for n documents in one process: the same rules as
+    the Spark job (:mod:`curamix.pipelines.dedup`), so both give the same output.
+
+    ``rank``: a permutation of 0..n-1, lower = preferred (domain priority, then id);
+    ``scope``: int group of each document (all 0 for global scope; duplicates are only looked
+    for within a group); ``exact_keys``: normalized-text keys, or None to skip exact dedup;
+    ``bands``: (n, bands) LSH keys from :func:`band_keys`, or None to skip near dedup;
+    ``shingles``/``offsets``: each document's shingle hashes (CSR).
+
+    In each (scope, exact key) group the best document stays. Among those, each LSH bucket
+    (scope, band, key) is a star to its best member; edges whose exact Jaccard is below
+    ``threshold`` are dropped (``verify``); in each connected component the best member stays
+    and every other member gets its Jaccard to it. An exact duplicate of a document removed as
+    a near duplicate points to that document's kept one.
+    """
+    n = len(rank)
+    rank = np.asarray(rank, dtype=np.int64)
+    by_rank = np.empty(n, dtype=np.int64)
+    by_rank[rank] = np.arange(n)
+    scope = np.asarray(scope, dtype=np.int64)
+    ref = np.full(n, -1, dtype=np.int64)
+    sim = np.full(n, np.nan)
+    exact = np.zeros(n, dtype=bool)
+    survivor = np.ones(n, dtype=bool)
+    if exact_keys is not None and n:
+        _, group = np.unique(
+            np.array([f"{s}\x00{k}" for s, k in zip(scope.tolist(), exact_keys, strict=True)]),
+            return_inverse=True,
+        )
+        best = np.full(group.max() + 1, n, dtype=np.int64)
+        np.minimum.at(best, group, rank)
+        rep = by_rank[best[group]]
+        exact = rep != np.arange(n)
+        survivor = ~exact
+        ref[exact] = rep[exact]
+        sim[exact] = 1.0
+    n_cand = n_ver = 0
+    if bands is not None and n:
+        s_idx = np.flatnonzero(survivor)
+        s_rank, s_scope = rank[s_idx], scope[s_idx]
+        edges = []
+        for j in range(bands.shape[1]):
+            key = bands[s_idx, j]
+            order = np.lexsort((s_rank, key, s_scope))
+            k, sc = key[order], s_scope[order]
+            new = np.r_[True, (k[1:] != k[:-1]) | (sc[1:] != sc[:-1])]
+            head = order[np.flatnonzero(new)][np.cumsum(new) - 1]
+            pair = np.stack([s_rank[order], s_rank[head]], axis=1)
+            edges.append(pair[pair[:, 0] != pair[:, 1]])
+        e = np.unique(np.concatenate(edges), axis=0) if edges else np.zeros((0, 2), np.int64)
+        n_cand = len(e)
+        sets = shingle_sets(shingles, offsets)
+        if verify and len(e):
+            e = e[jaccard_pairs(by_rank[e[:, 0]], by_rank[e[:, 1]], sets) >= threshold]
+        n_ver = len(e)
+        root = connected_components(n, e)  # in rank space: the best rank of each component
+        near = np.flatnonzero(root[rank] != rank)  # documents (by index) not their root
+        near = near[survivor[near]]
+        ref[near] = by_rank[root[rank[near]]]
+        sim[near] = jaccard_pairs(near, ref[near], sets)
+        # Exact duplicates of a near-removed document point to its kept one.
+        hop = exact & (ref >= 0)
+        hop[hop] = ~exact[ref[hop]] & (ref[ref[hop]] >= 0)
+        sim[hop] = sim[ref[hop]]
+        ref[hop] = ref[ref[hop]]
+    return DedupDecisions(
+        ref=ref, sim=sim, exact=exact, candidate_edges=n_cand, verified_edges=n_ver
+    )

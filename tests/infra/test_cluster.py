@@ -65,8 +65,9 @@ def _cfg(
             "ingest": {
                 "inputs": [{"path": str(corpus / "raw"), "domain_map": {"news*": "news"}}],
                 "max_doc_bytes": 100_000,
+                "engine": "spark",  # small input: auto would run it in the driver
             },
-            "dedup": {"threshold": 0.8},
+            "dedup": {"threshold": 0.8, "engine": "spark"},
             "dsir": {
                 "target_inputs": [{"path": str(corpus / "targets" / "demobench_train.jsonl")}],
                 "min_example_length": 20,

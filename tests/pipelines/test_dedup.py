@@ -33,6 +33,7 @@ def _unique(seed: int, n: int = 60) -> str:
 
 
 def _cfg(root: Path, inputs: list[dict], **dedup) -> object:
+    dedup = {"engine": "spark", **dedup}  # these tests are about the Spark job
     return build_config(
         {
             "run_dir": str(root / "run"),
@@ -140,6 +141,45 @@ def test_removal_gate_and_giant_component_alarm(spark, tmp_path):
     assert gates["components_over_size"][0]["size"] == 12
     assert gates["components_over_size"][0]["sample_members"] == ["t01", "t02", "t03", "t04", "t05"]
     assert ok["dedup"].counts["per_domain"]["tmpl"]["kept"] == 1
+
+
+def _outputs(res) -> dict:
+    """Everything the stage decided and reported (not its timings, keys or engine)."""
+    stage = res["dedup"]
+    m = {k: stage.manifest[k] for k in ("counts", "component_sizes", "gates", "lsh")}
+    ledger = pq.read_table(stage.path / "ledger").sort_by("id").to_pylist()
+    kept = sorted(pq.read_table(stage.data_path, columns=["id"])["id"].to_pylist())
+    return {
+        "manifest": m,
+        "ledger": ledger,
+        "kept": kept,
+        "report": (stage.path / "report.md").read_text(),
+    }
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"scope": "local"},
+        {"domain_priority": ["b"]},
+        {"exact": False},
+        {"near": False},
+        {"verify": False, "threshold": 0.5},
+        {"max_component_size": 2, "max_removal_rate": 1},
+    ],
+    ids=["default", "local-scope", "priority", "near-only", "exact-only", "unverified", "alarm"],
+)
+def test_in_process_engine_gives_the_spark_output(spark, two_domains, tmp_path, options):
+    """``engine: local`` (the driver, no Spark jobs) decides, writes and reports exactly what
+    the Spark job does, and a run on the other engine reuses the finished stage."""
+    inputs = [{"path": str(two_domains / "raw")}]
+    on_spark = run_pipeline(_cfg(tmp_path / "s", inputs, **options), spark=spark)
+    in_process = run_pipeline(_cfg(tmp_path / "l", inputs, engine="local", **options), spark=spark)
+    assert on_spark["dedup"].manifest["engine"] == "spark"
+    assert in_process["dedup"].manifest["engine"] == "local"
+    assert _outputs(in_process) == _outputs(on_spark)
+    assert run_pipeline(_cfg(tmp_path / "l", inputs, **options), spark=spark)["dedup"].skipped
 
 
 def test_bad_parameters_fail_before_any_work(tmp_path):
@@ -254,6 +294,17 @@ def test_near_duplicate_benchmark_on_spark(spark, shared_data, tmp_path):
     assert found / len(clear) >= 0.97
     gates = res["dedup"].manifest["gates"]
     assert gates["domains_over_rate"] == {} and gates["removed_below_threshold_share"] < 0.02
+    # The in-process engine (auto picks it at this size) decides and reports the same.
+    local = run_pipeline(
+        _cfg(
+            tmp_path / "local",
+            [{"path": str(folder / "mixed_20k.jsonl.gz"), "domain_field": "source"}],
+            engine="auto",
+        ),
+        spark=spark,
+    )
+    assert local["dedup"].manifest["engine"] == "local"
+    assert _outputs(local) == _outputs(res)
 
 
 @pytest.mark.realdata

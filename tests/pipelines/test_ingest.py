@@ -19,9 +19,44 @@ pytestmark = pytest.mark.spark
 
 
 def _cfg(run_dir: Path, inputs: list[dict], **ingest):
+    ingest = {"engine": "spark", **ingest}  # these tests are about the Spark job
     return build_config(
         {"run_dir": str(run_dir), "ingest": {"inputs": inputs, **ingest}}, use_env=False
     )
+
+
+def _sorted_rows(path: Path) -> list[dict]:
+    t = pq.read_table(path)
+    return sorted(t.to_pylist(), key=lambda r: json.dumps(r, sort_keys=True, default=str))
+
+
+def test_in_process_engine_writes_what_the_spark_job_writes(spark, bad_inputs, tmp_path):
+    """``engine: local`` (the driver, no Spark jobs) gives the same documents, quarantine
+    (duplicate ids included), ledger and counts, part file by part file; and the finished
+    stage is reused whatever the engine."""
+    folder, _ = bad_inputs
+    on_spark = run_ingest(
+        spark, _cfg(tmp_path / "s", [{"path": str(folder)}], max_doc_bytes=MAX_DOC_BYTES)
+    )
+    local_cfg = _cfg(
+        tmp_path / "l", [{"path": str(folder)}], max_doc_bytes=MAX_DOC_BYTES, engine="local"
+    )
+    in_process = run_ingest(spark, local_cfg)
+    assert on_spark.manifest["engine"] == "spark" and in_process.manifest["engine"] == "local"
+    assert in_process.counts == on_spark.counts
+    assert in_process.counts["quarantine_reasons"]["duplicate_id"] >= 2
+    for sub in ("data", "quarantine", "ledger"):
+        parts = sorted(p.name for p in (on_spark.path / sub).glob("part-*.parquet"))
+        assert parts == sorted(p.name for p in (in_process.path / sub).glob("part-*.parquet"))
+        for name in parts:
+            assert _sorted_rows(in_process.path / sub / name) == _sorted_rows(
+                on_spark.path / sub / name
+            ), (sub, name)
+    assert in_process.path.name == on_spark.path.name  # same stage key
+    again = run_ingest(
+        spark, _cfg(tmp_path / "l", [{"path": str(folder)}], max_doc_bytes=MAX_DOC_BYTES)
+    )
+    assert again.skipped and again.path == in_process.path
 
 
 def test_bad_input_folder_gives_exact_counts(spark, bad_inputs, tmp_path):

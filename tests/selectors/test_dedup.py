@@ -10,14 +10,17 @@ import pytest
 from curamix.selectors.dedup import (
     band_keys,
     connected_components,
+    dedup_decisions,
     exact_key,
     jaccard,
+    jaccard_pairs,
     minhash_dedup,
     minhash_permutations,
     minhash_signatures,
     normalize,
     optimal_bands,
     shingle_hashes,
+    shingle_sets,
     star_edges,
     universal_hash,
 )
@@ -114,6 +117,46 @@ def test_connected_components_on_known_graphs():
     assert connected_components(6, chain).tolist() == [0, 1, 1, 1, 4, 4]
     star = np.array([[i, 0] for i in range(1, 50)])
     assert set(connected_components(50, star).tolist()) == {0}
+
+
+def test_shingle_sets_and_jaccard_pairs_equal_the_set_formula():
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 40, size=rng.integers(1, 30)).astype(np.uint64) for _ in range(30)]
+    offsets = np.r_[0, np.cumsum([len(d) for d in docs])]
+    values, new_offsets = shingle_sets(np.concatenate(docs), offsets)
+    for d, doc in enumerate(docs):
+        assert values[new_offsets[d] : new_offsets[d + 1]].tolist() == sorted(set(doc.tolist()))
+    u, v = rng.integers(0, 30, 200), rng.integers(0, 30, 200)
+    got = jaccard_pairs(u, v, (values, new_offsets))
+    want = [jaccard(docs[i], docs[j]) for i, j in zip(u, v, strict=True)]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_dedup_decisions_on_a_known_case():
+    """0 and 3 share a text (exact group), 1 is 0 with one word changed, 2 is unrelated;
+    documents are ranked 1 < 3 < 0 < 2 < 4, and 4 (the text of 0) is in its own scope."""
+    base = " ".join(f"word{i}" for i in range(60))
+    texts = [base, base.replace("word30", "other"), "unrelated words here " * 6, base, base]
+    sh, doc = shingle_hashes(texts, 5)
+    sig = minhash_signatures(sh, doc, len(texts))
+    offsets = np.searchsorted(doc, np.arange(len(texts) + 1))
+    rank = np.array([2, 0, 3, 1, 4])
+    args = (sh, offsets)
+    d = dedup_decisions(rank, [0, 0, 0, 0, 1], list(texts), band_keys(sig, 16, 8), *args)
+    # 0 is an exact duplicate of 3 (the better rank); 3 is a near duplicate of 1, so 0 points
+    # to 1 with 3's Jaccard; 4 has the same text as 3 but another scope: kept.
+    assert d.ref.tolist() == [1, -1, -1, 1, -1]
+    assert d.exact.tolist() == [True, False, False, False, False]
+    assert 0.8 <= d.sim[3] < 1 and d.sim[0] == d.sim[3] and np.isnan(d.sim[1])
+    assert d.verified_edges == 1 <= d.candidate_edges
+    # Without exact dedup, 0 and 3 are near duplicates (Jaccard 1) of 1 through LSH.
+    d = dedup_decisions(rank, [0, 0, 0, 0, 1], None, band_keys(sig, 16, 8), *args)
+    assert d.ref.tolist() == [1, -1, -1, 1, -1] and not d.exact.any() and d.sim[0] == d.sim[3]
+    # Exact only: 0 -> 3 with Jaccard 1; and a threshold above 1 word changed keeps 1 apart.
+    d = dedup_decisions(rank, np.zeros(5), list(texts), None, *args)
+    assert d.ref.tolist() == [3, -1, -1, -1, 3] and d.sim[0] == 1.0 and d.candidate_edges == 0
+    d = dedup_decisions(rank, np.zeros(5), list(texts), band_keys(sig, 16, 8), *args, 0.99)
+    assert d.ref.tolist() == [3, -1, -1, -1, 3]
 
 
 def test_minhash_dedup_keeps_the_smallest_id_and_rejects_bad_parameters():
