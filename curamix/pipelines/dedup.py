@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from curamix.config import DedupConfig, PipelineConfig, config_hash
 from curamix.io.store import JobResult, load_completed, stage_writer
-from curamix.pipelines.parts import map_parts, part_files
+from curamix.pipelines.parts import choose_engine, map_parts, part_files
 from curamix.schema import DOC_SCHEMA, LEDGER_SCHEMA
 from curamix.selectors.dedup import (
     band_keys,
@@ -336,26 +336,18 @@ def _summaries_spark(dec: DataFrame, dc: DedupConfig) -> tuple[list[dict], list[
     return counts, comp_sizes, big_components
 
 
-def _write_local_decisions(dec: pa.Table, dec_dir: str) -> None:
-    """The decisions partitioned by ingest part, as the Spark path writes them."""
-    parts = dec.column("_part").to_numpy()
-    for p in np.unique(parts):
-        folder = os.path.join(dec_dir, f"_part={int(p)}")
-        os.makedirs(folder)
-        pq.write_table(
-            dec.filter(pa.array(parts == p)).select(["id", "reason", "ref_id", "sim"]),
-            os.path.join(folder, "part-00000.parquet"),
-        )
-
-
-def finish_part(path: str, index: int, out_dir: str, decisions_dir: str) -> pa.Table:
-    """Phase C for one ingest part: write its kept documents and its ledger."""
-    docs = pq.read_table(path)
+def _part_decisions(decisions_dir: str, index: int) -> list[dict[str, Any]]:
+    """The decisions the Spark path wrote for one ingest part (``_part=<index>``)."""
     folder = os.path.join(decisions_dir, f"_part={index}")
     if os.path.isdir(folder) and any(f.endswith(".parquet") for f in os.listdir(folder)):
-        dec = pq.read_table(folder, columns=["id", "reason", "ref_id", "sim"]).to_pylist()
-    else:
-        dec = []
+        return pq.read_table(folder, columns=["id", "reason", "ref_id", "sim"]).to_pylist()
+    return []
+
+
+def finish_part(path: str, index: int, out_dir: str, dec: list[dict[str, Any]]) -> pa.Table:
+    """Phase C for one ingest part: write its kept documents and its ledger, given its removed
+    documents (``id``, ``reason``, ``ref_id``, ``sim``)."""
+    docs = pq.read_table(path)
     removed = {d["id"]: d for d in dec}
     keep = pa.array([i not in removed for i in docs["id"].to_pylist()])
     pq.write_table(
@@ -452,12 +444,9 @@ def run_dedup(
     timings: dict[str, float] = {}
     with stage_writer(cfg.run_dir, STAGE, key) as w:
         sig_dir, dec_dir = str(w.path("_sig")), str(w.path("_decisions"))
-        os.makedirs(sig_dir)
         work = slices(parts)
         n_docs = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
-        engine = dc.engine
-        if engine == "auto":
-            engine = "local" if n_docs <= dc.local_max_docs else "spark"
+        engine = choose_engine(dc.engine, n_docs, dc.local_max_docs)
         cached: list[Any] = []
         if engine == "local":
             say(
@@ -470,6 +459,7 @@ def run_dedup(
             say("dedup: decisions and gates")
             agg_rows, comp_sizes, big_components = _summaries_local(dec_t, dc)
         else:
+            os.makedirs(sig_dir)
             say(
                 f"dedup: MinHash signatures of {ingest.counts.get('out', '?')} documents in {len(work)} tasks "
                 f"({dc.num_perm} permutations, {b} bands x {r} rows, {dc.ngram}-{dc.unit} shingles)"
@@ -691,16 +681,21 @@ def run_dedup(
             os.makedirs(w.path(sub))
         out_dir = str(w.tmp)
         if engine == "local":
-            _write_local_decisions(dec_t, dec_dir)
+            by_part: dict[int, list[dict[str, Any]]] = {}
+            for x in dec_t.select(["_part", "id", "reason", "ref_id", "sim"]).to_pylist():
+                by_part.setdefault(x.pop("_part"), []).append(x)
             counts = pa.concat_tables(
-                [finish_part(p, i, out_dir, dec_dir) for i, p in enumerate(parts)]
+                [finish_part(p, i, out_dir, by_part.get(i, [])) for i, p in enumerate(parts)]
             )
         else:
             dec.select("id", "_part", "reason", "ref_id", "sim").write.partitionBy("_part").parquet(
                 dec_dir
             )
             counts = map_parts(
-                spark, parts, lambda i, p: finish_part(p, i, out_dir, dec_dir), COUNT_SCHEMA
+                spark,
+                parts,
+                lambda i, p: finish_part(p, i, out_dir, _part_decisions(dec_dir, i)),
+                COUNT_SCHEMA,
             )
         timings["write_s"] = round(time.perf_counter() - t, 3)
         written: dict[tuple[str, str], int] = {}
@@ -718,7 +713,7 @@ def run_dedup(
                 )
         for df in cached:
             df.unpersist()
-        shutil.rmtree(sig_dir)
+        shutil.rmtree(sig_dir, ignore_errors=True)
         shutil.rmtree(dec_dir, ignore_errors=True)
         timings["total_s"] = round(time.perf_counter() - t0, 3)
         result = w.commit(json.loads(json.dumps(manifest, default=float)))

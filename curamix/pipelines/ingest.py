@@ -32,6 +32,7 @@ from curamix.config import PipelineConfig, config_hash
 from curamix.io.inputs import expand_inputs
 from curamix.io.records import STATS_REASON, ReadUnit, read_unit
 from curamix.io.store import JobResult, load_completed, stage_writer
+from curamix.pipelines.parts import choose_engine
 from curamix.schema import DOC_SCHEMA, LEDGER_SCHEMA, QUARANTINE_SCHEMA, Decision, QuarantineReason
 
 if TYPE_CHECKING:
@@ -274,6 +275,14 @@ def ingest_key(cfg: PipelineConfig, fingerprints: list[dict]) -> str:
     return config_hash(STAGE, decisive, fingerprints)
 
 
+def _check_duplicate_rows(n: int) -> None:
+    if n > MAX_DUPLICATE_ID_ROWS:
+        raise DuplicateIdError(
+            f"more than {MAX_DUPLICATE_ID_ROWS} records reuse an id seen earlier: the id field does not "
+            "hold unique ids. Set `id_field: null` on the input to give every record a content-and-source hash id."
+        )
+
+
 def _find_duplicate_ids_local(ids_path: str) -> dict[int, list[dict[str, Any]]]:
     """:func:`_find_duplicate_ids` in this process (``engine: local``)."""
     ids = pq.read_table(ids_path, schema=IDS_SCHEMA)
@@ -305,11 +314,7 @@ def _find_duplicate_ids_local(ids_path: str) -> dict[int, list[dict[str, Any]]]:
         if first is not None:
             out[unit].append({"pos": pos, "record": r, "first": f"{first[0]}:{first[1]}"})
             n += 1
-    if n > MAX_DUPLICATE_ID_ROWS:
-        raise DuplicateIdError(
-            f"more than {MAX_DUPLICATE_ID_ROWS} records reuse an id seen earlier: the id field does not "
-            "hold unique ids. Set `id_field: null` on the input to give every record a content-and-source hash id."
-        )
+    _check_duplicate_rows(n)
     return out
 
 
@@ -340,11 +345,7 @@ def _find_duplicate_ids(spark: SparkSession, ids_path: str) -> dict[int, list[di
     rows = ids.join(dup_records, ["source", "record"]).select("unit", "pos", "record", "first")
     collected = rows.limit(MAX_DUPLICATE_ID_ROWS + 1).collect()
     repeated.unpersist()
-    if len(collected) > MAX_DUPLICATE_ID_ROWS:
-        raise DuplicateIdError(
-            f"more than {MAX_DUPLICATE_ID_ROWS} records reuse an id seen earlier: the id field does not "
-            "hold unique ids. Set `id_field: null` on the input to give every record a content-and-source hash id."
-        )
+    _check_duplicate_rows(len(collected))
     out: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for r in collected:
         out[r["unit"]].append({"pos": r["pos"], "record": r["record"], "first": r["first"]})
@@ -375,59 +376,65 @@ def run_ingest(
     with stage_writer(cfg.run_dir, STAGE, key) as w:
         out_dir = str(w.tmp)
         n_units = len(expanded.units)
-        engine = cfg.ingest.engine
         size = sum(f["size"] for f in expanded.fingerprints)
-        if engine == "auto":
-            engine = "local" if size <= cfg.ingest.local_max_bytes else "spark"
+        engine = choose_engine(cfg.ingest.engine, size, cfg.ingest.local_max_bytes)
+        ids_path = os.path.join(out_dir, "_ids")
         if engine == "local":
-            say(
-                f"ingest: reading {len(expanded.fingerprints)} files ({size / 2**20:.1f} MiB <= "
-                f"ingest.local_max_bytes) in this process"
-            )
-            t = time.perf_counter()
-            counts = COUNTS_SCHEMA.empty_table()
-            for i, u in enumerate(expanded.units):
-                counts = pa.concat_tables([counts, ingest_unit(u, i, out_dir)])
-                if n_units > 4 and (i + 1) % max(1, n_units // 4) == 0:
-                    say(f"ingest: {i + 1}/{n_units} read units")
-            timings["read_s"] = time.perf_counter() - t
-            say("ingest: checking ids across files")
-            t = time.perf_counter()
-            dups = _find_duplicate_ids_local(os.path.join(out_dir, "_ids")) if n_units else {}
-            timings["duplicate_ids_s"] = time.perf_counter() - t
-            say("ingest: writing the ledger")
-            t = time.perf_counter()
-            deltas = pa.concat_tables(
-                [COUNTS_SCHEMA.empty_table()]
-                + [finish_unit(i, out_dir, dups.get(i, [])) for i in range(n_units)]
-            )
-            timings["ledger_s"] = time.perf_counter() - t
+            where = f"in this process ({size / 2**20:.1f} MiB <= ingest.local_max_bytes)"
+
+            def read() -> pa.Table:
+                parts = [COUNTS_SCHEMA.empty_table()]
+                for i, u in enumerate(expanded.units):
+                    parts.append(ingest_unit(u, i, out_dir))
+                    if n_units > 4 and (i + 1) % max(1, n_units // 4) == 0:
+                        say(f"ingest: {i + 1}/{n_units} read units")
+                return pa.concat_tables(parts)
+
+            def find_dups() -> dict[int, list[dict[str, Any]]]:
+                return _find_duplicate_ids_local(ids_path) if n_units else {}
+
+            def finish(dups: dict[int, list[dict[str, Any]]]) -> pa.Table:
+                return pa.concat_tables(
+                    [COUNTS_SCHEMA.empty_table()]
+                    + [finish_unit(i, out_dir, dups.get(i, [])) for i in range(n_units)]
+                )
         else:
-            say(f"ingest: reading {len(expanded.fingerprints)} files in {n_units} tasks")
-            t = time.perf_counter()
-            units = spark.sparkContext.parallelize(
-                [(i, u.to_json()) for i, u in enumerate(expanded.units)], numSlices=n_units
-            ).toDF("idx long, unit string")
-            counts = units.mapInArrow(lambda it: _phase_a(it, out_dir), counts_schema).toArrow()
-            timings["read_s"] = time.perf_counter() - t
+            where = f"in {n_units} Spark tasks"
 
-            say("ingest: checking ids across files")
-            t = time.perf_counter()
-            dups = _find_duplicate_ids(spark, os.path.join(out_dir, "_ids"))
-            timings["duplicate_ids_s"] = time.perf_counter() - t
+            def read() -> pa.Table:
+                units = spark.sparkContext.parallelize(
+                    [(i, u.to_json()) for i, u in enumerate(expanded.units)], numSlices=n_units
+                ).toDF("idx long, unit string")
+                return units.mapInArrow(lambda it: _phase_a(it, out_dir), counts_schema).toArrow()
 
-            say("ingest: writing the ledger")
-            t = time.perf_counter()
-            finish = spark.sparkContext.parallelize(
-                [(i, json.dumps(dups.get(i, []))) for i in range(n_units)],
-                numSlices=max(1, min(n_units, 4 * spark.sparkContext.defaultParallelism)),
-            ).toDF("idx long, dups string")
-            deltas = finish.mapInArrow(lambda it: _phase_c(it, out_dir), counts_schema).toArrow()
-            timings["ledger_s"] = time.perf_counter() - t
+            def find_dups() -> dict[int, list[dict[str, Any]]]:
+                return _find_duplicate_ids(spark, ids_path)
+
+            def finish(dups: dict[int, list[dict[str, Any]]]) -> pa.Table:
+                tasks = spark.sparkContext.parallelize(
+                    [(i, json.dumps(dups.get(i, []))) for i in range(n_units)],
+                    numSlices=max(1, min(n_units, 4 * spark.sparkContext.defaultParallelism)),
+                ).toDF("idx long, dups string")
+                return tasks.mapInArrow(lambda it: _phase_c(it, out_dir), counts_schema).toArrow()
+
+        say(f"ingest: reading {len(expanded.fingerprints)} files {where}")
+        t = time.perf_counter()
+        counts = read()
+        timings["read_s"] = time.perf_counter() - t
+
+        say("ingest: checking ids across files")
+        t = time.perf_counter()
+        dups = find_dups()
+        timings["duplicate_ids_s"] = time.perf_counter() - t
+
+        say("ingest: writing the ledger")
+        t = time.perf_counter()
+        deltas = finish(dups)
+        timings["ledger_s"] = time.perf_counter() - t
 
         import shutil
 
-        shutil.rmtree(os.path.join(out_dir, "_ids"), ignore_errors=True)
+        shutil.rmtree(ids_path, ignore_errors=True)
         summary = summarize_counts(pa.concat_tables([counts, deltas]))
         timings["total_s"] = time.perf_counter() - t0
         manifest: dict[str, Any] = {

@@ -40,6 +40,15 @@ def _apply(batches: Iterator[pa.RecordBatch], fn: PartFn) -> Iterator[pa.RecordB
             yield from fn(idx, payload).to_batches()
 
 
+def choose_engine(engine: str, size: int, local_max: int) -> str:
+    """``engine`` itself, or for ``auto``: ``local`` (the stage's functions in the driver
+    process) when ``size`` is at most ``local_max``, where Spark's fixed cost per job outweighs
+    the work, else ``spark``."""
+    if engine != "auto":
+        return engine
+    return "local" if size <= local_max else "spark"
+
+
 def map_parts(spark: SparkSession, payloads: list[str], fn: PartFn, schema: pa.Schema) -> pa.Table:
     """Run ``fn(i, payloads[i])`` for every payload as its own Spark task; concatenate results."""
     from pyspark.sql.pandas.types import from_arrow_schema

@@ -302,15 +302,8 @@ def verify_edges(
     """Candidate edges whose true shingle-set Jaccard is >= ``threshold``, with their Jaccard."""
     if len(edges) == 0:
         return edges, np.zeros(0)
-    starts = np.searchsorted(doc, np.arange(doc.max() + 2))
-    sets = {}
-
-    def shingle_set(i: int) -> np.ndarray:
-        if i not in sets:
-            sets[i] = np.unique(shingles[starts[i] : starts[i + 1]])
-        return sets[i]
-
-    sims = np.array([jaccard(shingle_set(i), shingle_set(j)) for i, j in edges.tolist()])
+    offsets = np.searchsorted(doc, np.arange(doc.max() + 2))
+    sims = jaccard_pairs(edges[:, 0], edges[:, 1], shingle_sets(shingles, offsets))
     keep = sims >= threshold
     return edges[keep], sims[keep]
 
