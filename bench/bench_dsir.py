@@ -74,9 +74,9 @@ def bench_inprocess(texts: list[str], domains: list[str], mode: str) -> float:
 
 def bench_spark(folder: Path, run_dir: Path, mode: str = "fast") -> tuple[float, int]:
     from curamix.config import build_config
-    from curamix.pipelines.dsir import run_dsir
     from curamix.pipelines.ingest import run_ingest
     from curamix.pipelines.session import get_spark
+    from curamix.runner import run_stage
 
     cfg = build_config(
         {
@@ -92,9 +92,9 @@ def bench_spark(folder: Path, run_dir: Path, mode: str = "fast") -> tuple[float,
     ingest = run_ingest(spark, cfg)
     # Warm the Python workers once (as a long-running session would be), then time.
     warm = cfg.model_copy(update={"dsir": cfg.dsir.model_copy(update={"num_buckets": 10_001})})
-    run_dsir(spark, warm, upstream={"ingest": ingest})
+    run_stage(spark, warm, "dsir", upstream={"ingest": ingest})
     t = time.perf_counter()
-    res = run_dsir(spark, cfg, upstream={"ingest": ingest})
+    res = run_stage(spark, cfg, "dsir", upstream={"ingest": ingest})
     return time.perf_counter() - t, res.counts["in"]
 
 

@@ -75,7 +75,7 @@ def bench_plain(texts: list[str]) -> tuple[float, np.ndarray]:
 
 
 def bench_curamix_inprocess(texts: list[str]) -> float:
-    from curamix.selectors.embed import embed_texts, load_model
+    from curamix.embeddings.embed import embed_texts, load_model
 
     load_model(device="cpu")  # load outside the timing, like the plain run
     embed_texts(texts[:8], device="cpu")
@@ -88,9 +88,10 @@ def bench_spark(
     ids: list[str], texts: list[str], domains: list[str], tmp: Path
 ) -> tuple[float, float, dict[str, np.ndarray]]:
     from curamix.config import build_config
-    from curamix.pipelines.embed import load_embeddings, run_embed
+    from curamix.pipelines.embed import load_embeddings
     from curamix.pipelines.ingest import run_ingest
     from curamix.pipelines.session import get_spark
+    from curamix.runner import run_stage
 
     raw = tmp / "raw"
     raw.mkdir(parents=True)
@@ -111,9 +112,9 @@ def bench_spark(
     spark = get_spark(cfg.spark)
     ingest = run_ingest(spark, cfg)
     warm = cfg.model_copy(update={"embed": cfg.embed.model_copy(update={"sample": 2})})
-    run_embed(spark, warm, upstream={"ingest": ingest})  # loads the model in both workers
+    run_stage(spark, warm, "embed", upstream={"ingest": ingest})  # loads the model in both workers
     t = time.perf_counter()
-    res = run_embed(spark, cfg, upstream={"ingest": ingest})
+    res = run_stage(spark, cfg, "embed", upstream={"ingest": ingest})
     wall = time.perf_counter() - t
     emb = load_embeddings(res)
     return wall, res.manifest["docs_per_s"], dict(zip(emb.ids.tolist(), emb.vectors, strict=True))
@@ -151,7 +152,7 @@ def update_costs(x: np.ndarray, reps: int = 5) -> dict[str, float]:
     best of ``reps`` interleaved rounds (squared norms precomputed for all)."""
     import faiss
 
-    from curamix.selectors.index import update_min_dist
+    from curamix.embeddings.index import update_min_dist
 
     sq = np.einsum("ij,ij->i", x, x)
     min_d = np.full(len(x), np.inf, dtype=np.float32)
@@ -183,7 +184,7 @@ def update_costs(x: np.ndarray, reps: int = 5) -> dict[str, float]:
 
 
 def bench_faiss(n: int, k: int, sub: int) -> list[tuple[str, float, str]]:
-    from curamix.selectors.index import kcenter_greedy, spherical_kmeans
+    from curamix.embeddings.index import kcenter_greedy, spherical_kmeans
 
     rows: list[tuple[str, float, str]] = []
     rng = np.random.default_rng(0)

@@ -66,7 +66,7 @@ def load_slice(data: Path, n_docs: int, seed: int) -> tuple[list[str], list[str]
 
 def embeddings(args: argparse.Namespace, ids: list[str], texts: list[str]) -> np.ndarray:
     """The slice's vectors, from the cache when it holds this exact slice."""
-    from curamix.selectors.embed import embed_texts
+    from curamix.embeddings.embed import embed_texts
 
     tag = f"n{args.n_docs}-s{args.slice_seed}-len{args.max_seq_length}"
     cache = Path(args.cache)

@@ -182,9 +182,9 @@ def bench_curamix(corpus: str, work: Path, threshold: float = 0.8, engine: str =
     import pyarrow.parquet as pq
 
     from curamix.config import build_config
-    from curamix.pipelines.dedup import run_dedup
     from curamix.pipelines.ingest import run_ingest
     from curamix.pipelines.session import get_spark
+    from curamix.runner import run_stage
 
     run = work / "curamix-run"
     shutil.rmtree(run, ignore_errors=True)
@@ -205,7 +205,7 @@ def bench_curamix(corpus: str, work: Path, threshold: float = 0.8, engine: str =
     ingest = run_ingest(spark, cfg)
     t_ingest = time.perf_counter() - t
     t = time.perf_counter()
-    res = run_dedup(spark, cfg, upstream={"ingest": ingest})
+    res = run_stage(spark, cfg, "dedup", upstream={"ingest": ingest})
     t_dedup = time.perf_counter() - t
     led = pq.read_table(res.path / "ledger", columns=["id", "decision", "ref_id"]).to_pylist()
     clusters = {r["id"]: r["ref_id"] if r["decision"] == "removed" else r["id"] for r in led}
@@ -221,7 +221,7 @@ def bench_curamix(corpus: str, work: Path, threshold: float = 0.8, engine: str =
 
 
 def bench_curamix_1core(corpus: str, work: Path) -> dict:
-    from curamix.selectors.dedup import minhash_dedup
+    from curamix.filters.dedup import minhash_dedup
 
     t = time.perf_counter()
     rows = read_jsonl(corpus)

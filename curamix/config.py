@@ -31,7 +31,10 @@ KNOWN_STAGES: tuple[str, ...] = (
     "select",
     "coreset",
 )
-"""Stages in their run order."""
+"""Stages in their run order (:mod:`curamix.pipelines.registry` holds what each one reads and
+runs; a test keeps the two in step)."""
+POOL_STAGES: tuple[str, ...] = ("dedup", "semdedup", "decontam")
+"""Stages whose output is the run's pool (the documents later stages read), in run order."""
 
 
 class ConfigError(ValueError):
@@ -699,3 +702,15 @@ def load_config(
 def dump_config(cfg: PipelineConfig) -> str:
     """The config as YAML (what a run folder keeps as ``pipeline.yaml``)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def pool_stage(cfg: PipelineConfig, before: str | None = None) -> str:
+    """The stage whose documents a later stage reads: the latest of :data:`POOL_STAGES` that
+    ``cfg`` runs (listed in ``stages`` with its section), else ``ingest``. ``before``: only
+    stages that run before that one (decontam reads ``pool_stage(cfg, before="decontam")``)."""
+    limit = KNOWN_STAGES.index(before) if before is not None else len(KNOWN_STAGES)
+    for stage in reversed(POOL_STAGES):
+        runs = stage in cfg.stages and getattr(cfg, stage, None) is not None
+        if runs and KNOWN_STAGES.index(stage) < limit:
+            return stage
+    return "ingest"

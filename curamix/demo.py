@@ -7,7 +7,9 @@ whose test items partly leak into the pool (for decontamination), and a few bad 
 every kind ingest quarantines. It is written in every input format ingest reads (JSONL,
 ``.jsonl.gz``, ``.jsonl.zst``, Parquet, a folder of ``.txt``). The same seed gives the same
 bytes. Ground truth (duplicate pairs, leaked items, bad records) goes to ``truth/``.
-Real corpora are given to curamix by path or dataset name, never generated.
+The word lists and sentence templates are data, in ``demo_data/templates.json``; this module
+holds the document shapes and the writer. Real corpora are given to curamix by path or
+dataset name, never generated.
 """
 
 from __future__ import annotations
@@ -15,294 +17,54 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import re
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 # --------------------------------------------------------------------------- vocabularies
 
-W: dict[str, list[str]] = {
-    "city": [
-        "Lisbon",
-        "Oslo",
-        "Nairobi",
-        "Denver",
-        "Osaka",
-        "Lyon",
-        "Quito",
-        "Perth",
-        "Tallinn",
-        "Cork",
-        "Dakar",
-        "Hanoi",
-        "Leeds",
-        "Porto",
-        "Kraków",
-        "Austin",
-    ],
-    "agency": ["Reuters", "AP", "AFP", "Bloomberg", "DPA", "Kyodo"],
-    "official": [
-        "minister",
-        "mayor",
-        "governor",
-        "senator",
-        "spokesperson",
-        "commissioner",
-        "regulator",
-        "ambassador",
-    ],
-    "org": [
-        "the central bank",
-        "the city council",
-        "the transport ministry",
-        "the health agency",
-        "the electoral commission",
-        "the port authority",
-        "the energy regulator",
-        "the national railway",
-    ],
-    "news_topic": [
-        "budget",
-        "housing plan",
-        "rail strike",
-        "water shortage",
-        "trade deal",
-        "tax reform",
-        "election result",
-        "bridge repair",
-        "power outage",
-        "pension reform",
-    ],
-    "news_verb": [
-        "announced",
-        "rejected",
-        "delayed",
-        "approved",
-        "criticised",
-        "defended",
-        "postponed",
-        "unveiled",
-    ],
-    "month": [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ],
-    "sci_field": [
-        "protein folding",
-        "soil microbiomes",
-        "graphene membranes",
-        "coral bleaching",
-        "neutrino oscillations",
-        "battery electrolytes",
-        "sleep regulation",
-        "glacier dynamics",
-        "quantum dots",
-        "antibiotic resistance",
-    ],
-    "sci_method": [
-        "a randomized controlled trial",
-        "X-ray crystallography",
-        "a longitudinal cohort",
-        "Monte Carlo simulation",
-        "mass spectrometry",
-        "a genome-wide association study",
-        "density functional theory",
-        "field sampling",
-    ],
-    "sci_result": [
-        "a significant increase",
-        "no measurable effect",
-        "a twofold reduction",
-        "a nonlinear dependence",
-        "a strong correlation",
-        "an unexpected phase transition",
-    ],
-    "sci_noun": [
-        "samples",
-        "specimens",
-        "participants",
-        "cells",
-        "trajectories",
-        "isolates",
-        "crystals",
-        "measurements",
-    ],
-    "code_verb": [
-        "parse",
-        "load",
-        "compute",
-        "merge",
-        "filter",
-        "render",
-        "validate",
-        "encode",
-        "fetch",
-        "normalize",
-        "split",
-        "flatten",
-    ],
-    "code_noun": [
-        "config",
-        "records",
-        "tokens",
-        "matrix",
-        "header",
-        "payload",
-        "buffer",
-        "index",
-        "schedule",
-        "graph",
-        "cache",
-        "batch",
-    ],
-    "code_type": ["int", "str", "float", "list", "dict", "bytes", "bool"],
-    "dish": [
-        "lentil soup",
-        "lemon tart",
-        "mushroom risotto",
-        "chicken curry",
-        "apple crumble",
-        "bean chili",
-        "pumpkin bread",
-        "garlic noodles",
-        "fish tacos",
-        "spinach pie",
-    ],
-    "ingredient": [
-        "flour",
-        "butter",
-        "garlic",
-        "onion",
-        "olive oil",
-        "lentils",
-        "rice",
-        "cream",
-        "sugar",
-        "eggs",
-        "spinach",
-        "cumin",
-        "ginger",
-        "lemon juice",
-        "tomatoes",
-        "coriander",
-        "mushrooms",
-        "stock",
-    ],
-    "unit": ["cups", "tablespoons", "teaspoons", "grams", "cloves", "pinches"],
-    "cook_verb": [
-        "whisk",
-        "simmer",
-        "fold in",
-        "saute",
-        "roast",
-        "knead",
-        "season",
-        "stir in",
-        "bake",
-        "chop",
-    ],
-    "cuisine": ["Indian", "Italian", "Mexican", "French", "Thai", "Lebanese"],
-    "legal_term": [
-        "Licensee",
-        "Contractor",
-        "Premises",
-        "Effective Date",
-        "Confidential Information",
-        "Deliverables",
-        "Force Majeure Event",
-        "Territory",
-    ],
-    "legal_verb": [
-        "shall indemnify",
-        "shall not assign",
-        "may terminate",
-        "shall promptly notify",
-        "shall maintain",
-        "may audit",
-    ],
-    "legal_obj": [
-        "the Agreement",
-        "any Deliverables",
-        "the Premises",
-        "all Confidential Information",
-        "the Territory",
-        "any sublicense",
-    ],
-    "forum_topic": [
-        "my bike chain keeps slipping",
-        "best budget mechanical keyboard",
-        "sourdough starter smells odd",
-        "laptop fan noise after update",
-        "tomato plants turning yellow",
-        "which tent for alpine camping",
-    ],
-    "forum_user": [
-        "pixelfox",
-        "gearhead88",
-        "crumbqueen",
-        "n00bsaibot",
-        "tinkerer_42",
-        "mossy_rock",
-        "dr_wrench",
-        "quietowl",
-    ],
-    "forum_filler": ["honestly", "tbh", "imo", "lol", "fwiw", "ymmv", "just saying", "haha"],
-    "team": [
-        "Rovers",
-        "United",
-        "Athletic",
-        "Wanderers",
-        "City",
-        "Harriers",
-        "Mariners",
-        "Rangers",
-        "Falcons",
-        "Comets",
-    ],
-    "player": [
-        "Okafor",
-        "Lindqvist",
-        "Moreau",
-        "Tanaka",
-        "Silva",
-        "Kowalski",
-        "Brennan",
-        "Haddad",
-        "Novak",
-        "Ibarra",
-    ],
-    "sport_verb": ["edged", "thrashed", "held", "stunned", "overcame", "outplayed"],
-    "person": ["Maya", "Tom", "Aisha", "Lukas", "Priya", "Diego", "Hana", "Sam", "Ines", "Kofi"],
-    "item": ["apples", "stickers", "marbles", "books", "pencils", "cookies", "stamps", "shells"],
-}
+_TEMPLATES = json.loads(
+    resources.files("curamix").joinpath("demo_data", "templates.json").read_text(encoding="utf-8")
+)
+W: dict[str, list[str]] = _TEMPLATES["words"]
+"""Word lists by slot name (``city``, ``news_topic``, ...), from ``demo_data/templates.json``."""
+SENTENCES: dict[str, list[str]] = _TEMPLATES["sentences"]
+"""Sentence templates by domain (news, science, legal, forum, sports): see :func:`fill`."""
+_SLOT = re.compile(r"\{([^{}]+)\}")
 
 
 def pick(rng: random.Random, key: str) -> str:
+    """A word of the list ``W[key]``."""
     return rng.choice(W[key])
 
 
-def _sentences(
-    rng: random.Random, makers: list[Callable[[random.Random], str]], n: int
-) -> list[str]:
-    return [rng.choice(makers)(rng) for _ in range(n)]
+def fill(rng: random.Random, template: str) -> str:
+    """Fill a sentence template's slots left to right: ``{key}`` with a word of ``W[key]``,
+    ``{lo-hi}`` with an integer from ``lo`` to ``hi``, ``{a|b|c}`` with one of the
+    alternatives."""
+
+    def slot(m: re.Match[str]) -> str:
+        s = m.group(1)
+        if "|" in s:
+            return rng.choice(s.split("|"))
+        lo, dash, hi = s.partition("-")
+        if dash and lo.isdigit() and hi.isdigit():
+            return str(rng.randint(int(lo), int(hi)))
+        return pick(rng, s)
+
+    return _SLOT.sub(slot, template)
 
 
-def _paragraphs(
-    rng: random.Random, makers: list[Callable[[random.Random], str]], n_sent: int
-) -> str:
-    sents = _sentences(rng, makers, n_sent)
+def _sentences(rng: random.Random, templates: list[str], n: int) -> list[str]:
+    return [fill(rng, rng.choice(templates)) for _ in range(n)]
+
+
+def _paragraphs(rng: random.Random, templates: list[str], n_sent: int) -> str:
+    sents = _sentences(rng, templates, n_sent)
     paras, i = [], 0
     while i < len(sents):
         k = rng.randint(3, 6)
@@ -323,93 +85,6 @@ def _length(rng: random.Random) -> int:
 
 # --------------------------------------------------------------------------- domains
 
-_NEWS = [
-    lambda r: (
-        f"The {pick(r, 'official')} {pick(r, 'news_verb')} the {pick(r, 'news_topic')} on {pick(r, 'month')} {r.randint(1, 28)}."
-    ),
-    lambda r: (
-        f"Officials at {pick(r, 'org')} said the {pick(r, 'news_topic')} would cost about {r.randint(2, 900)} million."
-    ),
-    lambda r: (
-        f"Critics warned that the {pick(r, 'news_topic')} could affect {r.randint(3, 95)} percent of households in {pick(r, 'city')}."
-    ),
-    lambda r: (
-        f'"We will not accept this {pick(r, "news_topic")}," a {pick(r, "official")} told reporters in {pick(r, "city")}.'
-    ),
-    lambda r: (
-        f"A vote on the {pick(r, 'news_topic')} is expected before the end of {pick(r, 'month')}."
-    ),
-    lambda r: (
-        f"Shares in regional lenders fell {r.randint(1, 9)}.{r.randint(0, 9)} percent after {pick(r, 'org')} {pick(r, 'news_verb')} its forecast."
-    ),
-]
-_SCIENCE = [
-    lambda r: f"We investigate {pick(r, 'sci_field')} using {pick(r, 'sci_method')}.",
-    lambda r: (
-        f"Across {r.randint(12, 4000)} {pick(r, 'sci_noun')}, we observe {pick(r, 'sci_result')} (p < 0.0{r.randint(1, 5)})."
-    ),
-    lambda r: (
-        f"These findings suggest that {pick(r, 'sci_field')} depends on temperature more strongly than previously assumed."
-    ),
-    lambda r: (
-        f"Our model of {pick(r, 'sci_field')} reproduces {pick(r, 'sci_result')} reported in earlier work."
-    ),
-    lambda r: (
-        f"Limitations include the small number of {pick(r, 'sci_noun')} and the use of {pick(r, 'sci_method')}."
-    ),
-    lambda r: (
-        f"Further work will combine {pick(r, 'sci_method')} with {pick(r, 'sci_method')} to resolve {pick(r, 'sci_field')}."
-    ),
-]
-_LEGAL = [
-    lambda r: (
-        f"The {pick(r, 'legal_term')} {pick(r, 'legal_verb')} {pick(r, 'legal_obj')} within {r.randint(5, 90)} days of the {pick(r, 'legal_term')}."
-    ),
-    lambda r: (
-        f"Notwithstanding the foregoing, the {pick(r, 'legal_term')} {pick(r, 'legal_verb')} {pick(r, 'legal_obj')}."
-    ),
-    lambda r: (
-        f'"{pick(r, "legal_term")}" means any person or entity that receives {pick(r, "legal_obj")} under Section {r.randint(1, 30)}.'
-    ),
-    lambda r: (
-        f"Subject to Section {r.randint(1, 30)}({r.choice('abcdef')}), neither party {pick(r, 'legal_verb')} {pick(r, 'legal_obj')}."
-    ),
-    lambda r: (
-        f"This clause survives termination of {pick(r, 'legal_obj')} for a period of {r.randint(1, 7)} years."
-    ),
-]
-_FORUM = [
-    lambda r: (
-        f"{pick(r, 'forum_filler')} i had the same issue last {pick(r, 'month')}, turned out to be the cheap parts."
-    ),
-    lambda r: (
-        f"did you try resetting it? worked for me after {r.randint(2, 10)} tries {pick(r, 'forum_filler')}."
-    ),
-    lambda r: f"+1 to what {pick(r, 'forum_user')} said, {pick(r, 'forum_filler')}.",
-    lambda r: f"thanks everyone, will post an update in {r.randint(2, 14)} days.",
-    lambda r: (
-        f"mine cost like {r.randint(20, 300)} bucks and still going strong {pick(r, 'forum_filler')}."
-    ),
-    lambda r: (
-        f"wait, are you sure? {pick(r, 'forum_filler')} that sounds like a different problem."
-    ),
-]
-_SPORTS = [
-    lambda r: (
-        f"The {pick(r, 'team')} {pick(r, 'sport_verb')} the {pick(r, 'team')} {r.randint(1, 5)}-{r.randint(0, 3)} on Saturday."
-    ),
-    lambda r: (
-        f"{pick(r, 'player')} scored in the {r.randint(2, 90)}th minute after a long ball from {pick(r, 'player')}."
-    ),
-    lambda r: (
-        f"The manager praised {pick(r, 'player')}, whose {r.randint(2, 30)} goals this season lead the league."
-    ),
-    lambda r: (
-        f"A crowd of {r.randint(8, 60)},{r.randint(100, 999)} watched the {pick(r, 'team')} climb to {r.randint(1, 20)}th in the table."
-    ),
-    lambda r: f"{pick(r, 'player')} was booked for a late challenge and will miss the next match.",
-]
-
 
 def _news(r: random.Random) -> str:
     head = f"{pick(r, 'org').capitalize()} {pick(r, 'news_verb')} {pick(r, 'news_topic')}".replace(
@@ -418,13 +93,13 @@ def _news(r: random.Random) -> str:
     lead = (
         f"{pick(r, 'city').upper()}, {pick(r, 'month')} {r.randint(1, 28)} ({pick(r, 'agency')}) - "
     )
-    return f"{head}\n\n{lead}{_paragraphs(r, _NEWS, _length(r))}"
+    return f"{head}\n\n{lead}{_paragraphs(r, SENTENCES['news'], _length(r))}"
 
 
 def _science(r: random.Random) -> str:
     title = f"On {pick(r, 'sci_field')}: evidence from {pick(r, 'sci_method')}"
     n = _length(r)
-    return f"{title}\n\nAbstract. {_paragraphs(r, _SCIENCE, max(2, n // 2))}\n\nResults. {_paragraphs(r, _SCIENCE, max(1, n - n // 2))}"
+    return f"{title}\n\nAbstract. {_paragraphs(r, SENTENCES['science'], max(2, n // 2))}\n\nResults. {_paragraphs(r, SENTENCES['science'], max(1, n - n // 2))}"
 
 
 def _code(r: random.Random) -> str:
@@ -479,7 +154,7 @@ def _legal(r: random.Random) -> str:
     for s in range(1, max(1, n // 3) + 1):
         clauses = [
             f"({chr(96 + k)}) {m}"
-            for k, m in enumerate(_sentences(r, _LEGAL, r.randint(1, 4)), start=1)
+            for k, m in enumerate(_sentences(r, SENTENCES["legal"], r.randint(1, 4)), start=1)
         ]
         sections.append(f"Section {s}. {pick(r, 'legal_term')}.\n" + "\n".join(clauses))
     return f"AGREEMENT No. {r.randint(1000, 9999)}\n\n" + "\n\n".join(sections)
@@ -490,12 +165,14 @@ def _forum(r: random.Random) -> str:
     posts = [f"Re: {topic}"]
     for _ in range(max(1, _length(r) // 3)):
         user = pick(r, "forum_user")
-        posts.append(f"{user} wrote:\n" + " ".join(_sentences(r, _FORUM, r.randint(1, 4))))
+        posts.append(
+            f"{user} wrote:\n" + " ".join(_sentences(r, SENTENCES["forum"], r.randint(1, 4)))
+        )
     return "\n\n".join(posts)
 
 
 def _sports(r: random.Random) -> str:
-    return f"Match report: {pick(r, 'team')} v {pick(r, 'team')}\n\n{_paragraphs(r, _SPORTS, _length(r))}"
+    return f"Match report: {pick(r, 'team')} v {pick(r, 'team')}\n\n{_paragraphs(r, SENTENCES['sports'], _length(r))}"
 
 
 def math_problem(r: random.Random) -> tuple[str, str, int]:

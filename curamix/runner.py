@@ -1,47 +1,45 @@
 """Running the stages a config lists, and reporting where a run stands.
 
-The CLI, notebooks and (later) the Prefect flows call these same functions.
+Orchestration only: what each stage reads, its key and its runner come from
+:mod:`curamix.pipelines.registry`. The CLI, notebooks and the Prefect flows call these same
+functions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from curamix.config import KNOWN_STAGES, ConfigError, PipelineConfig, dump_config, load_config
+from curamix.config import (
+    KNOWN_STAGES,
+    ConfigError,
+    PipelineConfig,
+    dump_config,
+    load_config,
+    pool_stage,
+)
 from curamix.io.store import JobResult, load_completed, read_stages_index, write_json_atomic
+from curamix.pipelines.registry import get_stage
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+__all__ = [
+    "MissingUpstreamError",
+    "StageStatus",
+    "extend_run_config",
+    "pool_stage",
+    "require_upstream",
+    "run_pipeline",
+    "run_stage",
+    "run_status",
+    "stage_inputs",
+    "stage_key",
+]
+
 RUN_CONFIG = "pipeline.yaml"
-
-
-def _stage_runner(stage: str) -> Callable[..., JobResult]:
-    """The ``run_<stage>`` function of ``curamix.pipelines.<stage>`` (imported on first use)."""
-    import importlib
-
-    if stage not in KNOWN_STAGES:
-        raise ValueError(f"unknown stage {stage!r}; known stages: {list(KNOWN_STAGES)}")
-    return getattr(importlib.import_module(f"curamix.pipelines.{stage}"), f"run_{stage}")
-
-
-POOL_STAGES: tuple[str, ...] = ("decontam", "semdedup", "dedup")
-"""Stages that write a filtered pool, latest first."""
-
-
-def pool_stage(cfg: PipelineConfig, before: str | None = None) -> str:
-    """The stage whose documents a later stage reads: the latest of decontam and dedup that the
-    run has (listed in ``stages`` with its section), else ingest. ``before``: only stages that
-    run before that one (decontam reads ``pool_stage(cfg, before="decontam")``)."""
-    for stage in POOL_STAGES:
-        if before is not None and KNOWN_STAGES.index(stage) >= KNOWN_STAGES.index(before):
-            continue
-        if stage in cfg.stages and getattr(cfg, stage, None) is not None:
-            return stage
-    return "ingest"
 
 
 def extend_run_config(run_dir: str | Path, stage: str, section: dict[str, Any]) -> PipelineConfig:
@@ -61,85 +59,12 @@ def extend_run_config(run_dir: str | Path, stage: str, section: dict[str, Any]) 
     return build_config(data, base_dir=run_dir, origin=f"{path} + command line")
 
 
-def stage_key(cfg: PipelineConfig, stage: str) -> str:
-    """The key a stage's output folder will carry for ``cfg`` (config + inputs hash).
-
-    Raises :class:`MissingUpstreamError` when a stage it reads has not completed yet."""
-    if stage == "ingest":
-        from curamix.io.inputs import expand_inputs
-        from curamix.pipelines.ingest import ingest_key
-
-        assert cfg.ingest is not None
-        return ingest_key(cfg, expand_inputs(cfg.ingest).fingerprints)
-    if stage == "dsir":
-        from curamix.config import IngestConfig
-        from curamix.io.inputs import expand_inputs
-        from curamix.pipelines.dsir import dsir_key
-
-        assert cfg.dsir is not None
-        targets = (
-            expand_inputs(IngestConfig(inputs=cfg.dsir.target_inputs)).fingerprints
-            if cfg.dsir.target_inputs
-            else []
-        )
-        return dsir_key(cfg, require_upstream(cfg, pool_stage(cfg)), targets)
-    if stage == "dedup":
-        from curamix.pipelines.dedup import dedup_key
-
-        return dedup_key(cfg, require_upstream(cfg, "ingest"))
-    if stage == "decontam":
-        from curamix.config import IngestConfig
-        from curamix.io.inputs import expand_inputs
-        from curamix.pipelines.decontam import decontam_key
-
-        assert cfg.decontam is not None
-        tests = expand_inputs(IngestConfig(inputs=cfg.decontam.test_inputs)).fingerprints
-        return decontam_key(cfg, require_upstream(cfg, pool_stage(cfg, before="decontam")), tests)
-    if stage == "embed":
-        from curamix.pipelines.embed import embed_key
-
-        return embed_key(cfg, require_upstream(cfg, pool_stage(cfg, before="embed")))
-    if stage == "semdedup":
-        from curamix.pipelines.semdedup import semdedup_key
-
-        return semdedup_key(
-            cfg,
-            require_upstream(cfg, pool_stage(cfg, before="semdedup")),
-            require_upstream(cfg, "embed"),
-        )
-    if stage == "betr":
-        from curamix.config import IngestConfig
-        from curamix.io.inputs import expand_inputs
-        from curamix.pipelines.betr import betr_key
-
-        assert cfg.betr is not None
-        bench = expand_inputs(IngestConfig(inputs=cfg.betr.benchmark_inputs)).fingerprints
-        return betr_key(cfg, require_upstream(cfg, pool_stage(cfg)), bench)
-    if stage == "coreset":
-        from curamix.pipelines.coreset import coreset_key
-
-        assert cfg.coreset is not None
-        score = cfg.coreset.score
-        return coreset_key(
-            cfg,
-            require_upstream(cfg, pool_stage(cfg)),
-            require_upstream(cfg, "embed"),
-            None if score == "prototype" else require_upstream(cfg, score),
-        )
-    if stage == "select":
-        from curamix.pipelines.select import select_key
-
-        assert cfg.select is not None
-        return select_key(cfg, require_upstream(cfg, cfg.select.scores))
-    raise ValueError(f"no key rule for stage {stage!r}")
-
-
 class MissingUpstreamError(ConfigError):
     """A stage needs the output of a stage that has not completed for this config."""
 
 
 def require_upstream(
-    cfg: PipelineConfig, stage: str, given: dict[str, JobResult] | None = None
+    cfg: PipelineConfig, stage: str, given: Mapping[str, JobResult] | None = None
 ) -> JobResult:
     """The completed output of ``stage`` for ``cfg``: from ``given`` (this run's results), or the
     run folder's output whose key matches the current config and inputs."""
@@ -158,17 +83,41 @@ def require_upstream(
     return done
 
 
+def stage_inputs(
+    cfg: PipelineConfig, stage: str, given: Mapping[str, JobResult] | None = None
+) -> dict[str, JobResult]:
+    """The completed upstream outputs ``stage`` reads for ``cfg``, by role (see the registry)."""
+    spec = get_stage(stage)
+    if getattr(cfg, spec.section, None) is None:
+        raise ConfigError(f"the '{stage}' stage needs a '{spec.section}:' section in the config")
+    return {role: require_upstream(cfg, up, given) for role, up in spec.upstream(cfg).items()}
+
+
+def stage_key(cfg: PipelineConfig, stage: str) -> str:
+    """The key a stage's output folder will carry for ``cfg`` (config + inputs hash).
+
+    Raises :class:`MissingUpstreamError` when a stage it reads has not completed yet."""
+    return get_stage(stage).key(cfg, stage_inputs(cfg, stage))
+
+
 def run_stage(
     spark: SparkSession,
     cfg: PipelineConfig,
     stage: str,
-    upstream: dict[str, JobResult] | None = None,
+    upstream: Mapping[str, JobResult] | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> JobResult:
-    """Run one stage of ``cfg`` as :func:`run_pipeline` does (skipped when already complete);
-    ``upstream``: this run's results so far (others come from the run folder)."""
-    kwargs = {} if stage == "ingest" else {"upstream": upstream if upstream is not None else {}}
-    return _stage_runner(stage)(spark, cfg, on_step=on_step, **kwargs)
+    """Run one stage of ``cfg`` (skipped when its output for this config and inputs is already
+    complete); ``upstream``: this run's results so far (others come from the run folder)."""
+    spec = get_stage(stage)
+    say = on_step or (lambda _msg: None)
+    inputs = stage_inputs(cfg, stage, upstream)
+    key = spec.key(cfg, inputs)
+    done = load_completed(cfg.run_dir, stage, key)
+    if done is not None:
+        say(f"{stage}: skipped, already complete at {done.path}")
+        return done
+    return spec.run(spark, cfg, inputs, key, say)
 
 
 def run_pipeline(

@@ -129,7 +129,7 @@ def test_decontam_then_dsir_reads_the_decontaminated_pool(spark, tmp_path):
 def test_safety_gates_exit_3_with_the_message(capsys):
     import typer
 
-    from curamix.cli import _friendly_errors
+    from curamix.cli._common import _friendly_errors
     from curamix.pipelines.dedup import DedupGateError
     from curamix.pipelines.semdedup import SemDedupGateError
 

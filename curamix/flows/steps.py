@@ -125,7 +125,7 @@ def run_scaling_step(
     from curamix.mixers.search import load_search_streams, read_mixture
     from curamix.scaling_laws.decide import recommend
     from curamix.scaling_laws.fit import fit_table, load_fits
-    from curamix.scaling_laws.sweep import SweepConfig, natural_mixture, run_sweep
+    from curamix.scaling_laws.sweep import SweepConfig, natural_mixture, sweep_results
 
     say = on_step or (lambda _m: None)
     run_dir = Path(run_dir)
@@ -154,8 +154,8 @@ def run_scaling_step(
         f"scaling: sweep of {len(cfg.models)} models x {len(cfg.token_budgets)} budgets x "
         f"{len(mixtures)} mixture(s)"
     )
-    df = run_sweep(run_dir, sweep, train, val, target_tokens=target, progress=False, log=say)
-    df = df.sort_values(["n_params", "tokens", "mixture"], kind="mergesort").reset_index(drop=True)
+    df = sweep_results(run_dir, sweep, train, val, target_tokens=target, progress=False, log=say)
+    df = df.sort(["n_params", "tokens", "mixture"], maintain_order=True)
     with stage_writer(run_dir, SCALING, key) as w:
         fits = fit_table(
             df, w.path("fits"), laws=tuple(cfg.laws), n_boot=cfg.n_boot, random_state=seed,
@@ -175,15 +175,13 @@ def run_scaling_step(
             f"D={rec.n_tokens:.3g} tokens ({rec.size_source})"
         )
         write_json_atomic(w.path(RECOMMENDATION), rec.to_dict())
-        df.drop(columns=["wall_s", "tokens_per_s"], errors="ignore").to_parquet(
-            w.path("results.parquet"), index=False
-        )
+        df.drop(["wall_s", "tokens_per_s"], strict=False).write_parquet(w.path("results.parquet"))
         manifest = {
             "config": cfg.model_dump(mode="json"),
             "config_hash": config_hash(cfg),
             "seed": seed,
             "inputs": {"manifests": {"mixture": search.manifest_hash}},
-            "counts": {"in": len(df), "out": len(df)},
+            "counts": {"in": df.height, "out": df.height},
             "sweep": sweep.model_dump(mode="json"),
             "fits": {k: v.get("params") for k, v in fits.items() if isinstance(v, dict)},
             "recommendation": {k: v for k, v in rec.to_dict().items() if k != "mixture"},

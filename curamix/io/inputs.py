@@ -3,14 +3,21 @@
 Runs on the driver. Each file becomes one read unit (one Spark task), except ``.txt`` files,
 which are grouped. The fingerprint of every file (path, size, mtime) enters the ingest
 stage's hash, so a changed input reruns the stage and an unchanged one is skipped.
+
+Hugging Face datasets go through ``datasets`` itself: a ``save_to_disk`` folder is opened with
+``datasets.load_from_disk`` (one unit per Arrow file of each split, read back through it), and
+a hub dataset name becomes one unit per split that streams it with
+``datasets.load_dataset(name, split=..., streaming=True)``, pinned to the hub commit seen here.
+Offline (``HF_HUB_OFFLINE``) or without network, a hub name is a ConfigError that says to save
+the dataset to disk first. ``datasets`` is imported inside the functions that need it.
 """
 
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,46 +90,176 @@ def _list_files(spec: InputSpec, index: int) -> tuple[str, list[str], list[str]]
     return os.path.abspath(root), files, ignored
 
 
-def _hf_arrow_files(spec: InputSpec, index: int) -> tuple[str, list[str], str]:
-    """(root, Arrow files, default domain) of a Hugging Face dataset."""
-    p = Path(spec.path)
-    if p.is_dir():
-        if (p / "dataset_dict.json").is_file():
-            splits = json.loads((p / "dataset_dict.json").read_text())["splits"]
-            if spec.hf_split is not None:
-                if spec.hf_split not in splits:
-                    raise ConfigError(
-                        f"ingest.inputs.{index}.hf_split: {spec.hf_split!r} not in {splits}"
-                    )
-                splits = [spec.hf_split]
-            folders = [p / s for s in splits]
-        elif (p / "state.json").is_file():
-            folders = [p]
-        else:
-            raise ConfigError(
-                f"ingest.inputs.{index}.path: {str(p)!r} is not a datasets save_to_disk folder "
-                "(no dataset_dict.json or state.json); use format: auto for plain files"
-            )
-        files = []
-        for folder in folders:
-            state = json.loads((folder / "state.json").read_text())
-            files += [str((folder / f["filename"]).resolve()) for f in state["_data_files"]]
-        return str(p.resolve()), files, p.name
-    # A hub name (needs network, or a warm local cache).
+def _is_save_to_disk(path: str) -> bool:
+    p = Path(path)
+    return p.is_dir() and ((p / "dataset_dict.json").is_file() or (p / "state.json").is_file())
+
+
+def _hf_disk_files(spec: InputSpec, index: int) -> tuple[str, list[tuple[str, dict]], str]:
+    """(root, [(Arrow file, hf read options)], default domain) of a ``save_to_disk`` folder,
+    opened with ``datasets.load_from_disk``: one read unit per Arrow file of each split."""
     import datasets
 
+    p = Path(spec.path)
     try:
-        ds = datasets.load_dataset(spec.path, split=spec.hf_split)
-    except Exception as err:  # datasets raises many types; report them all the same way
+        loaded = datasets.load_from_disk(str(p), keep_in_memory=False)
+    except FileNotFoundError:
         raise ConfigError(
-            f"ingest.inputs.{index}.path: could not load Hugging Face dataset {spec.path!r}: "
-            f"{type(err).__name__}: {err}"
+            f"ingest.inputs.{index}.path: {str(p)!r} is not a datasets save_to_disk folder "
+            "(no dataset_dict.json or state.json); use format: auto for plain files"
         ) from None
-    dsets = [ds] if isinstance(ds, datasets.Dataset) else list(ds.values())
-    files = [c["filename"] for d in dsets for c in d.cache_files]
-    if not files:
-        raise ConfigError(f"ingest.inputs.{index}.path: dataset {spec.path!r} has no cache files")
-    return str(Path(files[0]).parent), files, spec.path.rsplit("/", 1)[-1]
+    except Exception as err:  # a damaged folder: name it, whatever datasets raised
+        raise ConfigError(
+            f"ingest.inputs.{index}.path: could not open the datasets save_to_disk folder "
+            f"{str(p)!r}: {type(err).__name__}: {err}"
+        ) from None
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = list(loaded)
+        if spec.hf_split is not None:
+            if spec.hf_split not in splits:
+                raise ConfigError(
+                    f"ingest.inputs.{index}.hf_split: {spec.hf_split!r} not in {splits}"
+                )
+            splits = [spec.hf_split]
+        dsets = [loaded[s] for s in splits]
+    else:
+        dsets = [loaded]
+    files: list[tuple[str, dict]] = []
+    for ds in dsets:
+        start = 0
+        for cache in ds.cache_files:
+            f = str(Path(cache["filename"]).resolve())
+            n = datasets.Dataset.from_file(f).num_rows
+            files.append((f, {"folder": str(Path(f).parent), "rows": [start, start + n]}))
+            start += n
+        if start != ds.num_rows:  # pragma: no cover - a folder datasets itself would reject
+            raise ConfigError(
+                f"ingest.inputs.{index}.path: the Arrow files of {str(p)!r} hold {start} rows, "
+                f"its state.json {ds.num_rows}"
+            )
+    return str(p.resolve()), files, p.name
+
+
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+def hub_offline() -> bool:
+    """True when the Hugging Face Hub must not be contacted (``HF_HUB_OFFLINE`` or
+    ``HF_DATASETS_OFFLINE`` set, now or when ``datasets`` was imported)."""
+    if any(
+        os.environ.get(v, "").upper() in _TRUE for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    ):
+        return True
+    import datasets
+
+    return bool(datasets.config.HF_HUB_OFFLINE)
+
+
+def _hub_splits(name: str) -> list[str]:
+    """The split names of a hub dataset (network)."""
+    import datasets
+
+    return list(datasets.get_dataset_split_names(name))
+
+
+def _hub_revision(name: str) -> str | None:
+    """The hub dataset's current commit, to pin the streamed data to what was fingerprinted."""
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(name).sha
+    except Exception:  # a missing revision only leaves the stream unpinned
+        return None
+
+
+def _is_network_error(err: BaseException) -> bool:
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:  # the error or any error it chains from
+        seen.add(id(e))
+        names = {c.__name__ for c in type(e).__mro__}
+        if isinstance(e, ConnectionError | TimeoutError) or names & {
+            "ConnectError",
+            "ConnectTimeout",
+            "OfflineModeIsEnabled",
+            "LocalEntryNotFoundError",
+            "RequestException",
+            "TransportError",
+        }:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def hf_stream_unit(
+    load_args: dict,
+    source: str,
+    domain: str,
+    root: str = "",
+    **read_options,
+) -> ReadUnit:
+    """The read unit that streams ``datasets.load_dataset(**load_args, streaming=True)`` (one
+    split); ``source`` names it in the documents, quarantine and counts."""
+    return ReadUnit(
+        format="hf_stream",
+        paths=(source,),
+        root=root or source,
+        domains=(domain,),
+        hf={"load_dataset": dict(load_args)},
+        **read_options,
+    )
+
+
+def _hf_hub_units(
+    spec: InputSpec, index: int, read_options: dict
+) -> tuple[list[ReadUnit], list[dict]]:
+    """One streamed read unit per split of a hub dataset, and their fingerprints (name, split,
+    the hub commit streamed). Offline or without network: a ConfigError that says what to do."""
+    name = spec.path
+    where = f"ingest.inputs.{index}.path"
+    todo = (
+        "download it where there is network and save it with "
+        f"datasets.load_dataset({name!r}).save_to_disk(FOLDER), then give that folder as the path"
+    )
+    if hub_offline():
+        raise ConfigError(
+            f"{where}: {name!r} is a Hugging Face hub dataset name, and the hub is offline "
+            f"(HF_HUB_OFFLINE): {todo}"
+        )
+    try:
+        splits = _hub_splits(name)
+    except Exception as err:  # datasets raises many types; report them all the same way
+        if _is_network_error(err):
+            raise ConfigError(
+                f"{where}: cannot reach the Hugging Face hub for dataset {name!r} "
+                f"({type(err).__name__}: {err}): {todo}"
+            ) from None
+        raise ConfigError(
+            f"{where}: could not load Hugging Face dataset {name!r}: {type(err).__name__}: {err}"
+        ) from None
+    if spec.hf_split is not None:
+        if spec.hf_split not in splits:
+            raise ConfigError(f"ingest.inputs.{index}.hf_split: {spec.hf_split!r} not in {splits}")
+        splits = [spec.hf_split]
+    revision = _hub_revision(name)
+    root = f"hf://datasets/{name}"
+    units, fingerprints = [], []
+    for split in splits:
+        source = f"{root}/{split}"
+        load_args = {"path": name, "split": split}
+        if revision:
+            load_args["revision"] = revision
+        domain = spec.domain or (
+            default_domain(source, root, "hf", spec.domain_map)
+            if spec.domain_map
+            else name.rsplit("/", 1)[-1]
+        )
+        units.append(hf_stream_unit(load_args, source, domain, root, **read_options))
+        fingerprints.append(
+            {"path": source, "size": 0, "mtime_ns": 0, "split": split, "revision": revision}
+        )
+    return units, fingerprints
 
 
 def expand_inputs(cfg: IngestConfig) -> ExpandedInputs:
@@ -137,9 +274,30 @@ def expand_inputs(cfg: IngestConfig) -> ExpandedInputs:
             max_doc_bytes=cfg.max_doc_bytes,
             oversize=cfg.oversize,
         )
-        if spec.format == "hf":
-            root, files, hf_domain = _hf_arrow_files(spec, i)
-            groups = [("arrow", [f]) for f in files]
+        hf_options: dict[str, dict] = {}
+        if spec.format == "hf" and not os.path.exists(spec.path):
+            if not _HUB_NAME.fullmatch(spec.path):
+                raise ConfigError(
+                    f"ingest.inputs.{i}.path: nothing exists at {spec.path!r}, and it is not a "
+                    "Hugging Face hub dataset name (name or org/name)"
+                )
+            units, fps = _hf_hub_units(spec, i, common)
+            for u in units:
+                if u.paths[0] in seen:
+                    raise ConfigError(
+                        f"ingest.inputs.{i}.path: {u.paths[0]!r} is already read by an earlier input"
+                    )
+                seen.add(u.paths[0])
+            out.units += units
+            out.fingerprints += fps
+            continue
+        if spec.format == "hf" and os.path.isfile(spec.path):
+            spec = spec.model_copy(update={"format": "auto"})  # a data file: read as such
+        if spec.format == "hf" or (spec.format == "auto" and _is_save_to_disk(spec.path)):
+            root, hf_files, hf_domain = _hf_disk_files(spec, i)
+            files = [f for f, _ in hf_files]
+            hf_options = dict(hf_files)
+            groups = [("hf_disk", [f]) for f in files]
             domain_of = {
                 f: spec.domain
                 or (
@@ -187,6 +345,7 @@ def expand_inputs(cfg: IngestConfig) -> ExpandedInputs:
                     paths=tuple(fs),
                     root=root,
                     domains=tuple(domain_of[f] for f in fs),
+                    hf=hf_options.get(fs[0], {}) if fmt == "hf_disk" else {},
                     **common,
                 )
             )

@@ -2,7 +2,9 @@
 
 These are plain functions: the Spark ingest job calls :func:`read_unit` inside
 ``mapInArrow``, and tests and notebooks call it directly. A *read unit* is one file
-(JSONL, Parquet, Arrow) or a group of ``.txt`` files; each unit yields Arrow batches of
+(JSONL, Parquet, Arrow, one Arrow file of a ``datasets`` ``save_to_disk`` folder), a group of
+``.txt`` files, or one split of a Hugging Face hub dataset, streamed; each unit yields Arrow
+batches of
 :data:`PARSED_SCHEMA` rows, each either a document, a quarantined record or the
 unit's per-file statistics row (how many records the reader saw), so the ingest job can
 check that every input record ends up ingested or quarantined.
@@ -98,6 +100,11 @@ class ReadUnit:
     max_doc_bytes: int = 1_000_000
     oversize: str = "quarantine"
     meta: dict[str, Any] = field(default_factory=dict)
+    hf: dict[str, Any] = field(default_factory=dict)
+    """How a Hugging Face unit is read. ``hf_disk`` (one Arrow file of a ``save_to_disk``
+    split): ``folder``, the split folder given to ``datasets.load_from_disk``, and ``rows``,
+    the file's ``[start, stop)`` rows in that split. ``hf_stream``: ``load_dataset``, the
+    keyword arguments of ``datasets.load_dataset`` (``streaming=True`` is added)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -424,15 +431,23 @@ def _read_jsonl(fr: _FileReader) -> Iterator[None]:
 
 
 def _read_table_rows(fr: _FileReader, batches: Iterator[pa.RecordBatch]) -> Iterator[None]:
+    rows = (obj for batch in batches for obj in batch.to_pylist())
+    yield from _read_records(fr, rows, (OSError, pa.ArrowException, EOFError))
+
+
+def _read_records(
+    fr: _FileReader, records: Iterator[Any], errors: tuple[type[BaseException], ...]
+) -> Iterator[None]:
+    """Records (dicts) numbered from 1; a read error in ``errors`` quarantines the rest of the
+    source as one record (``unreadable_file`` before the first record, else ``truncated_file``)."""
     row = 0
     try:
-        for batch in batches:
-            for obj in batch.to_pylist():
-                row += 1
-                fr.n_records += 1
-                fr.record(row, obj)
-                yield
-    except (OSError, pa.ArrowException, EOFError) as err:
+        for obj in records:
+            row += 1
+            fr.n_records += 1
+            fr.record(row, obj)
+            yield
+    except errors as err:
         fr.n_records += 1
         if row == 0:
             fr.quarantine(0, QR.UNREADABLE_FILE, f"{type(err).__name__}: {err}", None)
@@ -461,6 +476,41 @@ def _arrow_batches(path: str) -> Iterator[pa.RecordBatch]:
                 yield f.get_batch(i)
             return
         yield from reader
+
+
+def hf_disk_batches(
+    folder: str, start: int = 0, stop: int | None = None, batch_rows: int = 1024
+) -> Iterator[pa.RecordBatch]:
+    """Rows ``[start, stop)`` of a ``datasets`` ``save_to_disk`` folder holding one Dataset (a
+    split), read with ``datasets.load_from_disk`` (memory-mapped, as Arrow batches)."""
+    import datasets
+
+    ds = datasets.load_from_disk(folder, keep_in_memory=False)
+    if not isinstance(ds, datasets.Dataset):
+        raise ValueError(f"{folder!r} holds a DatasetDict; give one split's folder")
+    stop = ds.num_rows if stop is None else stop
+    if (start, stop) != (0, ds.num_rows):
+        ds = ds.select(range(start, stop))  # contiguous: a slice, no indices mapping
+    for table in ds.with_format("arrow").iter(batch_size=batch_rows):
+        yield from table.to_batches()
+
+
+def hf_stream_records(load_args: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The records of ``datasets.load_dataset(**load_args, streaming=True)``, one dict each.
+
+    ``load_args`` names one split (``split=``); a hub dataset's name goes in ``path``, and any
+    packaged builder works the same way (``{"path": "json", "data_files": ..., "split":
+    "train"}``), which is how the tests drive it without network."""
+    import datasets
+
+    if load_args.get("split") is None:
+        raise ValueError(f"load_args must name a split, got {load_args!r}")
+    yield from datasets.load_dataset(**load_args, streaming=True)
+
+
+_STREAM_ERRORS = (pa.ArrowException, EOFError)
+"""Errors of a streamed dataset that quarantine the rest of it. Network errors are not among
+them: they fail the task, which is retried, instead of completing the stage without the data."""
 
 
 def _read_txt(fr: _FileReader) -> Iterator[None]:
@@ -499,6 +549,11 @@ def read_unit(unit: ReadUnit, batch_rows: int = 2048) -> Iterator[pa.RecordBatch
             steps = _read_table_rows(fr, _parquet_batches(path))
         elif unit.format == "arrow":
             steps = _read_table_rows(fr, _arrow_batches(path))
+        elif unit.format == "hf_disk":
+            start, stop = unit.hf["rows"]
+            steps = _read_table_rows(fr, hf_disk_batches(unit.hf["folder"], start, stop))
+        elif unit.format == "hf_stream":
+            steps = _read_records(fr, hf_stream_records(unit.hf["load_dataset"]), _STREAM_ERRORS)
         elif unit.format == "txt":
             steps = _read_txt(fr)
         else:

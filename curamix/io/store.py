@@ -89,6 +89,16 @@ class JobResult:
         return self.manifest.get("counts", {})
 
 
+def part_files(folder: str | os.PathLike) -> list[str]:
+    """The Parquet part files (``part-*.parquet``) of a stage output folder, sorted."""
+    import glob
+
+    files = sorted(glob.glob(os.path.join(os.fspath(folder), "part-*.parquet")))
+    if not files:
+        raise FileNotFoundError(f"no part-*.parquet files in {folder}")
+    return files
+
+
 def stage_folder(run_dir: str | Path, stage: str, key: str) -> Path:
     return Path(run_dir) / f"{stage}-{key}"
 

@@ -38,7 +38,7 @@ from curamix.config import MixtureSearchConfig, PipelineConfig, config_hash
 from curamix.io.store import JobResult, load_completed, stage_writer
 
 if TYPE_CHECKING:
-    import pandas as pd
+    import polars as pl
 
     from curamix.mixers.base import BaseMixer
     from curamix.mixture import Mixture
@@ -107,7 +107,7 @@ def pool_stage_for(cfg: PipelineConfig) -> str:
     """The stage whose documents the search trains on: ``mixture.stage``, else the run's last
     selection (coreset, select, betr: BETR keeps its best-scored documents in ``data/``), else
     the pool stage (decontam / semdedup / dedup / ingest)."""
-    from curamix.runner import pool_stage
+    from curamix.config import pool_stage
 
     assert cfg.mixture is not None
     if cfg.mixture.stage:
@@ -200,18 +200,18 @@ def proxy_config(
 
 def _trajectory(
     rows: list[tuple[int, int, Mapping[str, float]]], domains: Sequence[str]
-) -> pd.DataFrame:
-    import pandas as pd
+) -> pl.DataFrame:
+    import polars as pl
 
-    return pd.DataFrame(
-        [
-            {"step": s, "tokens": t, **{f"w:{d}": float(w.get(d, 0.0)) for d in domains}}
-            for s, t, w in rows
-        ]
+    schema = {"step": pl.Int64, "tokens": pl.Int64, **{f"w:{d}": pl.Float64 for d in domains}}
+    return pl.DataFrame(
+        [[s, t, *(float(w.get(d, 0.0)) for d in domains)] for s, t, w in rows],
+        schema=schema,
+        orient="row",
     )
 
 
-def plot_trajectory(traj: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+def plot_trajectory(traj: pl.DataFrame, path: str | Path, title: str = "") -> Path:
     """Weight of each domain against proxy training tokens."""
     import matplotlib
 
@@ -441,14 +441,16 @@ def run_mixture_search(
         domain_tokens={d: float(len(train[d])) for d in mix.weights},
         provenance={**mix.provenance, "search": search_info},
     )
+    import polars as pl
+
     domains = list(mixture.weights)
     traj = _trajectory(rows, domains)
 
     with stage_writer(run_dir, STEP, key) as w:
         mixture.write_json(w.path("mixture.json"))
-        traj.to_csv(w.path("trajectory.csv"), index=False, float_format="%.10g")
-        traj.to_parquet(w.path("trajectory.parquet"), index=False)
-        res.metrics.to_parquet(w.path("metrics.parquet"), index=False)
+        traj.write_csv(w.path("trajectory.csv"))
+        traj.write_parquet(w.path("trajectory.parquet"))
+        pl.from_pandas(res.metrics).write_parquet(w.path("metrics.parquet"))
         shutil.copyfile(work / "tokenizer.json", w.path("tokenizer.json"))
         if target is not None:
             with open(w.path("target.npy"), "wb") as fh:

@@ -25,30 +25,31 @@ manifest. Tokens are whitespace words (the ``n_words`` column) throughout.
 
 from __future__ import annotations
 
-import json
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curamix.config import BETRConfig, ConfigError, IngestConfig, PipelineConfig, config_hash
-from curamix.io.inputs import ExpandedInputs, expand_inputs
-from curamix.io.records import read_unit
-from curamix.io.store import JobResult, load_completed, stage_writer
+from curamix.config import BETRConfig, ConfigError, PipelineConfig, config_hash
+from curamix.io.store import JobResult, stage_writer
 from curamix.pipelines.parts import (
     SampleKey,
-    check_accounting,
     in_sample,
     map_parts,
-    part_files,
     sample_hash,
     spark_sample_cutoff,
 )
-from curamix.schema import DOC_SCHEMA, LEDGER_SCHEMA
+from curamix.pipelines.pool import (
+    Decisions,
+    PoolStage,
+    decisions_table,
+    expand_reference,
+    md_table,
+    read_items,
+)
 from curamix.selectors.betr import (
     HashedTextClassifier,
     balance_classes,
@@ -74,32 +75,13 @@ SAMPLE_SCHEMA = pa.schema(
 SCORES_SCHEMA = pa.schema(
     [("id", pa.string()), ("domain", pa.string()), ("score", pa.float64()), ("n_words", pa.int64())]
 )
-SUMMARY_SCHEMA = pa.schema(
-    [
-        ("domain", pa.string()),
-        ("n_docs", pa.int64()),
-        ("n_tokens", pa.int64()),
-        ("n_kept", pa.int64()),
-        ("kept_tokens", pa.int64()),
-        ("id", pa.string()),
-        ("score", pa.float64()),
-        ("snippet", pa.string()),
-    ]
-)
-"""A part's result: one row per domain with its counts (``id`` null), and its ``N_TOP``
-best-scored documents (counts null)."""
 
 
-def betr_key(cfg: PipelineConfig, pool: JobResult, bench_fingerprints: list[dict]) -> str:
-    return config_hash(STAGE, cfg.betr, pool.manifest_hash, bench_fingerprints, cfg.seed)
-
-
-def expand_benchmarks(bc: BETRConfig) -> ExpandedInputs:
-    """The benchmark inputs' read units and fingerprints; errors name ``betr.benchmark_inputs``."""
-    try:
-        return expand_inputs(IngestConfig(inputs=bc.benchmark_inputs))
-    except ConfigError as err:
-        raise ConfigError(str(err).replace("ingest.inputs.", "betr.benchmark_inputs.")) from None
+def betr_key(cfg: PipelineConfig, inputs: Mapping[str, JobResult]) -> str:
+    """Config, the pool's manifest, the benchmark files' fingerprints and the seed."""
+    assert cfg.betr is not None
+    bench = expand_reference(cfg.betr.benchmark_inputs, "betr.benchmark_inputs").fingerprints
+    return config_hash(STAGE, cfg.betr, inputs["pool"].manifest_hash, bench, cfg.seed)
 
 
 def read_benchmarks(bc: BETRConfig) -> tuple[list[tuple[str, str, str]], list[dict]]:
@@ -108,27 +90,14 @@ def read_benchmarks(bc: BETRConfig) -> tuple[list[tuple[str, str, str]], list[di
 
     Raises :class:`~curamix.config.ConfigError` (a ``ValueError``) naming the file when an
     input holds no example."""
-    expanded = expand_benchmarks(bc)
-    items: list[tuple[str, str, str]] = []
-    empty: list[str] = []
-    for unit in expanded.units:
-        before = len(items)
-        for batch in read_unit(unit):
-            t = batch.to_pydict()
-            for i, text, domain, reason in zip(
-                t["id"], t["text"], t["domain"], t["reason"], strict=True
-            ):
-                if reason is None:
-                    items.append((i, text, domain))
-        if len(items) == before:
-            empty += list(unit.paths)
+    items, fingerprints, empty = read_items(bc.benchmark_inputs, "betr.benchmark_inputs")
     if not items or empty:
         raise ConfigError(
             "betr.benchmark_inputs: no benchmark examples in "
-            + ", ".join(empty or [f["path"] for f in expanded.fingerprints])
+            + ", ".join(empty or [f["path"] for f in fingerprints])
             + " (each record needs a non-empty text)"
         )
-    return items, expanded.fingerprints
+    return items, fingerprints
 
 
 def sample_docs_part(path: str, seed: int, cutoff: SampleKey | None) -> pa.Table:
@@ -137,83 +106,29 @@ def sample_docs_part(path: str, seed: int, cutoff: SampleKey | None) -> pa.Table
     return t.filter(pa.array(in_sample(t["id"].to_pylist(), seed, cutoff))).cast(SAMPLE_SCHEMA)
 
 
-def score_part(
-    path: str, index: int, out_dir: str, clf: HashedTextClassifier, threshold: float
-) -> pa.Table:
-    """Score one pool part; write its scores, kept documents and ledger; return its per-domain
-    counts and its best-scored documents."""
-    name = f"part-{index:05d}.parquet"
-    counts: dict[str, list[int]] = {}
-    top: list[tuple[float, str, str, str]] = []
-    pf = pq.ParquetFile(path)
-    with (
-        pq.ParquetWriter(os.path.join(out_dir, "scores", name), SCORES_SCHEMA) as sw,
-        pq.ParquetWriter(os.path.join(out_dir, "data", name), DOC_SCHEMA) as dw,
-        pq.ParquetWriter(os.path.join(out_dir, "ledger", name), LEDGER_SCHEMA) as lw,
-    ):
-        for batch in pf.iter_batches(batch_size=BATCH, columns=DOC_SCHEMA.names):
-            docs = pa.Table.from_batches([batch]).select(DOC_SCHEMA.names).cast(DOC_SCHEMA)
-            ids, domains = docs["id"].to_pylist(), docs["domain"].to_pylist()
-            texts = docs["text"].to_pylist()
-            n_words = np.asarray(docs["n_words"].to_numpy(), dtype=np.int64)
-            scores = clf.decision_function(texts)
-            kept = scores >= threshold
-            sw.write_table(
-                pa.table(
-                    {"id": ids, "domain": domains, "score": scores, "n_words": n_words},
-                    schema=SCORES_SCHEMA,
-                )
-            )
-            dw.write_table(docs.filter(pa.array(kept)))
-            lw.write_table(
-                pa.table(
-                    {
-                        "id": ids,
-                        "stage": [STAGE] * len(ids),
-                        "decision": ["kept" if k else "removed" for k in kept.tolist()],
-                        "reason": [None if k else REMOVED_REASON for k in kept.tolist()],
-                        "score": scores,
-                        "ref_id": [None] * len(ids),
-                    },
-                    schema=LEDGER_SCHEMA,
-                )
-            )
-            for d, w, k in zip(domains, n_words.tolist(), kept.tolist(), strict=True):
-                e = counts.setdefault(d, [0, 0, 0, 0])
-                e[0] += 1
-                e[1] += w
-                e[2] += int(k)
-                e[3] += w if k else 0
-            for j in np.argsort(-scores, kind="stable")[:N_TOP]:
-                top.append((float(scores[j]), ids[j], domains[j], texts[j][:SNIPPET]))
-    top = sorted(top, key=lambda x: (-x[0], x[1]))[:N_TOP]
-    rows: list[dict[str, Any]] = [
+def decide_scores(docs: pa.Table, clf: HashedTextClassifier, threshold: float) -> Decisions:
+    """A batch of pool documents: kept when the classifier score reaches ``threshold``, else
+    removed (``betr_below_threshold``); ``scores/`` gets every score; summary rows: the
+    batch's ``N_TOP`` best-scored documents."""
+    ids, domains = docs["id"].to_pylist(), docs["domain"].to_pylist()
+    texts = docs["text"].to_pylist()
+    scores = clf.decision_function(texts)
+    kept = scores >= threshold
+    table = decisions_table(ids, kept, np.where(kept, None, REMOVED_REASON), scores)
+    out = pa.table(
+        {"id": ids, "domain": domains, "score": scores, "n_words": docs["n_words"]},
+        schema=SCORES_SCHEMA,
+    )
+    top = [
         {
-            "domain": d,
-            "n_docs": a,
-            "n_tokens": b,
-            "n_kept": c,
-            "kept_tokens": e,
-            "id": None,
-            "score": None,
-            "snippet": None,
+            "id": ids[j],
+            "domain": domains[j],
+            "score": float(scores[j]),
+            "snippet": texts[j][:SNIPPET],
         }
-        for d, (a, b, c, e) in sorted(counts.items())
+        for j in np.argsort(-scores, kind="stable")[:N_TOP]
     ]
-    rows += [
-        {
-            "domain": d,
-            "n_docs": None,
-            "n_tokens": None,
-            "n_kept": None,
-            "kept_tokens": None,
-            "id": i,
-            "score": s,
-            "snippet": x,
-        }
-        for s, i, d, x in top
-    ]
-    return pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA)
+    return Decisions(table, outputs={"scores": out}, rows=top)
 
 
 def draw_sample(
@@ -236,28 +151,19 @@ def draw_sample(
 def run_betr(
     spark: SparkSession,
     cfg: PipelineConfig,
-    on_step: Callable[[str], None] | None = None,
-    upstream: dict[str, JobResult] | None = None,
+    inputs: Mapping[str, JobResult],
+    key: str,
+    say: Callable[[str], None],
 ) -> JobResult:
     """Score the pool toward the benchmarks with BETR and keep the best ``keep_tokens`` share
     of its tokens (see the module docstring and docs/betr.md)."""
-    from curamix.runner import pool_stage, require_upstream
-    from curamix.selectors.embed import embed_texts
-    from curamix.selectors.index import VectorIndex
+    from curamix.embeddings.embed import embed_texts
+    from curamix.embeddings.index import VectorIndex
 
-    if cfg.betr is None:
-        raise ValueError("run_betr needs a 'betr:' section in the config")
+    assert cfg.betr is not None
     bc = cfg.betr
-    say = on_step or (lambda _msg: None)
-    t0 = time.perf_counter()
-    source = pool_stage(cfg)
-    pool = require_upstream(cfg, source, upstream)
-    bench_fp = expand_benchmarks(bc).fingerprints
-    key = betr_key(cfg, pool, bench_fp)
-    done = load_completed(cfg.run_dir, STAGE, key)
-    if done is not None:
-        say(f"betr: skipped, already complete at {done.path}")
-        return done
+    ps = PoolStage(STAGE, cfg, inputs["pool"], key, say)
+    pool, source, parts = ps.pool, ps.source, ps.parts
     try:
         keep = keep_fraction(bc.keep_tokens, bc.compute)
     except ValueError as err:
@@ -268,7 +174,6 @@ def run_betr(
         else ("keep_tokens" if bc.keep_tokens is not None else "default 10%")
     )
     items, bench_fp = read_benchmarks(bc)
-    parts = part_files(pool.data_path)
     n_pool = int(pool.counts.get("out", 0)) or sum(
         pq.ParquetFile(p).metadata.num_rows for p in parts
     )
@@ -283,7 +188,7 @@ def run_betr(
             f"training document at positive_fraction={bc.positive_fraction} and "
             f"heldout_fraction={bc.heldout_fraction}; raise betr.sample"
         )
-    timings: dict[str, float] = {}
+    timings = ps.timings
 
     say(f"betr: drawing a sample of {n_sample} of {n_pool} documents of {source}")
     t = time.perf_counter()
@@ -367,8 +272,6 @@ def run_betr(
     )
 
     with stage_writer(cfg.run_dir, STAGE, key) as w:
-        for sub in ("data", "ledger", "scores"):
-            os.makedirs(w.path(sub))
         clf.save(w.path("model"))
         in_bal = np.zeros(len(ids), dtype=bool)
         in_bal[bal] = True
@@ -389,54 +292,33 @@ def run_betr(
             w.path("sample.parquet"),
         )
         say(f"betr: scoring {n_pool} documents in {len(parts)} tasks")
-        t = time.perf_counter()
-        out_dir = str(w.tmp)
         bcast = spark.sparkContext.broadcast(clf)
-        res = map_parts(
-            spark,
-            parts,
-            lambda i, p: score_part(p, i, out_dir, bcast.value, threshold),
-            SUMMARY_SCHEMA,
-        ).to_pylist()
+        with ps.timed("score_s"):
+            written = ps.write(
+                spark,
+                w,
+                lambda _i, docs, _s: decide_scores(docs, bcast.value, threshold),
+                outputs=("scores",),
+            )
         bcast.unpersist()
-        timings["score_s"] = time.perf_counter() - t
+        tok_in, tok_kept = written.tokens_in, written.tokens_kept
         per_domain: dict[str, dict[str, Any]] = {}
-        for r in res:
-            if r["id"] is None:
-                d = per_domain.setdefault(
-                    r["domain"], {"in": 0, "kept": 0, "tokens_in": 0, "tokens_kept": 0}
-                )
-                d["in"] += r["n_docs"]
-                d["kept"] += r["n_kept"]
-                d["tokens_in"] += r["n_tokens"]
-                d["tokens_kept"] += r["kept_tokens"]
-        n_in = sum(d["in"] for d in per_domain.values())
-        n_kept = sum(d["kept"] for d in per_domain.values())
-        tok_in = sum(d["tokens_in"] for d in per_domain.values())
-        tok_kept = sum(d["tokens_kept"] for d in per_domain.values())
-        for d in per_domain.values():
-            d["removed"] = d["in"] - d["kept"]
-            d["token_share_pool"] = d["tokens_in"] / max(tok_in, 1)
-            d["token_share_kept"] = d["tokens_kept"] / max(tok_kept, 1)
-            d["kept_vs_pool"] = d["token_share_kept"] / max(d["token_share_pool"], 1e-12)
-        check_accounting(STAGE, w.tmp, source, pool.counts.get("out"), n_in, n_kept)
-        top_pool = sorted((r for r in res if r["id"] is not None), key=lambda r: -r["score"])
-        timings["total_s"] = time.perf_counter() - t0
+        for d, c in written.per_domain.items():
+            per_domain[d] = {k: c[k] for k in ("in", "kept", "tokens_in", "tokens_kept", "removed")}
+            per_domain[d]["token_share_pool"] = c["tokens_in"] / max(tok_in, 1)
+            per_domain[d]["token_share_kept"] = c["tokens_kept"] / max(tok_kept, 1)
+            per_domain[d]["kept_vs_pool"] = per_domain[d]["token_share_kept"] / max(
+                per_domain[d]["token_share_pool"], 1e-12
+            )
+        top_pool = sorted(written.rows, key=lambda r: (-r["score"], r["id"]))
+        n_in, n_kept = written.n_in, written.n_kept
         manifest = {
-            "config": bc.model_dump(mode="json"),
-            "config_hash": config_hash(bc),
-            "seed": cfg.seed,
-            "inputs": {"manifests": {source: pool.manifest_hash}, "benchmark_files": bench_fp},
+            "inputs": {"benchmark_files": bench_fp},
             "counts": {
-                "in": n_in,
-                "kept": n_kept,
-                "out": n_kept,
-                "removed": n_in - n_kept,
-                "quarantined": 0,
-                "removed_reasons": {REMOVED_REASON: n_in - n_kept},
+                **ps.counts(written, reasons=(REMOVED_REASON,)),
                 "tokens_in": tok_in,
                 "tokens_kept": tok_kept,
-                "per_domain": dict(sorted(per_domain.items())),
+                "per_domain": per_domain,
             },
             "betr": {
                 "keep_tokens": keep,
@@ -470,19 +352,9 @@ def run_betr(
                     for r in top_pool[:N_TOP]
                 ],
             },
-            "timings": {k: round(v, 3) for k, v in timings.items()},
-            "outputs": {
-                "data": "data",
-                "ledger": "ledger",
-                "scores": "scores",
-                "model": "model",
-                "sample": "sample.parquet",
-                "report": "report.md",
-            },
+            "outputs": {"scores": "scores", "model": "model", "sample": "sample.parquet"},
         }
-        manifest = json.loads(json.dumps(manifest, default=float))
-        w.path("report.md").write_text(_report(manifest), encoding="utf-8")
-        result = w.commit(manifest)
+        result = ps.commit(w, written, manifest, _report)
     say(
         f"betr: kept {n_kept} of {n_in} documents, {tok_kept / max(tok_in, 1):.1%} of the tokens "
         f"-> {result.path}"
@@ -520,16 +392,34 @@ def _report(m: dict[str, Any]) -> str:
         "Tokens are whitespace words. Share = a domain's part of the pool's or of the kept "
         "tokens; ratio = kept share / pool share.",
         "",
-        "| domain | docs | kept docs | words | kept words | kept rate | pool share | kept share "
-        "| ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *md_table(
+            [
+                "domain",
+                "docs",
+                "kept docs",
+                "words",
+                "kept words",
+                "kept rate",
+                "pool share",
+                "kept share",
+                "ratio",
+            ],
+            (
+                (
+                    d,
+                    e["in"],
+                    e["kept"],
+                    e["tokens_in"],
+                    e["tokens_kept"],
+                    f"{e['tokens_kept'] / max(e['tokens_in'], 1):.1%}",
+                    f"{e['token_share_pool']:.1%}",
+                    f"{e['token_share_kept']:.1%}",
+                    f"{e['kept_vs_pool']:.2f}",
+                )
+                for d, e in c["per_domain"].items()
+            ),
+        ),
     ]
-    for d, e in c["per_domain"].items():
-        lines.append(
-            f"| {d} | {e['in']} | {e['kept']} | {e['tokens_in']} | {e['tokens_kept']} | "
-            f"{e['tokens_kept'] / max(e['tokens_in'], 1):.1%} | {e['token_share_pool']:.1%} | "
-            f"{e['token_share_kept']:.1%} | {e['kept_vs_pool']:.2f} |"
-        )
     lines += ["", "## Sample documents ranked best per benchmark", ""]
     for name, v in b["benchmarks"].items():
         lines.append(f"### {name}")

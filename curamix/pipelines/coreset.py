@@ -28,24 +28,23 @@ against a random selection of the same size.
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from curamix.config import CoresetConfig, PipelineConfig, ProxyScoreConfig, config_hash
-from curamix.io.store import JobResult, load_completed, stage_writer
-from curamix.pipelines.parts import part_files
-from curamix.pipelines.semdedup import (
-    DECISION_SCHEMA,
-    NOT_EMBEDDED,
-    default_clusters,
-    read_pool_ids,
-    write_pool_outputs,
+from curamix.config import CoresetConfig, PipelineConfig, ProxyScoreConfig, config_hash, pool_stage
+from curamix.io.store import JobResult, part_files, stage_writer
+from curamix.pipelines.pool import (
+    PoolStage,
+    composition_table,
+    decisions_table,
+    md_table,
+    positions,
+    rows_for_ids,
 )
+from curamix.pipelines.semdedup import NOT_EMBEDDED, default_clusters
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -57,14 +56,23 @@ RANDOM_STREAM = 7_777_777
 COVERAGE_QUERIES = 2000
 
 
-def coreset_key(
-    cfg: PipelineConfig, pool: JobResult, embed: JobResult, scores: JobResult | None
-) -> str:
+def coreset_upstream(cfg: PipelineConfig) -> dict[str, str]:
+    """The pool, the embed stage, and the scoring stage when ``coreset.score`` names one."""
+    assert cfg.coreset is not None
+    up = {"pool": pool_stage(cfg, before=STAGE), "embed": "embed"}
+    if cfg.coreset.score not in ("prototype", "proxy_loss"):
+        up["scores"] = cfg.coreset.score
+    return up
+
+
+def coreset_key(cfg: PipelineConfig, inputs: Mapping[str, JobResult]) -> str:
+    """Config, the manifests of the pool, the embed stage and the scoring stage, and the seed."""
+    scores = inputs.get("scores")
     return config_hash(
         STAGE,
         cfg.coreset,
-        pool.manifest_hash,
-        embed.manifest_hash,
+        inputs["pool"].manifest_hash,
+        inputs["embed"].manifest_hash,
         scores.manifest_hash if scores is not None else None,
         cfg.seed,
     )
@@ -73,16 +81,6 @@ def coreset_key(
 def coreset_size(cc: CoresetConfig, n_pool: int) -> int:
     """``k``, or ``fraction`` of the pool's documents (at least 1)."""
     return cc.k if cc.k is not None else max(1, int(cc.fraction * n_pool))  # type: ignore[operator]
-
-
-def rows_for_ids(files: list[str], ids: np.ndarray, column: str) -> pa.Table:
-    """``id`` and ``column`` of the rows of ``files`` whose id is in ``ids``, sorted by id."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    t = pa.concat_tables(pq.read_table(p, columns=["id", column]) for p in files)
-    t = t.filter(pc.is_in(t["id"], value_set=pa.array(ids.tolist(), pa.string())))
-    return t.take(pc.sort_indices(t, sort_keys=[("id", "ascending")]))
 
 
 def read_pool_texts(parts: list[str], ids: np.ndarray) -> list[str]:
@@ -169,41 +167,24 @@ def coverage(
 def run_coreset(
     spark: SparkSession,
     cfg: PipelineConfig,
-    on_step: Callable[[str], None] | None = None,
-    upstream: dict[str, JobResult] | None = None,
+    inputs: Mapping[str, JobResult],
+    key: str,
+    say: Callable[[str], None],
 ) -> JobResult:
     """Select a coreset of the pool (CCS, prototypes, k-center, facility location, DBP or
     random) with ``cfg.seed``."""
     from curamix.pipelines.embed import load_embeddings
-    from curamix.runner import pool_stage, require_upstream
     from curamix.selectors.coreset import prototype_scores, random_select, select_coreset
 
-    if cfg.coreset is None:
-        raise ValueError("run_coreset needs a 'coreset:' section in the config")
+    assert cfg.coreset is not None
     cc = cfg.coreset
-    say = on_step or (lambda _msg: None)
-    t0 = time.perf_counter()
-    source = pool_stage(cfg)
-    pool = require_upstream(cfg, source, upstream)
-    embed = require_upstream(cfg, "embed", upstream)
-    score_stage = (
-        None
-        if cc.score in ("prototype", "proxy_loss")
-        else require_upstream(cfg, cc.score, upstream)
-    )
-    key = coreset_key(cfg, pool, embed, score_stage)
-    done = load_completed(cfg.run_dir, STAGE, key)
-    if done is not None:
-        say(f"coreset: skipped, already complete at {done.path}")
-        return done
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
-    parts = part_files(pool.data_path)
-    pool_ids, pool_domains, sizes = read_pool_ids(parts)
-    n_in = len(pool_ids)
+    ps = PoolStage(STAGE, cfg, inputs["pool"], key, say)
+    source, parts, embed, score_stage = ps.source, ps.parts, inputs["embed"], inputs.get("scores")
+    with ps.timed("read_s"):
+        pool_ids, pool_domains, sizes = ps.read_ids()
+        emb = load_embeddings(embed, ids=pool_ids.tolist())
+    n_in, n_emb = len(pool_ids), len(emb)
     k = coreset_size(cc, n_in)
-    emb = load_embeddings(embed, ids=pool_ids.tolist())
-    n_emb = len(emb)
     if k > n_emb:
         raise ValueError(
             f"coreset.k={k} is larger than the {n_emb} pool documents with an embedding "
@@ -211,50 +192,46 @@ def run_coreset(
             + (f"; embed.sample={cfg.embed.sample}" if cfg.embed and cfg.embed.sample else "")
             + ")"
         )
-    timings["read_s"] = round(time.perf_counter() - t, 3)
-    t = time.perf_counter()
     needs_score = cc.method in ("ccs", "prototypes")
     scores: np.ndarray | None = None
     n_clusters = None
     if (needs_score and score_stage is None) or cc.method == "dbp":
         n_clusters = min(cc.n_clusters or default_clusters(n_emb), n_emb)
-    if needs_score and cc.score == "proxy_loss":
-        scores = proxy_loss_scores(cc.proxy, parts, emb.ids, cfg.seed, say)
-    elif needs_score and score_stage is None:
-        say(f"coreset: prototype scores (spherical k-means, {n_clusters} clusters)")
-        scores = prototype_scores(emb.vectors, n_clusters, seed=cfg.seed)
-    elif score_stage is not None:
-        scores = read_stage_scores(score_stage, emb.ids)
-    timings["score_s"] = round(time.perf_counter() - t, 3)
+    with ps.timed("score_s"):
+        if needs_score and cc.score == "proxy_loss":
+            scores = proxy_loss_scores(cc.proxy, parts, emb.ids, cfg.seed, say)
+        elif needs_score and score_stage is None:
+            say(f"coreset: prototype scores (spherical k-means, {n_clusters} clusters)")
+            scores = prototype_scores(emb.vectors, n_clusters, seed=cfg.seed)
+        elif score_stage is not None:
+            scores = read_stage_scores(score_stage, emb.ids)
     say(f"coreset: {cc.method} selects {k} of {n_emb} embedded documents (seed {cfg.seed})")
-    t = time.perf_counter()
-    chosen = select_coreset(
-        cc.method,
-        k,
-        vectors=emb.vectors,
-        scores=scores,
-        n=n_emb,
-        random_state=cfg.seed,
-        beta=cc.beta,
-        strata=cc.strata,
-        keep_hard=cc.keep_hard,
-        epsilon=cc.epsilon,
-        n_clusters=n_clusters,
-        temperature=cc.temperature,
-        n_neighbors=cc.n_neighbors,
-        balance=cc.balance,
-        within=cc.within,
-    )
-    timings["select_s"] = round(time.perf_counter() - t, 3)
+    with ps.timed("select_s"):
+        chosen = select_coreset(
+            cc.method,
+            k,
+            vectors=emb.vectors,
+            scores=scores,
+            n=n_emb,
+            random_state=cfg.seed,
+            beta=cc.beta,
+            strata=cc.strata,
+            keep_hard=cc.keep_hard,
+            epsilon=cc.epsilon,
+            n_clusters=n_clusters,
+            temperature=cc.temperature,
+            n_neighbors=cc.n_neighbors,
+            balance=cc.balance,
+            within=cc.within,
+        )
     if len(chosen) != k or len(np.unique(chosen)) != k:
         raise RuntimeError(
             f"coreset: {cc.method} chose {len(np.unique(chosen))} documents, not {k}"
         )
-    t = time.perf_counter()
-    cov = coverage(emb.vectors, chosen, COVERAGE_QUERIES, cfg.seed)
-    baseline = random_select(n_emb, k, random_state=cfg.seed + RANDOM_STREAM)
-    cov_random = coverage(emb.vectors, baseline, COVERAGE_QUERIES, cfg.seed)
-    timings["coverage_s"] = round(time.perf_counter() - t, 3)
+    with ps.timed("coverage_s"):
+        cov = coverage(emb.vectors, chosen, COVERAGE_QUERIES, cfg.seed)
+        baseline = random_select(n_emb, k, random_state=cfg.seed + RANDOM_STREAM)
+        cov_random = coverage(emb.vectors, baseline, COVERAGE_QUERIES, cfg.seed)
 
     selected = np.zeros(n_emb, dtype=bool)
     selected[chosen] = True
@@ -279,48 +256,28 @@ def run_coreset(
             "selected": _quantiles(scores[chosen]),
         }
     manifest: dict[str, Any] = {
-        "config": cc.model_dump(mode="json"),
-        "config_hash": config_hash(cc),
-        "seed": cfg.seed,
         "inputs": {
             "manifests": {
-                source: pool.manifest_hash,
                 "embed": embed.manifest_hash,
                 **({cc.score: score_stage.manifest_hash} if score_stage is not None else {}),
             }
         },
         "k": k,
         "n_clusters": n_clusters,
-        "counts": {
-            "in": n_in,
-            "embedded": n_emb,
-            "kept": k,
-            "out": k,
-            "removed": n_in - k,
-            "quarantined": 0,
-            "removed_reasons": {NOT_SELECTED: n_emb - k, NOT_EMBEDDED: n_in - n_emb},
-            "per_domain": per_domain,
-        },
         "coverage": {"selected": cov, "random_same_size": cov_random},
         "scores": score_summary,
-        "timings": timings,
-        "outputs": {"data": "data", "ledger": "ledger", "report": "report.md"},
     }
     with stage_writer(cfg.run_dir, STAGE, key) as w:
         say(f"coreset: writing the selected documents and the ledger ({len(parts)} tasks)")
-        t = time.perf_counter()
-        decisions = _decisions(pool_ids, emb.ids, selected, scores)
-        written = write_pool_outputs(spark, parts, sizes, decisions, str(w.tmp), STAGE)
-        timings["write_s"] = round(time.perf_counter() - t, 3)
-        for d, e in per_domain.items():
-            got = written.get((d, "kept"), 0)
-            if got != e["kept"]:
-                raise RuntimeError(
-                    f"coreset accounting mismatch in domain {d!r}: wrote {got} kept, chose {e['kept']}"
-                )
-        timings["total_s"] = round(time.perf_counter() - t0, 3)
-        w.path("report.md").write_text(_report(manifest), encoding="utf-8")
-        result = w.commit(json.loads(json.dumps(manifest, default=float)))
+        with ps.timed("write_s"):
+            decisions = _decisions(pool_ids, emb.ids, selected, scores)
+            written = ps.write_decisions(spark, w, decisions, sizes)
+        manifest["counts"] = {
+            **ps.counts(written, reasons=(NOT_SELECTED, NOT_EMBEDDED)),
+            "embedded": n_emb,
+            "per_domain": per_domain,
+        }
+        result = ps.commit(w, written, manifest, _report)
     say(f"coreset: kept {k} of {n_in} documents ({cc.method}) -> {result.path}")
     return result
 
@@ -334,31 +291,16 @@ def _decisions(
     pool_ids: np.ndarray, emb_ids: np.ndarray, selected: np.ndarray, scores: np.ndarray | None
 ) -> pa.Table:
     """One decision row per pool document (pool order) from the id-sorted selection."""
-    n = len(pool_ids)
-    ids = pool_ids.astype(str)
-    if len(emb_ids):
-        pos = np.minimum(np.searchsorted(emb_ids, ids), len(emb_ids) - 1)
-        has = emb_ids[pos] == ids
-    else:
-        pos, has = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
-    kept = np.zeros(n, dtype=bool)
+    pos, has = positions(pool_ids, emb_ids)
+    kept = np.zeros(len(pool_ids), dtype=bool)
     kept[has] = selected[pos[has]]
-    reason = np.full(n, None, dtype=object)
+    reason = np.full(len(pool_ids), None, dtype=object)
     reason[has & ~kept] = NOT_SELECTED
     reason[~has] = NOT_EMBEDDED
-    score = np.full(n, np.nan)
+    score = np.full(len(pool_ids), np.nan)
     if scores is not None:
         score[has] = scores[pos[has]]
-    return pa.table(
-        {
-            "id": pa.array(pool_ids.tolist(), pa.string()),
-            "decision": pa.array(np.where(kept, "kept", "removed").tolist(), pa.string()),
-            "reason": pa.array(reason.tolist(), pa.string()),
-            "score": pa.array(score, pa.float64(), from_pandas=True),
-            "ref_id": pa.array([None] * n, pa.string()),
-        },
-        schema=DECISION_SCHEMA,
-    )
+    return decisions_table(pool_ids.tolist(), kept, reason, score)
 
 
 def _report(m: dict[str, Any]) -> str:
@@ -386,38 +328,23 @@ def _report(m: dict[str, Any]) -> str:
         "Coverage (cosine distance of sampled pool documents to their nearest selected one; "
         "lower is better):",
         "",
-        "| selection | mean | p95 | max |",
-        "|---|---:|---:|---:|",
-        f"| {method} | {cov['selected']['mean']:.4f} | {cov['selected']['p95']:.4f} | "
-        f"{cov['selected']['max']:.4f} |",
-        f"| random, same size | {cov['random_same_size']['mean']:.4f} | "
-        f"{cov['random_same_size']['p95']:.4f} | {cov['random_same_size']['max']:.4f} |",
+        *md_table(
+            ["selection", "mean", "p95", "max"],
+            (
+                (name, *(f"{cov[key][q]:.4f}" for q in ("mean", "p95", "max")))
+                for name, key in ((method, "selected"), ("random, same size", "random_same_size"))
+            ),
+        ),
         "",
         "## Composition",
         "",
-        "| domain | pool | pool share | selected | selected share | random share | ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        *composition_table(c["per_domain"], random=True),
     ]
-    for d, e in c["per_domain"].items():
-        ratio = e["selected_share"] / e["pool_share"] if e["pool_share"] else 0.0
-        lines.append(
-            f"| {d} | {e['in']} | {e['pool_share']:.3f} | {e['kept']} | "
-            f"{e['selected_share']:.3f} | {e['random_share']:.3f} | {ratio:.2f} |"
-        )
     if m["scores"]:
-        s = m["scores"]
-        lines += [
-            "",
-            f"## Score (`{cf['score']}`)",
-            "",
-            "| | min | q25 | median | q75 | max |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for name in ("pool", "selected"):
-            q = s[name]
-            lines.append(
-                f"| {name} | {q['min']:.4g} | {q['q25']:.4g} | {q['median']:.4g} | "
-                f"{q['q75']:.4g} | {q['max']:.4g} |"
-            )
+        qs = ("min", "q25", "median", "q75", "max")
+        rows = (
+            (name, *(f"{m['scores'][name][q]:.4g}" for q in qs)) for name in ("pool", "selected")
+        )
+        lines += ["", f"## Score (`{cf['score']}`)", "", *md_table(["", *qs], rows)]
     lines.append("")
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """Decontamination job: flag (and by default remove) pool documents that share word n-grams with
 benchmark test sets.
 
-Spark glue over :mod:`curamix.selectors.decontam`: the index of the test sets' n-grams is built
+Spark glue over :mod:`curamix.filters.decontam`: the index of the test sets' n-grams is built
 on the driver (test sets are small), broadcast once, and one Spark task per part of the pool
 (dedup's output when the run dedups, else ingest's) runs :func:`find_contamination` on its
 documents and writes that part's kept documents and ledger, so the output does not depend on
@@ -16,182 +16,116 @@ reason.
 
 from __future__ import annotations
 
-import json
-import os
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from curamix.config import DecontamConfig, IngestConfig, PipelineConfig, config_hash
-from curamix.io.inputs import expand_inputs
-from curamix.io.records import read_unit
-from curamix.io.store import JobResult, load_completed, stage_writer
-from curamix.pipelines.parts import check_accounting, map_parts, part_files
-from curamix.schema import DOC_SCHEMA, LEDGER_SCHEMA
-from curamix.selectors.decontam import ContaminationIndex, build_index, find_contamination
+from curamix.config import DecontamConfig, PipelineConfig, config_hash
+from curamix.filters.decontam import ContaminationIndex, build_index, find_contamination
+from curamix.io.store import JobResult, stage_writer
+from curamix.pipelines.pool import (
+    Decisions,
+    PoolStage,
+    decisions_table,
+    expand_reference,
+    md_table,
+    read_items,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 STAGE = "decontam"
 CONTAMINATED, CONTAMINATED_KEPT = "contaminated", "contaminated_kept"
-FLAG_SCHEMA = pa.schema(
-    [
-        ("domain", pa.string()),
-        ("id", pa.string()),
-        ("ref_id", pa.string()),
-        ("n_matches", pa.int64()),
-        ("score", pa.float64()),
-        ("n", pa.int64()),
-    ]
-)
-"""A part's result: one row per domain with its document count (``id`` null), and one row per
-flagged document."""
 N_EXAMPLES = 10
 
 
-def decontam_key(cfg: PipelineConfig, pool: JobResult, test_fingerprints: list[dict]) -> str:
-    return config_hash(STAGE, cfg.decontam, pool.manifest_hash, test_fingerprints)
+def decontam_key(cfg: PipelineConfig, inputs: Mapping[str, JobResult]) -> str:
+    """Config, the pool's manifest and the test files' fingerprints."""
+    assert cfg.decontam is not None
+    tests = expand_reference(cfg.decontam.test_inputs, "decontam.test_inputs").fingerprints
+    return config_hash(STAGE, cfg.decontam, inputs["pool"].manifest_hash, tests)
 
 
 def read_test_items(dc: DecontamConfig) -> tuple[list[tuple[str, str, str]], list[dict]]:
     """``(item id, text, benchmark)`` of every test item (benchmark = the input's domain, by
     default the file stem), and the files' fingerprints."""
-    expanded = expand_inputs(IngestConfig(inputs=dc.test_inputs))
-    items: list[tuple[str, str, str]] = []
-    for unit in expanded.units:
-        for batch in read_unit(unit):
-            t = batch.to_pydict()
-            for i, text, domain, reason in zip(
-                t["id"], t["text"], t["domain"], t["reason"], strict=True
-            ):
-                if reason is None:
-                    items.append((i, text, domain))
-    return items, expanded.fingerprints
+    items, fingerprints, _ = read_items(dc.test_inputs, "decontam.test_inputs")
+    return items, fingerprints
 
 
-def flag_part(
-    path: str, index: int, out_dir: str, ci: ContaminationIndex, dc: DecontamConfig
-) -> pa.Table:
-    """One pool part: find contamination, write its kept documents and its ledger; return its
-    per-domain counts and its flagged documents."""
-    docs = pq.read_table(path)
+def decide_contamination(docs: pa.Table, ci: ContaminationIndex, dc: DecontamConfig) -> Decisions:
+    """A batch of pool documents: flagged (at least ``min_matches`` n-grams of a test item)
+    documents are removed (``contaminated``) or, with ``remove: false``, kept with reason
+    ``contaminated_kept``; ``score`` = share of the document's n-grams matched, ``ref_id`` =
+    the item. Summary rows: the flagged documents."""
     ids, domains = docs["id"].to_pylist(), docs["domain"].to_pylist()
     found = find_contamination(docs["text"].to_pylist(), ci)
-    flagged = [f.ref_id is not None and f.n_matches >= dc.min_matches for f in found]
-    removed = [x and dc.remove for x in flagged]
-    pq.write_table(
-        docs.filter(pa.array([not r for r in removed])).select(DOC_SCHEMA.names),
-        os.path.join(out_dir, "data", f"part-{index:05d}.parquet"),
-        compression="zstd",
-    )
+    flagged = np.array([f.ref_id is not None and f.n_matches >= dc.min_matches for f in found])
     reason = CONTAMINATED if dc.remove else CONTAMINATED_KEPT
-    ledger = pa.table(
-        {
-            "id": ids,
-            "stage": [STAGE] * len(ids),
-            "decision": ["removed" if r else "kept" for r in removed],
-            "reason": [reason if x else None for x in flagged],
-            "score": [f.fraction if x else None for f, x in zip(found, flagged, strict=True)],
-            "ref_id": [f.ref_id if x else None for f, x in zip(found, flagged, strict=True)],
-        },
-        schema=LEDGER_SCHEMA,
+    table = decisions_table(
+        ids,
+        kept=~flagged if dc.remove else np.ones(len(ids), bool),
+        reason=[reason if x else None for x in flagged],
+        score=[f.fraction if x else None for f, x in zip(found, flagged, strict=True)],
+        ref_id=[f.ref_id if x else None for f, x in zip(found, flagged, strict=True)],
     )
-    pq.write_table(
-        ledger, os.path.join(out_dir, "ledger", f"part-{index:05d}.parquet"), compression="zstd"
-    )
-    n_in: dict[str, int] = {}
-    for d in domains:
-        n_in[d] = n_in.get(d, 0) + 1
-    rows: list[dict[str, Any]] = [
-        {"domain": d, "id": None, "ref_id": None, "n_matches": None, "score": None, "n": n}
-        for d, n in sorted(n_in.items())
-    ]
-    rows += [
-        {
-            "domain": d,
-            "id": i,
-            "ref_id": f.ref_id,
-            "n_matches": f.n_matches,
-            "score": f.fraction,
-            "n": None,
-        }
+    rows = [
+        {"domain": d, "id": i, "ref_id": f.ref_id, "n_matches": f.n_matches, "score": f.fraction}
         for d, i, f, x in zip(domains, ids, found, flagged, strict=True)
         if x
     ]
-    return pa.Table.from_pylist(rows, schema=FLAG_SCHEMA)
+    return Decisions(table, rows=rows)
 
 
 def run_decontam(
     spark: SparkSession,
     cfg: PipelineConfig,
-    on_step: Callable[[str], None] | None = None,
-    upstream: dict[str, JobResult] | None = None,
+    inputs: Mapping[str, JobResult],
+    key: str,
+    say: Callable[[str], None],
 ) -> JobResult:
     """Flag (and by default remove) pool documents sharing n-grams with benchmark test sets."""
-    from curamix.runner import pool_stage, require_upstream
-
-    if cfg.decontam is None:
-        raise ValueError("run_decontam needs a 'decontam:' section in the config")
+    assert cfg.decontam is not None
     dc = cfg.decontam
-    say = on_step or (lambda _msg: None)
-    t0 = time.perf_counter()
-    source = pool_stage(cfg, before=STAGE)
-    pool = require_upstream(cfg, source, upstream)
+    ps = PoolStage(STAGE, cfg, inputs["pool"], key, say)
     items, fingerprints = read_test_items(dc)
-    key = decontam_key(cfg, pool, fingerprints)
-    done = load_completed(cfg.run_dir, STAGE, key)
-    if done is not None:
-        say(f"decontam: skipped, already complete at {done.path}")
-        return done
     if not items:
         raise ValueError(
             "decontam: the test sets hold no items: " + ", ".join(f["path"] for f in fingerprints)
         )
-    parts = part_files(pool.data_path)
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
-    ci = build_index(
-        items,
-        n=dc.ngram,
-        min_words=dc.min_words,
-        max_item_frequency=dc.max_item_frequency,
-        min_content_words=dc.min_content_words,
-    )
-    timings["index_s"] = round(time.perf_counter() - t, 3)
+    with ps.timed("index_s"):
+        ci = build_index(
+            items,
+            n=dc.ngram,
+            min_words=dc.min_words,
+            max_item_frequency=dc.max_item_frequency,
+            min_content_words=dc.min_content_words,
+        )
     say(
         f"decontam: {len(ci.hashes)} {dc.ngram}-grams from {ci.n_items} test items; "
-        f"checking {pool.counts.get('out', '?')} documents of {source} in {len(parts)} tasks"
+        f"checking {ps.pool.counts.get('out', '?')} documents of {ps.source} in {len(ps.parts)} tasks"
     )
     with stage_writer(cfg.run_dir, STAGE, key) as w:
-        for sub in ("data", "ledger"):
-            os.makedirs(w.path(sub))
-        out_dir = str(w.tmp)
         bc = spark.sparkContext.broadcast(ci)
-        t = time.perf_counter()
-        res = map_parts(
-            spark, parts, lambda i, p: flag_part(p, i, out_dir, bc.value, dc), FLAG_SCHEMA
-        ).to_pylist()
+        with ps.timed("flag_s"):
+            written = ps.write(
+                spark, w, lambda _i, docs, _s: decide_contamination(docs, bc.value, dc)
+            )
         bc.unpersist()
-        timings["flag_s"] = round(time.perf_counter() - t, 3)
-        per_domain: dict[str, dict[str, Any]] = {}
-        flagged = sorted((r for r in res if r["id"] is not None), key=lambda r: r["id"])
-        for r in res:
-            if r["id"] is None:
-                e = per_domain.setdefault(r["domain"], {"in": 0, "flagged": 0, "removed": 0})
-                e["in"] += r["n"]
-        for r in flagged:
-            per_domain[r["domain"]]["flagged"] += 1
-            per_domain[r["domain"]]["removed"] += int(dc.remove)
-        for e in per_domain.values():
-            e["kept"] = e["in"] - e["removed"]
-        n_in = sum(e["in"] for e in per_domain.values())
-        n_removed = sum(e["removed"] for e in per_domain.values())
-        n_kept = n_in - n_removed
-        check_accounting(STAGE, w.tmp, source, pool.counts.get("out"), n_in, n_kept)
+        flagged = sorted(written.rows, key=lambda r: r["id"])
+        per_domain = {
+            d: {
+                "in": e["in"],
+                "flagged": e["reasons"].get(CONTAMINATED, 0)
+                + e["reasons"].get(CONTAMINATED_KEPT, 0),
+                "removed": e["removed"],
+                "kept": e["kept"],
+            }
+            for d, e in written.per_domain.items()
+        }
         pos = {i: k for k, i in enumerate(ci.item_ids)}
         per_bench: dict[str, dict[str, Any]] = {}
         for b in ci.benchmarks:
@@ -216,9 +150,7 @@ def run_decontam(
             for r in sorted(flagged, key=lambda r: (-r["n_matches"], r["id"]))[:N_EXAMPLES]
         ]
         manifest = {
-            "config": dc.model_dump(mode="json"),
-            "config_hash": config_hash(dc),
-            "inputs": {"manifests": {source: pool.manifest_hash}, "test_files": fingerprints},
+            "inputs": {"test_files": fingerprints},
             "index": {
                 "items": ci.n_items,
                 "items_indexed": ci.n_items_indexed,
@@ -228,26 +160,18 @@ def run_decontam(
                 "short_lengths": list(ci.short_lengths),
             },
             "counts": {
-                "in": n_in,
-                "kept": n_kept,
-                "out": n_kept,
-                "removed": n_removed,
+                **ps.counts(written, reasons=(CONTAMINATED,)),
                 "flagged": len(flagged),
-                "quarantined": 0,
-                "removed_reasons": {CONTAMINATED: n_removed},
-                "per_domain": dict(sorted(per_domain.items())),
+                "per_domain": per_domain,
                 "per_benchmark": dict(sorted(per_bench.items())),
             },
             "examples": examples,
-            "timings": timings,
-            "outputs": {"data": "data", "ledger": "ledger", "report": "report.md"},
         }
-        timings["total_s"] = round(time.perf_counter() - t0, 3)
-        w.path("report.md").write_text(_report(manifest), encoding="utf-8")
-        result = w.commit(json.loads(json.dumps(manifest, default=float)))
+        result = ps.commit(w, written, manifest, _report, seed=False)
+    c = result.counts
     say(
-        f"decontam: {len(flagged)} of {n_in} documents contaminated, "
-        f"{n_removed} removed -> {result.path}"
+        f"decontam: {c['flagged']} of {c['in']} documents contaminated, "
+        f"{c['removed']} removed -> {result.path}"
     )
     return result
 
@@ -267,20 +191,21 @@ def _report(m: dict[str, Any]) -> str:
         f"{cf['max_item_frequency']} items and {ix['dropped_low_content']} windows with fewer "
         f"than {cf['min_content_words']} content words.",
         "",
-        "| domain | in | flagged | removed | kept |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for d, e in c["per_domain"].items():
-        lines.append(f"| {d} | {e['in']} | {e['flagged']} | {e['removed']} | {e['kept']} |")
-    lines += [
+        *md_table(
+            ["domain", "in", "flagged", "removed", "kept"],
+            (
+                (d, e["in"], e["flagged"], e["removed"], e["kept"])
+                for d, e in c["per_domain"].items()
+            ),
+        ),
         "",
         "## Benchmarks",
         "",
-        "| benchmark | items | matched items | flagged docs |",
-        "|---|---:|---:|---:|",
+        *md_table(
+            ["benchmark", "items", "matched items", "flagged docs"],
+            ((b, e["items"], e["matched_items"], e["docs"]) for b, e in c["per_benchmark"].items()),
+        ),
     ]
-    for b, e in c["per_benchmark"].items():
-        lines.append(f"| {b} | {e['items']} | {e['matched_items']} | {e['docs']} |")
     lines += ["", "## Examples (most matched n-grams first)", ""]
     for x in m["examples"]:
         item = x["item_text"].replace("\n", " ")

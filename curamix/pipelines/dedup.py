@@ -1,6 +1,6 @@
 """Dedup job: exact and MinHash-LSH near-duplicate removal with verified clusters and gates.
 
-Spark glue over :mod:`curamix.selectors.dedup`:
+Spark glue over :mod:`curamix.filters.dedup`:
 
 A. one task per ingest part: exact key, MinHash band keys and shingle hashes of each doc
    (``_sig/``), with the same kernels a notebook calls;
@@ -24,18 +24,16 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curamix.config import DedupConfig, PipelineConfig, config_hash
-from curamix.io.store import JobResult, load_completed, stage_writer
-from curamix.pipelines.parts import choose_engine, map_parts, part_files
-from curamix.schema import DOC_SCHEMA, LEDGER_SCHEMA
-from curamix.selectors.dedup import (
+from curamix.filters.dedup import (
     band_keys,
     dedup_decisions,
     exact_key,
@@ -44,6 +42,9 @@ from curamix.selectors.dedup import (
     optimal_bands,
     shingle_hashes,
 )
+from curamix.io.store import JobResult, part_files, stage_writer
+from curamix.pipelines.parts import choose_engine, map_parts
+from curamix.pipelines.pool import Decisions, PoolStage, decisions_table
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -336,58 +337,54 @@ def _summaries_spark(dec: DataFrame, dc: DedupConfig) -> tuple[list[dict], list[
     return counts, comp_sizes, big_components
 
 
-def _part_decisions(decisions_dir: str, index: int) -> list[dict[str, Any]]:
-    """The decisions the Spark path wrote for one ingest part (``_part=<index>``)."""
-    folder = os.path.join(decisions_dir, f"_part={index}")
-    if os.path.isdir(folder) and any(f.endswith(".parquet") for f in os.listdir(folder)):
-        return pq.read_table(folder, columns=["id", "reason", "ref_id", "sim"]).to_pylist()
-    return []
+class RemovedByPart:
+    """``decide`` for the pool-stage writer (phase C): a part's removed documents (``id``,
+    ``reason``, ``ref_id``, ``sim``) from the in-process engine's table or, on Spark, from
+    the decisions written partitioned by part (``_part=<index>``); the rest are kept."""
 
+    def __init__(self, by_part: Mapping[int, pa.Table] | None = None, folder: str | None = None):
+        self.by_part, self.folder = by_part, folder
+        self._cache: tuple[int, dict[str, dict[str, Any]]] | None = None
 
-def finish_part(path: str, index: int, out_dir: str, dec: list[dict[str, Any]]) -> pa.Table:
-    """Phase C for one ingest part: write its kept documents and its ledger, given its removed
-    documents (``id``, ``reason``, ``ref_id``, ``sim``)."""
-    docs = pq.read_table(path)
-    removed = {d["id"]: d for d in dec}
-    keep = pa.array([i not in removed for i in docs["id"].to_pylist()])
-    pq.write_table(
-        docs.filter(keep).select(DOC_SCHEMA.names),
-        os.path.join(out_dir, "data", f"part-{index:05d}.parquet"),
-        compression="zstd",
-    )
-    ids = docs["id"].to_pylist()
-    ledger = pa.table(
-        {
-            "id": ids,
-            "stage": [STAGE] * len(ids),
-            "decision": ["removed" if i in removed else "kept" for i in ids],
-            "reason": [removed[i]["reason"] if i in removed else None for i in ids],
-            "score": [removed[i]["sim"] if i in removed else None for i in ids],
-            "ref_id": [removed[i]["ref_id"] if i in removed else None for i in ids],
-        },
-        schema=LEDGER_SCHEMA,
-    )
-    pq.write_table(
-        ledger, os.path.join(out_dir, "ledger", f"part-{index:05d}.parquet"), compression="zstd"
-    )
-    counts: dict[tuple[str, str], int] = {}
-    for d, i in zip(docs["domain"].to_pylist(), ids, strict=True):
-        kind = removed[i]["reason"] if i in removed else "kept"
-        counts[(d, kind)] = counts.get((d, kind), 0) + 1
-    return pa.Table.from_pylist(
-        [{"domain": d, "kind": k, "n": n} for (d, k), n in sorted(counts.items())],
-        schema=COUNT_SCHEMA,
-    )
+    def _removed(self, index: int) -> dict[str, dict[str, Any]]:
+        if self._cache is None or self._cache[0] != index:
+            table = None
+            if self.by_part is not None:
+                table = self.by_part.get(index)
+            elif self.folder is not None:
+                folder = os.path.join(self.folder, f"_part={index}")
+                if os.path.isdir(folder) and any(
+                    f.endswith(".parquet") for f in os.listdir(folder)
+                ):
+                    table = pq.read_table(folder, columns=["id", "reason", "ref_id", "sim"])
+            rows = table.to_pylist() if table is not None else []
+            self._cache = (index, {r["id"]: r for r in rows})
+        return self._cache[1]
+
+    def __call__(self, index: int, docs: pa.Table, start: int) -> Decisions:
+        removed = self._removed(index)
+        ids = docs["id"].to_pylist()
+        hit = [removed.get(i) for i in ids]
+        return Decisions(
+            decisions_table(
+                ids,
+                np.array([h is None for h in hit], dtype=bool),
+                [h["reason"] if h else None for h in hit],
+                [h["sim"] if h else None for h in hit],
+                [h["ref_id"] if h else None for h in hit],
+            )
+        )
 
 
 EXECUTION_ONLY = {"engine", "local_max_docs", "components", "single_task_max_edges"}
 """Settings that change how the stage runs, never its output: not part of its cache key."""
 
 
-def dedup_key(cfg: PipelineConfig, ingest: JobResult) -> str:
+def dedup_key(cfg: PipelineConfig, inputs: Mapping[str, JobResult]) -> str:
+    """The decisive config (not :data:`EXECUTION_ONLY`) and the ingest manifest."""
     assert cfg.dedup is not None
     decisive = cfg.dedup.model_dump(mode="json", exclude=EXECUTION_ONLY)
-    return config_hash(STAGE, decisive, ingest.manifest_hash)
+    return config_hash(STAGE, decisive, inputs["pool"].manifest_hash)
 
 
 PRIO_WIDTH = 6
@@ -417,27 +414,20 @@ def _timed(timings: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
 def run_dedup(
     spark: SparkSession,
     cfg: PipelineConfig,
-    on_step: Callable[[str], None] | None = None,
-    upstream: dict[str, JobResult] | None = None,
+    inputs: Mapping[str, JobResult],
+    key: str,
+    say: Callable[[str], None],
 ) -> JobResult:
     """Remove exact and near duplicates from the run's ingested documents."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     from curamix.pipelines.components import connected_components, connected_components_single_task
-    from curamix.runner import require_upstream
 
-    if cfg.dedup is None:
-        raise ValueError("run_dedup needs a 'dedup:' section in the config")
+    assert cfg.dedup is not None
     dc = cfg.dedup
-    say = on_step or (lambda _msg: None)
     t0 = time.perf_counter()
-    ingest = require_upstream(cfg, "ingest", upstream)
-    key = dedup_key(cfg, ingest)
-    done = load_completed(cfg.run_dir, STAGE, key)
-    if done is not None:
-        say(f"dedup: skipped, already complete at {done.path}")
-        return done
+    ingest = inputs["pool"]
     parts = part_files(ingest.data_path)
     check_doc_schema(parts)
     b, r = bands_rows(dc)
@@ -677,35 +667,26 @@ def run_dedup(
         timings["report_s"] = round(time.perf_counter() - t, 3)
         say("dedup: writing kept documents and the ledger")
         t = time.perf_counter()
-        for sub in ("data", "ledger"):
-            os.makedirs(w.path(sub))
-        out_dir = str(w.tmp)
+        ps = PoolStage(STAGE, cfg, ingest, key, say)
         if engine == "local":
-            by_part: dict[int, list[dict[str, Any]]] = {}
-            for x in dec_t.select(["_part", "id", "reason", "ref_id", "sim"]).to_pylist():
-                by_part.setdefault(x.pop("_part"), []).append(x)
-            counts = pa.concat_tables(
-                [finish_part(p, i, out_dir, by_part.get(i, [])) for i, p in enumerate(parts)]
-            )
+            cols = ["id", "reason", "ref_id", "sim"]
+            by_part = {
+                int(i): dec_t.filter(pc.equal(dec_t["_part"], i)).select(cols)
+                for i in pc.unique(dec_t["_part"]).to_pylist()
+            }
+            written = ps.write(None, w, RemovedByPart(by_part=by_part))
         else:
             dec.select("id", "_part", "reason", "ref_id", "sim").write.partitionBy("_part").parquet(
                 dec_dir
             )
-            counts = map_parts(
-                spark,
-                parts,
-                lambda i, p: finish_part(p, i, out_dir, _part_decisions(dec_dir, i)),
-                COUNT_SCHEMA,
-            )
+            written = ps.write(spark, w, RemovedByPart(folder=dec_dir))
         timings["write_s"] = round(time.perf_counter() - t, 3)
-        written: dict[tuple[str, str], int] = {}
-        for x in counts.to_pylist():
-            written[(x["domain"], x["kind"])] = written.get((x["domain"], x["kind"]), 0) + x["n"]
         for d, e in per_domain.items():
+            r = written.per_domain.get(d, {"kept": 0, "reasons": {}})
             got = (
-                written.get((d, "kept"), 0),
-                written.get((d, "exact_duplicate"), 0),
-                written.get((d, "near_duplicate"), 0),
+                r["kept"],
+                r["reasons"].get("exact_duplicate", 0),
+                r["reasons"].get("near_duplicate", 0),
             )
             if got != (e["kept"], e["exact_duplicate"], e["near_duplicate"]):
                 raise RuntimeError(

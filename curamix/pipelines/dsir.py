@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,10 +27,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curamix.config import DSIRConfig, IngestConfig, PipelineConfig, config_hash
-from curamix.io.inputs import expand_inputs
+from curamix.io.inputs import ExpandedInputs, expand_inputs
 from curamix.io.records import ReadUnit, read_unit
-from curamix.io.store import JobResult, load_completed, stage_writer
-from curamix.pipelines.parts import map_parts, part_files
+from curamix.io.store import JobResult, part_files, stage_writer
+from curamix.pipelines.parts import map_parts
 from curamix.selectors.dsir import DSIRSelector, batch_grams
 
 if TYPE_CHECKING:
@@ -300,31 +300,32 @@ def load_model(path: str, cfg: DSIRConfig) -> DSIRSelector:
     return sel
 
 
-def dsir_key(cfg: PipelineConfig, ingest: JobResult, target_fingerprints: list[dict]) -> str:
-    return config_hash(STAGE, cfg.dsir, ingest.manifest_hash, target_fingerprints)
+def target_files(dcfg: DSIRConfig) -> ExpandedInputs | None:
+    """The target inputs (``dsir.target_inputs``), or None when the targets are pool domains."""
+    return expand_inputs(IngestConfig(inputs=dcfg.target_inputs)) if dcfg.target_inputs else None
+
+
+def dsir_key(cfg: PipelineConfig, inputs: Mapping[str, JobResult]) -> str:
+    """Config, the pool's manifest and the target files' fingerprints."""
+    assert cfg.dsir is not None
+    targets = target_files(cfg.dsir)
+    fingerprints = targets.fingerprints if targets else []
+    return config_hash(STAGE, cfg.dsir, inputs["pool"].manifest_hash, fingerprints)
 
 
 def run_dsir(
     spark: SparkSession,
     cfg: PipelineConfig,
-    on_step: Callable[[str], None] | None = None,
-    upstream: dict[str, JobResult] | None = None,
+    inputs: Mapping[str, JobResult],
+    key: str,
+    say: Callable[[str], None],
 ) -> JobResult:
     """Fit DSIR on the run's ingested pool and targets, and score every pool document."""
-    from curamix.runner import pool_stage, require_upstream
-
-    if cfg.dsir is None:
-        raise ValueError("run_dsir needs a 'dsir:' section in the config")
-    say = on_step or (lambda _msg: None)
+    assert cfg.dsir is not None
     dcfg = cfg.dsir
     t0 = time.perf_counter()
-    ingest = require_upstream(cfg, pool_stage(cfg), upstream)
-    targets = expand_inputs(IngestConfig(inputs=dcfg.target_inputs)) if dcfg.target_inputs else None
-    key = dsir_key(cfg, ingest, targets.fingerprints if targets else [])
-    done = load_completed(cfg.run_dir, STAGE, key)
-    if done is not None:
-        say(f"dsir: skipped, already complete at {done.path}")
-        return done
+    ingest = inputs["pool"]
+    targets = target_files(dcfg)
     parts = part_files(ingest.data_path)
     sel = make_selector(dcfg)
     sel._check_params()

@@ -1,6 +1,6 @@
 """Embedding job: sentence embeddings of the pool, and a FAISS index over them.
 
-Spark glue over :mod:`curamix.selectors.embed` and :mod:`curamix.selectors.index`. One Spark
+Spark glue over :mod:`curamix.embeddings.embed` and :mod:`curamix.embeddings.index`. One Spark
 task per part of the pool (decontam's, dedup's or ingest's output, whichever runs before
 embed) loads the model once per executor process (:func:`load_model` caches it) and encodes
 the part's documents; the output does not depend on the number of workers. The driver then
@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,12 +35,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curamix.config import EmbedConfig, PipelineConfig, config_hash
-from curamix.io.store import JobResult, load_completed, stage_writer
+from curamix.io.store import JobResult, part_files, stage_writer
 from curamix.pipelines.parts import (
     SampleKey,
     in_sample,
     map_parts,
-    part_files,
     spark_sample_cutoff,
 )
 from curamix.schema import LEDGER_SCHEMA
@@ -78,10 +77,11 @@ def embeddings_schema(dim: int) -> pa.Schema:
     )
 
 
-def embed_key(cfg: PipelineConfig, pool: JobResult) -> str:
+def embed_key(cfg: PipelineConfig, inputs: Mapping[str, JobResult]) -> str:
     """Stage key: the embed section, the pool's manifest hash, and the seed when sampling."""
     ec = _section(cfg)
-    return config_hash(STAGE, ec, pool.manifest_hash, cfg.seed if ec.sample is not None else None)
+    seed = cfg.seed if ec.sample is not None else None
+    return config_hash(STAGE, ec, inputs["pool"].manifest_hash, seed)
 
 
 def _section(cfg: PipelineConfig) -> EmbedConfig:
@@ -116,7 +116,7 @@ def embed_part(
 ) -> pa.Table:
     """One pool part: embed its sampled documents, write its embeddings and its ledger; return
     its per-domain counts."""
-    from curamix.selectors.embed import encode, load_model, model_dim
+    from curamix.embeddings.embed import encode, load_model, model_dim
 
     docs = pq.read_table(path, columns=["id", "text", "domain", "n_words"])
     ids, domains = docs["id"].to_pylist(), docs["domain"].to_pylist()
@@ -237,9 +237,9 @@ def load_embeddings(result: JobResult, ids: Collection[str] | None = None) -> Em
 
 
 def load_index(result: JobResult, gpu: str = "off") -> Any:
-    """The embed stage's saved :class:`~curamix.selectors.index.VectorIndex` (positions are
+    """The embed stage's saved :class:`~curamix.embeddings.index.VectorIndex` (positions are
     into the rows of :func:`load_embeddings`, sorted by id)."""
-    from curamix.selectors.index import VectorIndex
+    from curamix.embeddings.index import VectorIndex
 
     return VectorIndex.load(result.path / INDEX, gpu=gpu)
 
@@ -250,24 +250,18 @@ def load_index(result: JobResult, gpu: str = "off") -> Any:
 def run_embed(
     spark: SparkSession,
     cfg: PipelineConfig,
-    on_step: Callable[[str], None] | None = None,
-    upstream: dict[str, JobResult] | None = None,
+    inputs: Mapping[str, JobResult],
+    key: str,
+    say: Callable[[str], None],
 ) -> JobResult:
     """Embed the pool's documents (or a seeded sample), and index them with FAISS."""
-    from curamix.runner import pool_stage, require_upstream
-    from curamix.selectors.embed import check_model_available
-    from curamix.selectors.index import VectorIndex, check_fits, choose_kind, use_gpu
+    from curamix.embeddings.embed import check_model_available
+    from curamix.embeddings.index import VectorIndex, check_fits, choose_kind, use_gpu
 
     ec = _section(cfg)
-    say = on_step or (lambda _msg: None)
     t0 = time.perf_counter()
-    source = pool_stage(cfg, before=STAGE)
-    pool = require_upstream(cfg, source, upstream)
-    key = embed_key(cfg, pool)
-    done = load_completed(cfg.run_dir, STAGE, key)
-    if done is not None:
-        say(f"embed: skipped, already complete at {done.path}")
-        return done
+    pool = inputs["pool"]
+    source = pool.stage
     # Fail fast, before any task runs: the model must be there, and gpu: on needs a GPU.
     model_path = check_model_available(ec.model)
     use_gpu(ec.index.gpu)

@@ -21,7 +21,7 @@ import json
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -268,11 +268,12 @@ EXECUTION_ONLY = {"engine", "local_max_bytes"}
 """Settings that change how the stage runs, never its output: not part of its cache key."""
 
 
-def ingest_key(cfg: PipelineConfig, fingerprints: list[dict]) -> str:
-    """Stage key: the ingest config and the fingerprints of its input files."""
+def ingest_key(cfg: PipelineConfig, inputs: Mapping[str, JobResult] | None = None) -> str:
+    """Stage key: the ingest config and the fingerprints of its input files (ingest reads no
+    stage: ``inputs`` is empty)."""
     assert cfg.ingest is not None
     decisive = cfg.ingest.model_dump(mode="json", exclude=EXECUTION_ONLY)
-    return config_hash(STAGE, decisive, fingerprints)
+    return config_hash(STAGE, decisive, expand_inputs(cfg.ingest).fingerprints)
 
 
 def _check_duplicate_rows(n: int) -> None:
@@ -358,19 +359,31 @@ def run_ingest(
     on_step: Callable[[str], None] | None = None,
 ) -> JobResult:
     """Ingest ``cfg.ingest.inputs`` into ``cfg.run_dir``; skipped when already completed."""
-    from pyspark.sql.pandas.types import from_arrow_schema
-
     if cfg.ingest is None:
         raise ValueError("run_ingest needs an 'ingest:' section in the config")
     say = on_step or (lambda _msg: None)
-    t0 = time.perf_counter()
-    expanded = expand_inputs(cfg.ingest)
-    key = ingest_key(cfg, expanded.fingerprints)
+    key = ingest_key(cfg)
     done = load_completed(cfg.run_dir, STAGE, key)
     if done is not None:
         say(f"ingest: skipped, already complete at {done.path}")
         return done
+    return write_ingest(spark, cfg, {}, key, say)
 
+
+def write_ingest(
+    spark: SparkSession,
+    cfg: PipelineConfig,
+    inputs: Mapping[str, JobResult],
+    key: str,
+    say: Callable[[str], None],
+) -> JobResult:
+    """Ingest into the stage folder of ``key`` (the registry's runner; :func:`run_ingest`
+    checks for a finished output first)."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    assert cfg.ingest is not None
+    t0 = time.perf_counter()
+    expanded = expand_inputs(cfg.ingest)
     timings: dict[str, float] = {}
     counts_schema = from_arrow_schema(COUNTS_SCHEMA)
     with stage_writer(cfg.run_dir, STAGE, key) as w:

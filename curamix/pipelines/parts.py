@@ -7,7 +7,6 @@ never on the number of Spark workers or how Spark would have split the files.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import heapq
 import os
@@ -22,14 +21,6 @@ if TYPE_CHECKING:
 
 PartFn = Callable[[int, str], pa.Table]
 """(part index, payload) -> a small result table."""
-
-
-def part_files(folder: str | os.PathLike) -> list[str]:
-    """The Parquet part files of a stage output folder, sorted."""
-    files = sorted(glob.glob(os.path.join(os.fspath(folder), "part-*.parquet")))
-    if not files:
-        raise FileNotFoundError(f"no part-*.parquet files in {folder}")
-    return files
 
 
 def _apply(batches: Iterator[pa.RecordBatch], fn: PartFn) -> Iterator[pa.RecordBatch]:

@@ -6,40 +6,48 @@
 2. exact global top-k without collecting the pool: :func:`band_top_k` brackets the k-th key
    with ``approxQuantile``, takes every key above the bracket and sorts only the bracket
    (ties broken by id). Separate targets take their quotas in turn, excluding earlier picks.
-3. outputs: the selected documents (``data/``, the ingest columns plus ``score``), the ledger
-   (kept / removed: ``not_selected`` or ``below_min_example_length``), and a report: KL
-   reduction of the selection against a random selection of the same size, per-domain
-   composition, and a histogram of the scores (``scores_hist.png``).
+   The result is a rule per target (threshold + the band's ids), small whatever the pool.
+3. the pool-stage skeleton (:mod:`curamix.pipelines.pool`) applies the rules part by part:
+   the selected documents (``data/``, the document columns plus ``score``), the ledger
+   (kept / removed: ``not_selected`` or ``below_min_example_length``), and per part the
+   hashed n-gram counts of the selection and of a random selection of the same size (for the
+   KL reduction) and the score histogram (``scores_hist.png``).
 """
 
 from __future__ import annotations
 
-import math
 import os
-import time
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curamix.config import PipelineConfig, config_hash
-from curamix.io.store import JobResult, load_completed, stage_writer
-from curamix.pipelines.parts import map_parts, part_files
-from curamix.selectors.dsir import gumbel_from_ids, kl_reduction
+from curamix.config import PipelineConfig, config_hash, pool_stage
+from curamix.io.store import JobResult, part_files, stage_writer
+from curamix.pipelines.dsir import MASKED_REASON, load_model, score_columns
+from curamix.pipelines.parts import map_parts
+from curamix.pipelines.pool import (
+    DOC_SCHEMA,
+    Decisions,
+    PoolStage,
+    composition_table,
+    decisions_table,
+)
+from curamix.selectors.dsir import DSIRSelector, batch_grams, gumbel_from_ids, kl_reduction
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 STAGE = "select"
+NOT_SELECTED = "not_selected"
 RANDOM_STREAM = 7_777_777
 """Seed offset of the random baseline selection (reported next to the real one)."""
-EMPTY = pa.schema([("n", pa.int64())])
-
-
-def key_columns(n_targets: int) -> list[str]:
-    return [f"key__{t}" for t in range(n_targets)]
+BINS = 50
+RANGE_SCHEMA = pa.schema([("lo", pa.float64()), ("hi", pa.float64())])
+DATA_SCHEMA = DOC_SCHEMA.append(pa.field("score", pa.float64()))
 
 
 def keys_part(
@@ -51,19 +59,23 @@ def keys_part(
     min_length: int,
     score_cols: list[str],
 ) -> pa.Table:
-    """Write the selection keys of one scores part: id, eligible, key__<t>, key__random."""
-    t = pq.read_table(path, columns=["id", "length", *score_cols])
+    """Write the selection keys of one scores part (id, score, eligible, key__<t>,
+    key__random); return the range of its eligible scores."""
+    extra = [c for c in score_cols if c != "score"]
+    t = pq.read_table(path, columns=["id", "score", "length", *extra])
     ids = t["id"].to_pylist()
-    cols: dict[str, Any] = {
-        "id": t["id"],
-        "eligible": pa.array(np.asarray(t["length"]) >= min_length),
-    }
+    eligible = np.asarray(t["length"]) >= min_length
+    cols: dict[str, Any] = {"id": t["id"], "score": t["score"], "eligible": pa.array(eligible)}
     for j, c in enumerate(score_cols):
         s = np.asarray(t[c], dtype=np.float64)
         cols[f"key__{j}"] = s if top_k else s + gumbel_from_ids(ids, seed * 1_000_003 + j)
     cols["key__random"] = gumbel_from_ids(ids, seed * 1_000_003 + RANDOM_STREAM)
     pq.write_table(pa.table(cols), os.path.join(out_dir, f"part-{index:05d}.parquet"))
-    return pa.table({"n": [t.num_rows]}, schema=EMPTY)
+    s = np.asarray(t["score"], dtype=np.float64)[eligible]
+    return pa.table(
+        {"lo": [float(s.min()) if len(s) else None], "hi": [float(s.max()) if len(s) else None]},
+        schema=RANGE_SCHEMA,
+    )
 
 
 def band_top_k(df: DataFrame, key: str, k: int, eps: float = 1e-3) -> tuple[float, list[str]]:
@@ -92,60 +104,101 @@ def band_top_k(df: DataFrame, key: str, k: int, eps: float = 1e-3) -> tuple[floa
         eps *= 4
 
 
-def _sum_counts_fn(sel):
-    from curamix.selectors.dsir import batch_grams
+def picked(keys: pa.Table, rule: dict[str, Any]) -> np.ndarray:
+    """Rows of ``keys`` that a :func:`band_top_k` rule takes: key above the threshold, or in
+    the band."""
+    above = np.asarray(keys[rule["key"]], dtype=np.float64) > rule["threshold"]
+    band = np.isin(np.asarray(keys["id"].to_pylist(), dtype=object), list(rule["band"]))
+    return above | band
 
-    def fn(batches):
-        total = np.zeros(sel.num_buckets, dtype=np.int64)
-        for b in batches:
-            g = batch_grams(
-                b.column("text").to_pylist(), sel.num_buckets, sel.ngrams, sel.hash_mode
-            )
-            total += np.bincount(g.buckets, minlength=sel.num_buckets)
-        yield pa.RecordBatch.from_pylist(
-            [{"counts": total.tolist()}], schema=pa.schema([("counts", pa.list_(pa.int64()))])
+
+class ApplyRules:
+    """``decide`` for the skeleton: the rules applied to a batch's keys; summary rows carry
+    the batch's n-gram counts (selected, random) and score histogram (all, selected)."""
+
+    def __init__(
+        self,
+        keys_dir: str,
+        rules: list[dict],
+        random_rule: dict,
+        sel: DSIRSelector,
+        bins: tuple[float, float] | None,
+    ):
+        self.keys_dir, self.rules, self.random_rule = keys_dir, rules, random_rule
+        self.sel, self.bins = sel, bins
+        self._cache: tuple[int, pa.Table] | None = None
+
+    def __call__(self, index: int, docs: pa.Table, start: int) -> Decisions:
+        if self._cache is None or self._cache[0] != index:
+            path = os.path.join(self.keys_dir, f"part-{index:05d}.parquet")
+            self._cache = (index, pq.read_table(path))
+        keys = self._cache[1].slice(start, docs.num_rows)
+        if not keys["id"].equals(docs["id"]):
+            raise RuntimeError("select: the scores do not follow the pool's rows")
+        eligible = np.asarray(keys["eligible"], dtype=bool)
+        chosen = np.zeros(docs.num_rows, dtype=bool)
+        for rule in self.rules:  # separate targets: in turn, excluding earlier picks
+            chosen |= eligible & ~chosen & picked(keys, rule)
+        rand = eligible & picked(keys, self.random_rule)
+        score = np.asarray(keys["score"], dtype=np.float64)
+        reason = np.where(chosen, None, np.where(eligible, NOT_SELECTED, MASKED_REASON))
+        texts = docs["text"].to_pylist()
+        rows = [
+            {"counts": _bucket_counts(self.sel, [t for t, c in zip(texts, m, strict=True) if c])}
+            | {"of": name}
+            for name, m in (("selected", chosen), ("random", rand))
+        ]
+        if self.bins is not None:
+            hist = {
+                k: _hist(score[m], *self.bins) for k, m in (("all", eligible), ("selected", chosen))
+            }
+            rows.append({"of": "hist", **hist})
+        return Decisions(
+            decisions_table(docs["id"], chosen, reason, score),
+            data_columns={"score": pa.array(score, pa.float64())},
+            rows=rows,
         )
 
-    return fn
+
+def _bucket_counts(sel: DSIRSelector, texts: list[str]) -> dict[str, int]:
+    """Hashed n-gram counts of ``texts`` (sparse: bucket -> count)."""
+    if not texts:
+        return {}
+    g = batch_grams(texts, sel.num_buckets, sel.ngrams, sel.hash_mode)
+    b, c = np.unique(g.buckets, return_counts=True)
+    return {str(int(x)): int(y) for x, y in zip(b, c, strict=True)}
 
 
-def _sum_counts(df: DataFrame, sel) -> np.ndarray:
-    rows = df.select("text").mapInArrow(_sum_counts_fn(sel), "counts array<long>").toArrow()
-    total = np.zeros(sel.num_buckets, dtype=np.int64)
-    for c in rows["counts"].to_pylist():
-        total += np.asarray(c, dtype=np.int64)
-    return total
+def _hist(x: np.ndarray, lo: float, width: float) -> list[int]:
+    """Counts in :data:`BINS` bins of ``width`` from ``lo`` (the last bin closed)."""
+    b = np.minimum(np.floor((x - lo) / width), BINS - 1).astype(np.int64)
+    return np.bincount(b, minlength=BINS).tolist()
 
 
-def select_key(cfg: PipelineConfig, scores: JobResult) -> str:
-    return config_hash(STAGE, cfg.select, cfg.seed, scores.manifest_hash)
+def select_upstream(cfg: PipelineConfig) -> dict[str, str]:
+    """The scoring stage (``select.scores``) and the pool it scored."""
+    assert cfg.select is not None
+    return {"scores": cfg.select.scores, "pool": pool_stage(cfg, before=STAGE)}
+
+
+def select_key(cfg: PipelineConfig, inputs: Mapping[str, JobResult]) -> str:
+    """Config, seed and the scoring stage's manifest."""
+    return config_hash(STAGE, cfg.select, cfg.seed, inputs["scores"].manifest_hash)
 
 
 def run_select(
     spark: SparkSession,
     cfg: PipelineConfig,
-    on_step: Callable[[str], None] | None = None,
-    upstream: dict[str, JobResult] | None = None,
+    inputs: Mapping[str, JobResult],
+    key: str,
+    say: Callable[[str], None],
 ) -> JobResult:
     """Select documents by the scores of ``cfg.select.scores`` (DSIR) with ``cfg.seed``."""
     from pyspark.sql import functions as F
 
-    from curamix.pipelines.dsir import MASKED_REASON, load_model, score_columns
-    from curamix.runner import pool_stage, require_upstream
-
-    if cfg.select is None:
-        raise ValueError("run_select needs a 'select:' section in the config")
-    say = on_step or (lambda _msg: None)
-    scfg = cfg.select
-    t0 = time.perf_counter()
-    scores = require_upstream(cfg, scfg.scores, upstream)
-    ingest = require_upstream(cfg, pool_stage(cfg), upstream)
-    key = select_key(cfg, scores)
-    done = load_completed(cfg.run_dir, STAGE, key)
-    if done is not None:
-        say(f"select: skipped, already complete at {done.path}")
-        return done
-    assert cfg.dsir is not None
+    assert cfg.select is not None and cfg.dsir is not None
+    scfg, scores = cfg.select, inputs["scores"]
+    ps = PoolStage(STAGE, cfg, inputs["pool"], key, say)
     sel = load_model(str(scores.path / "model.npz"), cfg.dsir)
     cols = score_columns(sel) or ["score"]
     n_eligible = int(scores.counts["eligible"])
@@ -157,154 +210,94 @@ def run_select(
         )
     quotas = [int(k * p) for p in sel.target_proportions_] if len(cols) > 1 else [k]
     quotas[-1] += k - sum(quotas)
-    timings: dict[str, float] = {}
     with stage_writer(cfg.run_dir, STAGE, key) as w:
         say(
             f"select: drawing {k} of {n_eligible} eligible documents (seed {cfg.seed}{', top-k' if scfg.top_k else ''})"
         )
-        t = time.perf_counter()
         keys_dir = str(w.path("_keys"))
         os.makedirs(keys_dir)
-        parts = part_files(scores.path / "scores")
         min_len = cfg.dsir.min_example_length
-        map_parts(
-            spark,
-            parts,
-            lambda i, p: keys_part(p, keys_dir, i, cfg.seed, scfg.top_k, min_len, cols),
-            EMPTY,
-        )
-        keys = spark.read.parquet(keys_dir).cache()
-        eligible = keys.filter(F.col("eligible"))
-        chosen: DataFrame | None = None
-        rules = []
-        for j, q in enumerate(quotas):
-            if q == 0:
-                continue
-            pool = eligible if chosen is None else eligible.join(chosen, "id", "left_anti")
-            hi, band = band_top_k(pool, f"key__{j}", q)
-            rules.append({"target": j, "quota": q, "threshold": hi, "band": len(band)})
-            picked = (
-                pool.filter(F.col(f"key__{j}") > hi)
-                .select("id")
-                .unionByName(spark.createDataFrame([(b,) for b in band], "id string"))
+        with ps.timed("select_s"):
+            ranges = map_parts(
+                spark,
+                part_files(scores.path / "scores"),
+                lambda i, p: keys_part(p, keys_dir, i, cfg.seed, scfg.top_k, min_len, cols),
+                RANGE_SCHEMA,
             )
-            chosen = picked if chosen is None else chosen.unionByName(picked)
-        assert chosen is not None
-        chosen = chosen.cache()
-        n_chosen = chosen.count()
-        if n_chosen != k:
-            raise RuntimeError(f"select: chose {n_chosen} documents instead of {k}")
-        hi_r, band_r = band_top_k(eligible, "key__random", k)
-        random_ids = (
-            eligible.filter(F.col("key__random") > hi_r)
-            .select("id")
-            .unionByName(spark.createDataFrame([(b,) for b in band_r], "id string"))
-        )
-        timings["select_s"] = time.perf_counter() - t
+            keys = spark.read.parquet(keys_dir).cache()
+            eligible = keys.filter(F.col("eligible"))
+            rules: list[dict[str, Any]] = []
+            chosen: DataFrame | None = None
+            for j, q in enumerate(quotas):
+                if q == 0:
+                    continue
+                pool = eligible if chosen is None else eligible.join(chosen, "id", "left_anti")
+                hi, band = band_top_k(pool, f"key__{j}", q)
+                rule = {"key": f"key__{j}", "threshold": hi, "band": band}
+                rules.append(rule)
+                if j < len(quotas) - 1:
+                    taken = pool.filter(F.col(rule["key"]) > hi).select("id")
+                    taken = taken.unionByName(
+                        spark.createDataFrame([(b,) for b in band], "id string")
+                    )
+                    chosen = taken if chosen is None else chosen.unionByName(taken)
+            hi_r, band_r = band_top_k(eligible, "key__random", k)
+            random_rule = {"key": "key__random", "threshold": hi_r, "band": band_r}
+            keys.unpersist()
+        lo, hi_ = (ranges[c].drop_null().to_numpy() for c in ("lo", "hi"))
+        bins = (lo.min(), (hi_.max() - lo.min()) / BINS or 1.0) if len(lo) else None
 
         say("select: writing the selected documents, ledger and report")
-        t = time.perf_counter()
-        docs = spark.read.parquet(str(ingest.data_path))
-        score_df = spark.read.parquet(str(scores.path / "scores")).select("id", "score", "length")
-        selected = docs.join(chosen, "id", "left_semi").join(score_df.select("id", "score"), "id")
-        n_files = max(1, math.ceil(k / 200_000))
-        selected.repartitionByRange(n_files, "id").sortWithinPartitions("id").write.parquet(
-            str(w.path("data"))
-        )
-        flag = chosen.withColumn("_chosen", F.lit(True))
-        ledger = score_df.join(flag, "id", "left").select(
-            "id",
-            F.lit(STAGE).alias("stage"),
-            F.when(F.col("_chosen"), F.lit("kept")).otherwise(F.lit("removed")).alias("decision"),
-            F.when(F.col("_chosen"), F.lit(None).cast("string"))
-            .when(F.col("length") < min_len, F.lit(MASKED_REASON))
-            .otherwise(F.lit("not_selected"))
-            .alias("reason"),
-            "score",
-            F.lit(None).cast("string").alias("ref_id"),
-        )
-        ledger.write.parquet(str(w.path("ledger")))
-        composition = {
-            r["domain"]: r["count"]
-            for r in docs.join(chosen, "id", "left_semi").groupBy("domain").count().collect()
-        }
-        sel_counts = _sum_counts(docs.join(chosen, "id", "left_semi"), sel)
-        rand_counts = _sum_counts(docs.join(random_ids, "id", "left_semi"), sel)
-        kl_sel = kl_reduction(sel.target_counts_, sel.raw_counts_, sel_counts)
-        kl_rand = kl_reduction(sel.target_counts_, sel.raw_counts_, rand_counts)
-        hist = _histogram(score_df.filter(F.col("length") >= min_len).join(flag, "id", "left"))
-        _plot_histogram(hist, str(w.path("scores_hist.png")))
-        keys.unpersist()
-        chosen.unpersist()
-        import shutil
-
+        with ps.timed("write_s"):
+            decide = ApplyRules(keys_dir, rules, random_rule, sel, bins)
+            written = ps.write(spark, w, decide, data_schema=DATA_SCHEMA)
         shutil.rmtree(keys_dir)
-        timings["write_s"] = time.perf_counter() - t
-        pool_counts = {d: v["in"] for d, v in scores.counts["per_domain"].items()}
-        n_pool = sum(pool_counts.values())
+        if written.n_kept != k:
+            raise RuntimeError(f"select: chose {written.n_kept} documents instead of {k}")
+        counts = {x: np.zeros(sel.num_buckets, dtype=np.int64) for x in ("selected", "random")}
+        hist = {"all": np.zeros(BINS, np.int64), "selected": np.zeros(BINS, np.int64)}
+        for r in written.rows:
+            if r["of"] == "hist":
+                hist["all"] += r["all"]
+                hist["selected"] += r["selected"]
+            else:
+                buckets = np.asarray(list(r["counts"]), dtype=np.int64)
+                np.add.at(counts[r["of"]], buckets, list(r["counts"].values()))
+        edges = [] if bins is None else (bins[0] + bins[1] * np.arange(BINS + 1)).tolist()
+        _plot_histogram({"edges": edges, **hist}, str(w.path("scores_hist.png")))
+        kl_sel = kl_reduction(sel.target_counts_, sel.raw_counts_, counts["selected"])
+        kl_rand = kl_reduction(sel.target_counts_, sel.raw_counts_, counts["random"])
+        n_pool = written.n_in
         per_domain = {
             d: {
-                "in": pool_counts[d],
-                "kept": composition.get(d, 0),
-                "removed": pool_counts[d] - composition.get(d, 0),
-                "pool_share": pool_counts[d] / n_pool,
-                "selected_share": composition.get(d, 0) / k,
+                "in": e["in"],
+                "kept": e["kept"],
+                "removed": e["removed"],
+                "pool_share": e["in"] / n_pool,
+                "selected_share": e["kept"] / k,
             }
-            for d in sorted(pool_counts)
+            for d, e in written.per_domain.items()
         }
-        timings["total_s"] = time.perf_counter() - t0
         manifest = {
-            "config": scfg.model_dump(mode="json"),
-            "config_hash": config_hash(scfg),
-            "seed": cfg.seed,
-            "inputs": {
-                "manifests": {scfg.scores: scores.manifest_hash, "ingest": ingest.manifest_hash}
-            },
+            "inputs": {"manifests": {scfg.scores: scores.manifest_hash}},
             "counts": {
-                "in": n_pool,
-                "kept": k,
-                "out": k,
-                "removed": n_pool - k,
-                "quarantined": 0,
-                "removed_reasons": {
-                    "not_selected": n_eligible - k,
-                    MASKED_REASON: n_pool - n_eligible,
-                },
+                **ps.counts(written, reasons=(NOT_SELECTED, MASKED_REASON)),
                 "per_domain": per_domain,
             },
             "kl_reduction": {"selected": kl_sel, "random_same_size": kl_rand},
-            "rules": rules,
-            "timings": {k_: round(v, 3) for k_, v in timings.items()},
-            "outputs": {
-                "data": "data",
-                "ledger": "ledger",
-                "report": "report.md",
-                "histogram": "scores_hist.png",
-            },
+            "rules": [
+                {"target": j, "quota": q, "threshold": r["threshold"], "band": len(r["band"])}
+                for (j, q), r in zip(
+                    ((j, q) for j, q in enumerate(quotas) if q), rules, strict=True
+                )
+            ],
+            "outputs": {"histogram": "scores_hist.png"},
         }
-        (w.path("report.md")).write_text(_report(manifest), encoding="utf-8")
-        result = w.commit(manifest)
+        result = ps.commit(w, written, manifest, _report)
     say(
         f"select: {k} documents selected, KL reduction {kl_sel:.4f} (random: {kl_rand:.4f}) -> {result.path}"
     )
     return result
-
-
-def _histogram(df: DataFrame, bins: int = 50) -> dict[str, Any]:
-    from pyspark.sql import functions as F
-
-    lo, hi = df.agg(F.min("score"), F.max("score")).first()
-    if lo is None:
-        return {"edges": [], "all": [], "selected": []}
-    width = (hi - lo) / bins or 1.0
-    b = F.least(F.floor((F.col("score") - lo) / width), F.lit(bins - 1)).cast("int")
-    rows = df.groupBy(b.alias("b"), F.col("_chosen").isNotNull().alias("s")).count().collect()
-    all_, chosen = [0] * bins, [0] * bins
-    for r in rows:
-        all_[r["b"]] += r["count"]
-        if r["s"]:
-            chosen[r["b"]] += r["count"]
-    return {"edges": [lo + i * width for i in range(bins + 1)], "all": all_, "selected": chosen}
 
 
 def _plot_histogram(hist: dict[str, Any], path: str) -> None:
@@ -336,13 +329,9 @@ def _report(m: dict[str, Any]) -> str:
         "",
         f"KL reduction toward the target: **{m['kl_reduction']['selected']:.4f}** (a random selection of the same size: {m['kl_reduction']['random_same_size']:.4f}).",
         "",
-        "| domain | pool | pool share | selected | selected share | ratio |",
-        "|---|---:|---:|---:|---:|---:|",
+        *composition_table(c["per_domain"]),
+        "",
+        "![scores](scores_hist.png)",
+        "",
     ]
-    for d, v in c["per_domain"].items():
-        ratio = v["selected_share"] / v["pool_share"] if v["pool_share"] else 0.0
-        lines.append(
-            f"| {d} | {v['in']} | {v['pool_share']:.3f} | {v['kept']} | {v['selected_share']:.3f} | {ratio:.2f} |"
-        )
-    lines += ["", "![scores](scores_hist.png)", ""]
     return "\n".join(lines)

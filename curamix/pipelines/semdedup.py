@@ -1,11 +1,11 @@
 """SemDeDup job: remove semantic duplicates of the pool with the embed stage's vectors.
 
-Spark glue over :mod:`curamix.selectors.semdedup` (Abbas et al. 2023, arXiv:2303.09540):
+Spark glue over :mod:`curamix.filters.semdedup` (Abbas et al. 2023, arXiv:2303.09540):
 
 1. the driver reads the pool's ids and domains (the stage before semdedup: dedup's output
    when the run dedups, else ingest's), and the embed stage's vectors of those ids, sorted by
    id;
-2. on the driver: spherical k-means (:func:`~curamix.selectors.index.spherical_kmeans`,
+2. on the driver: spherical k-means (:func:`~curamix.embeddings.index.spherical_kmeans`,
    seeded; ``scope: local`` clusters each domain on its own), then each document's max
    cosine to an earlier document of its cluster (farthest-from-centroid first with
    ``keep: far``) in blocked matrix products; removals at ``eps`` and at every ``eps_report``
@@ -31,42 +31,26 @@ the domain and its rate (the report is kept next to the run folder).
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curamix.config import PipelineConfig, config_hash
-from curamix.io.store import JobResult, load_completed, stage_writer
+from curamix.io.store import JobResult, stage_writer
 from curamix.pipelines.dedup import DedupGateError
-from curamix.pipelines.parts import map_parts, part_files
-from curamix.schema import DOC_SCHEMA, LEDGER_SCHEMA
+from curamix.pipelines.pool import PoolStage, decisions_table, md_table, positions, rows_for_ids
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from curamix.selectors.semdedup import SemDedupResult
+    from curamix.filters.semdedup import SemDedupResult
 
 STAGE = "semdedup"
 SEMANTIC_DUPLICATE, NOT_EMBEDDED = "semantic_duplicate", "not_embedded"
-DECISION_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("decision", pa.string(), nullable=False),
-        pa.field("reason", pa.string()),
-        pa.field("score", pa.float64()),
-        pa.field("ref_id", pa.string()),
-    ]
-)
-COUNT_SCHEMA = pa.schema([("domain", pa.string()), ("kind", pa.string()), ("n", pa.int64())])
 N_EXAMPLES = 10
 
 
@@ -75,7 +59,9 @@ class SemDedupGateError(DedupGateError):
     :class:`DedupGateError`, so the flow does not retry it and the CLI exits 3."""
 
 
-def semdedup_key(cfg: PipelineConfig, pool: JobResult, embed: JobResult) -> str:
+def semdedup_key(cfg: PipelineConfig, inputs: Mapping[str, JobResult]) -> str:
+    """Config, the pool's and the embed stage's manifests, and the seed."""
+    pool, embed = inputs["pool"], inputs["embed"]
     return config_hash(STAGE, cfg.semdedup, pool.manifest_hash, embed.manifest_hash, cfg.seed)
 
 
@@ -84,104 +70,13 @@ def default_clusters(n: int) -> int:
     return max(1, round(math.sqrt(n / 2)))
 
 
-# --- shared with the coreset stage --------------------------------------------------------------
-
-
-def read_pool_ids(parts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ids, domains and the number of rows of each pool part, in part order (the driver reads
-    only the two string columns)."""
-    ids, domains, sizes = [], [], []
-    for path in parts:
-        t = pq.read_table(path, columns=["id", "domain"])
-        ids += t["id"].to_pylist()
-        domains += t["domain"].to_pylist()
-        sizes.append(t.num_rows)
-    return np.asarray(ids, dtype=object), np.asarray(domains, dtype=object), np.asarray(sizes)
-
-
-def _finish_part(path: str, index: int, out_dir: str, stage: str) -> pa.Table:
-    """One pool part: its kept documents and its ledger, from the decisions the driver wrote
-    for it (same rows, same order); returns per-domain counts by kind."""
-    docs = pq.read_table(path)
-    dec = pq.read_table(os.path.join(out_dir, "_decisions", f"part-{index:05d}.parquet"))
-    if dec["id"].to_pylist() != docs["id"].to_pylist():
-        raise RuntimeError(f"{stage}: the decisions for {path} do not match its rows")
-    kept = pc.equal(dec["decision"], "kept")
-    pq.write_table(
-        docs.filter(kept).select(DOC_SCHEMA.names),
-        os.path.join(out_dir, "data", f"part-{index:05d}.parquet"),
-        compression="zstd",
-    )
-    ledger = pa.table(
-        {
-            "id": dec["id"],
-            "stage": pa.array([stage] * dec.num_rows, pa.string()),
-            "decision": dec["decision"],
-            "reason": dec["reason"],
-            "score": dec["score"],
-            "ref_id": dec["ref_id"],
-        },
-        schema=LEDGER_SCHEMA,
-    )
-    pq.write_table(
-        ledger, os.path.join(out_dir, "ledger", f"part-{index:05d}.parquet"), compression="zstd"
-    )
-    counts: dict[tuple[str, str], int] = {}
-    for d, decision, reason in zip(
-        docs["domain"].to_pylist(),
-        dec["decision"].to_pylist(),
-        dec["reason"].to_pylist(),
-        strict=True,
-    ):
-        kind = reason if decision == "removed" else "kept"
-        counts[(d, kind)] = counts.get((d, kind), 0) + 1
-    return pa.Table.from_pylist(
-        [{"domain": d, "kind": k, "n": n} for (d, k), n in sorted(counts.items())],
-        schema=COUNT_SCHEMA,
-    )
-
-
-def write_pool_outputs(
-    spark: SparkSession,
-    parts: Sequence[str],
-    sizes: np.ndarray,
-    decisions: pa.Table,
-    out_dir: str,
-    stage: str,
-) -> dict[tuple[str, str], int]:
-    """Write ``data/`` and ``ledger/`` of a stage that filters the pool: the driver's
-    ``decisions`` (one row per pool document, in part order) are cut per part into
-    ``_decisions/`` and one Spark task per part applies them. Returns (domain, kind) counts
-    as written (``kind`` = ``kept`` or the removal reason)."""
-    dec_dir = os.path.join(out_dir, "_decisions")
-    for sub in ("data", "ledger", "_decisions"):
-        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    for i in range(len(parts)):
-        chunk = decisions.slice(int(offsets[i]), int(sizes[i]))
-        pq.write_table(chunk, os.path.join(dec_dir, f"part-{i:05d}.parquet"))
-    res = map_parts(
-        spark, list(parts), lambda i, p: _finish_part(p, i, out_dir, stage), COUNT_SCHEMA
-    )
-    shutil.rmtree(dec_dir)
-    written: dict[tuple[str, str], int] = {}
-    for r in res.to_pylist():
-        written[(r["domain"], r["kind"])] = written.get((r["domain"], r["kind"]), 0) + r["n"]
-    return written
-
-
 def fetch_texts(parts: Sequence[str], ids: Sequence[str], chars: int = 200) -> dict[str, str]:
     """The first ``chars`` characters of the texts of a few ``ids`` (for report examples)."""
-    if not ids:
-        return {}
-    want = pa.array(sorted(set(ids)), pa.string())
-    out: dict[str, str] = {}
-    for path in parts:
-        t = pq.read_table(path, columns=["id", "text"])
-        t = t.filter(pc.is_in(t["id"], value_set=want))
-        for i, x in zip(t["id"].to_pylist(), t["text"].to_pylist(), strict=True):
-            out[i] = x[:chars].replace("\n", " ")
-    return out
+    t = rows_for_ids(parts, ids, "text")
+    return {
+        i: x[:chars].replace("\n", " ")
+        for i, x in zip(t["id"].to_pylist(), t["text"].to_pylist(), strict=True)
+    }
 
 
 # --- clustering ---------------------------------------------------------------------------------
@@ -199,7 +94,7 @@ def cluster_pool(
     """Spherical k-means labels and cosines to the centroid; ``local`` clusters each domain on
     its own (labels offset so they never collide) with ``n_clusters`` shared in proportion to
     the domains' sizes. Returns (assign, cos_to_centroid, number of clusters)."""
-    from curamix.selectors.index import spherical_kmeans
+    from curamix.embeddings.index import spherical_kmeans
 
     n = len(vectors)
     assign = np.zeros(n, dtype=np.int64)
@@ -228,53 +123,34 @@ def cluster_pool(
 def run_semdedup(
     spark: SparkSession,
     cfg: PipelineConfig,
-    on_step: Callable[[str], None] | None = None,
-    upstream: dict[str, JobResult] | None = None,
+    inputs: Mapping[str, JobResult],
+    key: str,
+    say: Callable[[str], None],
 ) -> JobResult:
     """Remove the pool's semantic duplicates (SemDeDup) with the embed stage's vectors."""
+    from curamix.filters.semdedup import decide, max_cos_to_earlier, removal_counts
     from curamix.pipelines.embed import load_embeddings
-    from curamix.runner import pool_stage, require_upstream
-    from curamix.selectors.semdedup import decide, max_cos_to_earlier, removal_counts
 
-    if cfg.semdedup is None:
-        raise ValueError("run_semdedup needs a 'semdedup:' section in the config")
+    assert cfg.semdedup is not None
     sc = cfg.semdedup
-    say = on_step or (lambda _msg: None)
-    t0 = time.perf_counter()
-    source = pool_stage(cfg, before=STAGE)
-    pool = require_upstream(cfg, source, upstream)
-    embed = require_upstream(cfg, "embed", upstream)
-    key = semdedup_key(cfg, pool, embed)
-    done = load_completed(cfg.run_dir, STAGE, key)
-    if done is not None:
-        say(f"semdedup: skipped, already complete at {done.path}")
-        return done
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
-    parts = part_files(pool.data_path)
-    pool_ids, pool_domains, sizes = read_pool_ids(parts)
-    n_in = len(pool_ids)
-    if n_in != pool.counts.get("out", n_in):
-        raise RuntimeError(
-            f"semdedup read {n_in} documents, but {source} wrote {pool.counts['out']}"
-        )
-    emb = load_embeddings(embed, ids=pool_ids.tolist())
-    timings["read_s"] = round(time.perf_counter() - t, 3)
-    n_emb = len(emb)
+    ps = PoolStage(STAGE, cfg, inputs["pool"], key, say)
+    source, embed = ps.source, inputs["embed"]
+    with ps.timed("read_s"):
+        pool_ids, pool_domains, sizes = ps.read_ids()
+        emb = load_embeddings(embed, ids=pool_ids.tolist())
+    n_in, n_emb = len(pool_ids), len(emb)
     say(
         f"semdedup: {n_emb} of {n_in} documents of {source} have an embedding; spherical k-means "
         f"({sc.scope} scope) and max cosine within clusters"
     )
-    t = time.perf_counter()
     gpu = cfg.embed.index.gpu if cfg.embed is not None else "auto"
-    assign, cos_c, n_clusters = cluster_pool(
-        emb.vectors, emb.domains, sc.scope, sc.n_clusters, sc.niter, cfg.seed, gpu
-    )
-    timings["kmeans_s"] = round(time.perf_counter() - t, 3)
-    t = time.perf_counter()
-    max_cos, nearest = max_cos_to_earlier(emb.vectors, assign, cos_c, keep=sc.keep)
-    res = decide(max_cos, nearest, sc.eps)
-    timings["semdedup_s"] = round(time.perf_counter() - t, 3)
+    with ps.timed("kmeans_s"):
+        assign, cos_c, n_clusters = cluster_pool(
+            emb.vectors, emb.domains, sc.scope, sc.n_clusters, sc.niter, cfg.seed, gpu
+        )
+    with ps.timed("semdedup_s"):
+        max_cos, nearest = max_cos_to_earlier(emb.vectors, assign, cos_c, keep=sc.keep)
+        res = decide(max_cos, nearest, sc.eps)
     ref_cos = np.zeros(n_emb, dtype=np.float64)
     rem = np.flatnonzero(res.removed)
     ref_cos[rem] = np.einsum("ij,ij->i", emb.vectors[rem], emb.vectors[res.ref[rem]])
@@ -300,7 +176,7 @@ def run_semdedup(
     sizes_c = np.bincount(assign, minlength=n_clusters) if n_emb else np.zeros(0, np.int64)
     examples_idx = rem[np.argsort(max_cos[rem], kind="stable")][:N_EXAMPLES]
     texts = fetch_texts(
-        parts,
+        ps.parts,
         [emb.ids[i] for i in examples_idx] + [emb.ids[res.ref[i]] for i in examples_idx],
     )
     examples = [
@@ -322,10 +198,7 @@ def run_semdedup(
         if e["removal_rate"] > sc.max_removal_rate
     }
     manifest: dict[str, Any] = {
-        "config": sc.model_dump(mode="json"),
-        "config_hash": config_hash(sc),
-        "seed": cfg.seed,
-        "inputs": {"manifests": {source: pool.manifest_hash, "embed": embed.manifest_hash}},
+        "inputs": {"manifests": {"embed": embed.manifest_hash}},
         "rule": "max cosine to any earlier document of the cluster (reference code)",
         "clusters": {
             "n": n_clusters,
@@ -334,14 +207,8 @@ def run_semdedup(
             "singletons": int(np.count_nonzero(sizes_c == 1)),
         },
         "counts": {
-            "in": n_in,
             "embedded": n_emb,
             "not_embedded": n_in - n_emb,
-            "kept": n_kept,
-            "out": n_kept,
-            "removed": n_removed,
-            "quarantined": 0,
-            "removed_reasons": {SEMANTIC_DUPLICATE: n_removed},
             "cross_domain_removed": cross,
             "removed_via_chain": chained,
             "per_domain": per_domain,
@@ -357,33 +224,32 @@ def run_semdedup(
         ],
         "gates": {"max_removal_rate": sc.max_removal_rate, "domains_over_rate": over},
         "examples": examples,
-        "timings": timings,
-        "outputs": {"data": "data", "ledger": "ledger", "report": "report.md"},
     }
+    if over:
+        worst = ", ".join(f"{d}: {r:.1%}" for d, r in over.items())
+        kept_report = os.path.join(cfg.run_dir, f"{STAGE}-{key}.gate-failed.md")
+        gate = {
+            "config": sc.model_dump(mode="json"),
+            **manifest,
+            "counts": {"in": n_in, "kept": n_kept, "removed": n_removed, **manifest["counts"]},
+        }
+        with open(kept_report, "w", encoding="utf-8") as fh:
+            fh.write(_report(gate))
+        raise SemDedupGateError(
+            f"semdedup would remove more than semdedup.max_removal_rate="
+            f"{sc.max_removal_rate:.0%} of domain(s) {worst} (eps={sc.eps}). See "
+            f"{kept_report}; lower semdedup.eps or raise semdedup.max_removal_rate to accept."
+        )
     with stage_writer(cfg.run_dir, STAGE, key) as w:
-        w.path("report.md").write_text(_report(manifest), encoding="utf-8")
-        if over:
-            worst = ", ".join(f"{d}: {r:.1%}" for d, r in over.items())
-            kept_report = os.path.join(cfg.run_dir, f"{STAGE}-{key}.gate-failed.md")
-            shutil.copyfile(w.path("report.md"), kept_report)
-            raise SemDedupGateError(
-                f"semdedup would remove more than semdedup.max_removal_rate="
-                f"{sc.max_removal_rate:.0%} of domain(s) {worst} (eps={sc.eps}). See "
-                f"{kept_report}; lower semdedup.eps or raise semdedup.max_removal_rate to accept."
-            )
-        say(f"semdedup: writing kept documents and the ledger ({len(parts)} tasks)")
-        t = time.perf_counter()
-        decisions = _decisions(pool_ids, emb.ids, res, max_cos)
-        written = write_pool_outputs(spark, parts, sizes, decisions, str(w.tmp), STAGE)
-        timings["write_s"] = round(time.perf_counter() - t, 3)
-        for d, e in per_domain.items():
-            got = (written.get((d, "kept"), 0), written.get((d, SEMANTIC_DUPLICATE), 0))
-            if got != (e["kept"], e["removed"]):
-                raise RuntimeError(
-                    f"semdedup accounting mismatch in domain {d!r}: wrote {got}, decided {e}"
-                )
-        timings["total_s"] = round(time.perf_counter() - t0, 3)
-        result = w.commit(json.loads(json.dumps(manifest, default=float)))
+        say(f"semdedup: writing kept documents and the ledger ({len(ps.parts)} tasks)")
+        with ps.timed("write_s"):
+            decisions = _decisions(pool_ids, emb.ids, res, max_cos)
+            written = ps.write_decisions(spark, w, decisions, sizes)
+        manifest["counts"] = {
+            **ps.counts(written, reasons=(SEMANTIC_DUPLICATE,)),
+            **manifest["counts"],
+        }
+        result = ps.commit(w, written, manifest, _report)
     say(
         f"semdedup: kept {n_kept} of {n_in} documents ({n_removed} semantic duplicates at "
         f"eps={sc.eps}) -> {result.path}"
@@ -395,29 +261,17 @@ def _decisions(
     pool_ids: np.ndarray, emb_ids: np.ndarray, res: SemDedupResult, max_cos: np.ndarray
 ) -> pa.Table:
     """One decision row per pool document (pool order) from the id-sorted kernel output."""
-    n = len(pool_ids)
-    pos = np.searchsorted(emb_ids, pool_ids.astype(str)) if len(emb_ids) else np.zeros(n, int)
-    pos = np.minimum(pos, max(len(emb_ids) - 1, 0))
-    has = (emb_ids[pos] == pool_ids.astype(str)) if len(emb_ids) else np.zeros(n, dtype=bool)
-    removed = np.zeros(n, dtype=bool)
+    pos, has = positions(pool_ids, emb_ids)
+    removed = np.zeros(len(pool_ids), dtype=bool)
     removed[has] = res.removed[pos[has]]
-    ref = np.full(n, None, dtype=object)
+    ref = np.full(len(pool_ids), None, dtype=object)
     ref[removed] = emb_ids[res.ref[pos[removed]]]
-    score = np.full(n, np.nan)
+    score = np.full(len(pool_ids), np.nan)
     score[has] = max_cos[pos[has]]
-    reason = np.full(n, None, dtype=object)
+    reason = np.full(len(pool_ids), None, dtype=object)
     reason[removed] = SEMANTIC_DUPLICATE
     reason[~has] = NOT_EMBEDDED
-    return pa.table(
-        {
-            "id": pa.array(pool_ids.tolist(), pa.string()),
-            "decision": pa.array(np.where(removed, "removed", "kept").tolist(), pa.string()),
-            "reason": pa.array(reason.tolist(), pa.string()),
-            "score": pa.array(score, pa.float64(), from_pandas=True),
-            "ref_id": pa.array(ref.tolist(), pa.string()),
-        },
-        schema=DECISION_SCHEMA,
-    )
+    return decisions_table(pool_ids.tolist(), ~removed, reason, score, ref)
 
 
 def _report(m: dict[str, Any]) -> str:
@@ -438,31 +292,35 @@ def _report(m: dict[str, Any]) -> str:
         "",
         "## Removal vs eps",
         "",
-        "| eps | cosine above | removed | share of the pool |",
-        "|---:|---:|---:|---:|",
+        *md_table(
+            ["eps", "cosine above", "removed", "share of the pool"],
+            (
+                (
+                    f"{r['eps']:g}" + (" **(configured)**" if r["eps"] == cf["eps"] else ""),
+                    f"{1 - r['eps']:.4g}",
+                    r["removed"],
+                    f"{r['share']:.2%}",
+                )
+                for r in m["removal_curve"]
+            ),
+            align="rrrr",
+        ),
     ]
-    for r in m["removal_curve"]:
-        mark = " **(configured)**" if r["eps"] == cf["eps"] else ""
-        lines.append(
-            f"| {r['eps']:g}{mark} | {1 - r['eps']:.4g} | {r['removed']} | {r['share']:.2%} |"
+    curve, over = m["removal_curve"], m["gates"]["domains_over_rate"]
+    rows = (
+        (
+            d,
+            e["in"],
+            e["embedded"],
+            e["removed"],
+            e["kept"],
+            f"{e['removal_rate']:.3f}" + (" **over the gate**" if d in over else ""),
+            *(r["per_domain"][d] for r in curve),
         )
-    eps_cols = [r["eps"] for r in m["removal_curve"]]
-    lines += [
-        "",
-        "## Per domain",
-        "",
-        "| domain | in | embedded | removed | kept | removal rate | "
-        + " | ".join(f"eps {e:g}" for e in eps_cols)
-        + " |",
-        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(eps_cols),
-    ]
-    for d, e in c["per_domain"].items():
-        flag = " **over the gate**" if d in m["gates"]["domains_over_rate"] else ""
-        per_eps = " | ".join(str(r["per_domain"][d]) for r in m["removal_curve"])
-        lines.append(
-            f"| {d} | {e['in']} | {e['embedded']} | {e['removed']} | {e['kept']} | "
-            f"{e['removal_rate']:.3f}{flag} | {per_eps} |"
-        )
+        for d, e in c["per_domain"].items()
+    )
+    head = ["domain", "in", "embedded", "removed", "kept", "removal rate"]
+    lines += ["", "## Per domain", "", *md_table(head + [f"eps {r['eps']:g}" for r in curve], rows)]
     g = m["gates"]
     lines += [
         "",

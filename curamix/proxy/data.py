@@ -34,15 +34,14 @@ WEIGHT_TOL = 1e-6
 
 
 def _pool_stage(run_dir: Path) -> str:
-    """The stage the run's scoring reads (``runner.pool_stage``), from pipeline.yaml when it
+    """The stage the run's scoring reads (:func:`curamix.config.pool_stage`), from pipeline.yaml when it
     loads, else dedup when the run has a dedup output, else ingest."""
     from curamix.io.store import read_stages_index
 
     cfg_path = run_dir / "pipeline.yaml"
     if cfg_path.is_file():
         try:
-            from curamix.config import load_config
-            from curamix.runner import pool_stage
+            from curamix.config import load_config, pool_stage
 
             return pool_stage(load_config(cfg_path, use_env=False))
         except Exception:  # an older or hand-edited config: fall back to the stages index
@@ -90,7 +89,7 @@ def read_domain_texts(
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from curamix.pipelines.parts import part_files
+    from curamix.io.store import part_files
 
     tables = [pq.read_table(p, columns=["id", "domain", "text"]) for p in part_files(data_path)]
     if not tables:

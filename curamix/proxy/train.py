@@ -44,6 +44,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import polars as pl
 import torch
 from pydantic import model_validator
 
@@ -371,20 +372,22 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
 _FIRST_COLUMNS = ("step", "tokens", "train_loss", "lr", "tokens_per_s", "wall_s")
 
 
-def _metrics_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Rows as a frame, columns in a fixed order: the step fields, ``val/*``, ``val_mean``,
-    ``target_loss``, ``weight/*`` (a field a row lacks is NaN)."""
+def _metrics_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """Rows as a polars frame, columns in a fixed order: the step fields, ``val/*``,
+    ``val_mean``, ``target_loss``, ``weight/*`` (a field a row lacks is null)."""
     keys = {k for r in rows for k in r}
     cols = [c for c in _FIRST_COLUMNS if c in keys]
     cols += sorted(k for k in keys if k.startswith("val/"))
     cols += [c for c in ("val_mean", "target_loss") if c in keys]
     cols += sorted(k for k in keys if k.startswith("weight/"))
-    return pd.DataFrame(rows, columns=cols)
+    if not rows:
+        return pl.DataFrame()
+    return pl.from_dicts(rows, infer_schema_length=None).select(cols)
 
 
-def _write_metrics(out_dir: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
+def _write_metrics(out_dir: Path, rows: list[dict[str, Any]]) -> pl.DataFrame:
     df = _metrics_frame(rows)
-    _atomic(out_dir / METRICS, lambda p: df.to_parquet(p, index=False))
+    _atomic(out_dir / METRICS, df.write_parquet)
     return df
 
 
@@ -744,7 +747,7 @@ def _train(
     tokens_trained = n_steps * per_step
     if ckpt_path is not None and ckpt_step != n_steps:
         save_checkpoint(n_steps)
-    metrics = _metrics_frame(rows)
+    metrics = _metrics_frame(rows).to_pandas()  # ProxyResult.metrics stays a pandas frame
     result = ProxyResult(
         val_losses=val_losses,
         target_loss=target_loss,

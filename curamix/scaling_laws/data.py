@@ -1,27 +1,32 @@
-"""Readers for scaling-law inputs: points tables and RegMix-format proxy results."""
+"""Readers for scaling-law inputs: points tables and RegMix-format proxy results (polars)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pandas as pd
+import polars as pl
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """A CSV or Parquet table; the error names the file when it cannot be read."""
+def read_table(path: str | Path) -> pl.DataFrame:
+    """A CSV, TSV or Parquet table as a polars frame (CSV types inferred from every row); the
+    error names the file when it cannot be read."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such table: {path}")
     if path.suffix == ".parquet":
-        return pd.read_parquet(path)
+        return pl.read_parquet(path)
     if path.suffix in (".csv", ".tsv"):
-        return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
+        return pl.read_csv(
+            path, separator="\t" if path.suffix == ".tsv" else ",", infer_schema_length=None
+        )
     raise ValueError(f"{path}: expected a .csv, .tsv or .parquet table")
 
 
-def require_columns(df: pd.DataFrame, columns: Sequence[str], where: str) -> None:
+def require_columns(df: Any, columns: Sequence[str], where: str) -> None:
+    """``df``: any frame with ``columns`` (polars or pandas)."""
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(f"{where}: missing columns {missing}; has {list(df.columns)}")
@@ -43,14 +48,17 @@ def read_regmix(
     loss = read_table(loss_path)
     require_columns(mix, ["index"], str(mixture_path))
     require_columns(loss, ["index", target], str(loss_path))
-    df = mix.merge(loss[["index", target]], on="index", how="inner", validate="one_to_one")
-    if len(df) != len(mix):
+    df = mix.join(
+        loss.select("index", target), on="index", how="inner", validate="1:1", maintain_order="left"
+    )
+    if df.height != mix.height:
         raise ValueError(
-            f"{loss_path}: {len(mix) - len(df)} of {len(mix)} mixtures have no loss row"
+            f"{loss_path}: {mix.height - df.height} of {mix.height} mixtures have no loss row"
         )
     cols = list(domains) if domains is not None else [c for c in mix.columns if c != "index"]
     require_columns(df, cols, str(mixture_path))
-    return df[cols].to_numpy(np.float64), df[target].to_numpy(np.float64), cols
+    R = df.select(cols).cast(pl.Float64).to_numpy()
+    return R, df.get_column(target).cast(pl.Float64).to_numpy(), cols
 
 
 def read_texts(paths: Sequence[str | Path]) -> list[str]:
@@ -68,10 +76,10 @@ def read_texts(paths: Sequence[str | Path]) -> list[str]:
     texts: list[str] = []
     bad = 0
     for unit in units:
-        table = read_unit_table(unit).select(["text", "reason"]).to_pandas()
-        ok = table["reason"].isna()
-        bad += int((~ok).sum())
-        texts += table.loc[ok, "text"].tolist()
+        table = pl.from_arrow(read_unit_table(unit).select(["text", "reason"]))
+        ok = table.filter(pl.col("reason").is_null())
+        bad += table.height - ok.height
+        texts += ok.get_column("text").to_list()
     if bad:
         warnings.warn(f"{bad} bad records left out of {list(map(str, paths))}", stacklevel=2)
     if not texts:

@@ -9,6 +9,10 @@ The table's columns (a sweep writes them; other tables can be mapped with ``colu
 ``fit_table`` writes ``fits.json`` (parameters, intervals, diagnostics, held-out errors),
 one PNG per law and ``report.md`` into ``out_dir``; ``load_fits`` reads ``fits.json`` back
 into law objects for ``recommend``.
+
+Tables are polars frames inside; ``fit_table`` also takes a pandas frame (what ``run_sweep``
+returns) and converts it once. Fit errors on the runs are ``sklearn.metrics``'s mean absolute
+percentage error.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import polars as pl
 
 from curamix.io.store import write_json_atomic
 from curamix.scaling_laws._base import ScalingLawFitError
@@ -29,10 +33,31 @@ from curamix.scaling_laws.data_filtering import DataFilteringLaw, Pool
 from curamix.scaling_laws.mixing import MixingLaw
 
 
-def holdout_largest(df: pd.DataFrame) -> pd.Series:
-    """Mask of the run(s) to hold out: the largest model at its largest token budget."""
-    big = df["n_params"] == df["n_params"].max()
-    return big & (df["tokens"] == df.loc[big, "tokens"].max())
+def as_polars(df: Any) -> pl.DataFrame:
+    """A polars frame from a polars or pandas one (pandas: converted once, index dropped)."""
+    if isinstance(df, pl.DataFrame):
+        return df
+    return pl.from_pandas(df.reset_index(drop=True))
+
+
+def _col(df: pl.DataFrame, name: str) -> np.ndarray:
+    return df.get_column(name).to_numpy()
+
+
+def holdout_largest(df: Any) -> np.ndarray:
+    """Boolean mask of the run(s) to hold out: the largest model at its largest token budget
+    (``df`` polars or pandas; the mask indexes either)."""
+    df = as_polars(df)
+    n, t = _col(df, "n_params"), _col(df, "tokens")
+    big = n == n.max()
+    return big & (t == t[big].max())
+
+
+def _mean_abs_rel_error(y: np.ndarray, pred: np.ndarray) -> float:
+    """Mean of ``|pred / y - 1|``: sklearn's mean absolute percentage error (as a fraction)."""
+    from sklearn.metrics import mean_absolute_percentage_error
+
+    return float(mean_absolute_percentage_error(y, pred))
 
 
 def identification_warnings(
@@ -64,14 +89,16 @@ def identification_warnings(
 
 
 def fit_chinchilla(
-    df: pd.DataFrame, holdout: pd.Series | None = None, n_boot: int = 200, random_state: int = 0
+    df: Any, holdout: np.ndarray | None = None, n_boot: int = 200, random_state: int = 0
 ) -> tuple[ChinchillaLaw, dict[str, Any]]:
     """Fit on the rows not held out; report the relative error on the held-out ones."""
+    df = as_polars(df)
     for c in ("n_params", "tokens", "loss"):
         if c not in df.columns:
             raise ValueError(f"the results table needs a {c!r} column; has {list(df.columns)}")
-    train = df if holdout is None else df[~holdout]
-    law = ChinchillaLaw().fit(train["n_params"], train["tokens"], train["loss"])
+    held = None if holdout is None else np.asarray(holdout, dtype=bool)
+    train = df if held is None else df.filter(pl.Series(~held))
+    law = ChinchillaLaw().fit(_col(train, "n_params"), _col(train, "tokens"), _col(train, "loss"))
     info: dict[str, Any] = law.to_dict()
     if n_boot > 0:
         try:
@@ -79,24 +106,23 @@ def fit_chinchilla(
             info["params_ci95"] = {k: list(v) for k, v in law.params_ci_.items()}
         except ScalingLawFitError as e:
             info["bootstrap_error"] = str(e)
-    info["warnings"] = identification_warnings(
-        law, train["n_params"].to_numpy(), train["tokens"].to_numpy()
-    )
-    pred = law.predict(train["n_params"].to_numpy(), train["tokens"].to_numpy())
-    info["train_mean_abs_rel_error"] = float(np.mean(np.abs(pred / train["loss"] - 1)))
-    if holdout is not None and holdout.any():
-        test = df[holdout]
-        tp = law.predict(test["n_params"].to_numpy(), test["tokens"].to_numpy())
+    info["warnings"] = identification_warnings(law, _col(train, "n_params"), _col(train, "tokens"))
+    pred = law.predict(_col(train, "n_params"), _col(train, "tokens"))
+    info["train_mean_abs_rel_error"] = _mean_abs_rel_error(_col(train, "loss"), pred)
+    if held is not None and held.any():
+        test = df.filter(pl.Series(held))
+        tn, tt, ty = _col(test, "n_params"), _col(test, "tokens"), _col(test, "loss")
+        tp = law.predict(tn, tt)
         info["heldout"] = [
             {"n_params": float(n), "tokens": float(t), "loss": float(y), "predicted": float(p),
              "rel_error": float(p / y - 1)}
-            for n, t, y, p in zip(test["n_params"], test["tokens"], test["loss"], tp, strict=True)
+            for n, t, y, p in zip(tn, tt, ty, tp, strict=True)
         ]  # fmt: skip
     return law, info
 
 
 def plot_chinchilla(
-    law: ChinchillaLaw, df: pd.DataFrame, path: Path, holdout: pd.Series | None = None
+    law: ChinchillaLaw, df: Any, path: Path, holdout: np.ndarray | None = None
 ) -> Path:
     """Loss vs tokens per model size: points, fitted curves, and the extrapolation."""
     import matplotlib
@@ -104,21 +130,22 @@ def plot_chinchilla(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    df = as_polars(df)
+    n, t, y = _col(df, "n_params"), _col(df, "tokens"), _col(df, "loss")
     fig, ax = plt.subplots(figsize=(7, 4.8))
-    sizes = np.array(sorted(df["n_params"].unique()))
+    sizes = np.unique(n)
     if len(sizes) > 6:  # many sizes (e.g. published points): curves for 6 quantiles only
         sizes = np.unique(np.quantile(sizes, np.linspace(0, 1, 6), method="nearest"))
-    norm = matplotlib.colors.LogNorm(df["n_params"].min(), df["n_params"].max())
+    norm = matplotlib.colors.LogNorm(n.min(), n.max())
     cmap = plt.get_cmap("viridis")
-    held = holdout if holdout is not None else pd.Series(False, index=df.index)
-    sc = ax.scatter(df.loc[~held, "tokens"], df.loc[~held, "loss"], c=df.loc[~held, "n_params"],
-                    cmap=cmap, norm=norm, s=22, label="fitted runs")  # fmt: skip
+    held = np.zeros(len(n), bool) if holdout is None else np.asarray(holdout, dtype=bool)
+    sc = ax.scatter(t[~held], y[~held], c=n[~held], cmap=cmap, norm=norm, s=22,
+                    label="fitted runs")  # fmt: skip
     if held.any():
-        ax.scatter(df.loc[held, "tokens"], df.loc[held, "loss"], c=df.loc[held, "n_params"],
-                   cmap=cmap, norm=norm, s=140, marker="*", edgecolor="red",
-                   label="held out")  # fmt: skip
-    t_hi = df["tokens"].max()
-    grid = np.geomspace(df["tokens"].min() / 2, t_hi * 8, 100)
+        ax.scatter(t[held], y[held], c=n[held], cmap=cmap, norm=norm, s=140, marker="*",
+                   edgecolor="red", label="held out")  # fmt: skip
+    t_hi = t.max()
+    grid = np.geomspace(t.min() / 2, t_hi * 8, 100)
     for n in sizes:
         ax.plot(grid, law.predict(np.full_like(grid, n), grid), color=cmap(norm(n)), lw=1.2)
     ax.axvspan(t_hi, grid[-1], color="0.93", zorder=0, label="extrapolation")
@@ -139,27 +166,32 @@ def plot_chinchilla(
     return path
 
 
-def mixture_columns(df: pd.DataFrame) -> list[str]:
+def mixture_columns(df: Any) -> list[str]:
     return [c for c in df.columns if c.startswith("w:")]
 
 
-def fit_mixing(df: pd.DataFrame, target: str = "loss", random_state: int = 0
+def _mixtures(df: pl.DataFrame) -> np.ndarray:
+    return df.select(mixture_columns(df)).cast(pl.Float64).to_numpy()
+
+
+def fit_mixing(df: Any, target: str = "loss", random_state: int = 0
                ) -> tuple[MixingLaw, dict[str, Any]]:  # fmt: skip
+    df = as_polars(df)
     cols = mixture_columns(df)
     if not cols:
         raise ValueError("the mixing law needs mixture columns named 'w:<domain>'")
+    y = _col(df, target)
     law = MixingLaw(random_state=random_state).fit(
-        df[cols].to_numpy(), df[target].to_numpy(), domains=[c[2:] for c in cols],
-        targets=[target],
+        _mixtures(df), y, domains=[c[2:] for c in cols], targets=[target],
     )  # fmt: skip
-    pred = law.predict(df[cols].to_numpy())
-    info = {"law": "MixingLaw", "params": law.params_, "n_points": len(df),
-            "train_mean_abs_rel_error": float(np.mean(np.abs(pred / df[target] - 1)))}  # fmt: skip
+    pred = law.predict(_mixtures(df))
+    info = {"law": "MixingLaw", "params": law.params_, "n_points": df.height,
+            "train_mean_abs_rel_error": _mean_abs_rel_error(y, pred)}  # fmt: skip
     return law, info
 
 
 def fit_filtering(
-    df: pd.DataFrame, metric: str = "target_loss", model: str | None = None
+    df: Any, metric: str = "target_loss", model: str | None = None
 ) -> tuple[dict[float, Pool], dict[str, Any]]:
     """One data-filtering law per keep fraction, on one model size's runs.
 
@@ -167,34 +199,44 @@ def fit_filtering(
     ``metric``); ``model`` defaults to the largest model in it. Returns the fitted pools (size
     = the subset's unique tokens) and a JSON-ready summary.
     """
+    df = as_polars(df)
     for c in ("keep_fraction", "unique_tokens", "tokens", metric):
-        if c not in df.columns or df[c].isna().all():
+        if c not in df.columns or _missing(df.get_column(c)).all():
             raise ValueError(f"the data-filtering fit needs a {c!r} column with values")
     if "model" in df.columns:
-        if model is None:
-            model = df.loc[df["n_params"].idxmax(), "model"] if "n_params" in df else None
+        if model is None and "n_params" in df.columns:
+            model = df.get_column("model")[df.get_column("n_params").arg_max()]
         if model is not None:
-            df = df[df["model"] == model]
+            df = df.filter(pl.col("model") == model)
     pools: dict[float, Pool] = {}
     info: dict[str, Any] = {"law": "DataFilteringLaw", "metric": metric, "model": model,
                             "pools": {}}  # fmt: skip
-    for frac, g in df.groupby("keep_fraction"):
-        law = DataFilteringLaw().fit(g["tokens"], g["unique_tokens"], g[metric])
-        size = float(g["unique_tokens"].iloc[0])
+    groups = df.filter(~_missing(df.get_column("keep_fraction"))).partition_by(
+        "keep_fraction", as_dict=True, maintain_order=True
+    )
+    for (frac,), g in sorted(groups.items()):
+        law = DataFilteringLaw().fit(_col(g, "tokens"), _col(g, "unique_tokens"), _col(g, metric))
+        size = float(g.get_column("unique_tokens")[0])
         pools[float(frac)] = law.pool(size)
-        info["pools"][str(float(frac))] = {"size": size, **law.params_, "n_points": len(g)}
+        info["pools"][str(float(frac))] = {"size": size, **law.params_, "n_points": g.height}
     return pools, info
 
 
-def plot_mixing(law: MixingLaw, df: pd.DataFrame, target: str, path: Path) -> Path:
+def _missing(s: pl.Series) -> pl.Series:
+    """Null, or NaN in a float column (pandas' ``isna``)."""
+    return s.is_null() | s.is_nan() if s.dtype.is_float() else s.is_null()
+
+
+def plot_mixing(law: MixingLaw, df: Any, target: str, path: Path) -> Path:
     """Predicted vs measured target loss over the runs' mixtures."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pred = law.predict(df[mixture_columns(df)].to_numpy())
-    y = df[target].to_numpy()
+    df = as_polars(df)
+    pred = law.predict(_mixtures(df))
+    y = _col(df, target)
     fig, ax = plt.subplots(figsize=(4.8, 4.5))
     ax.scatter(y, pred, s=14)
     lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
@@ -210,7 +252,7 @@ def plot_mixing(law: MixingLaw, df: pd.DataFrame, target: str, path: Path) -> Pa
 
 
 def fit_table(
-    df: pd.DataFrame,
+    df: Any,
     out_dir: str | Path,
     laws: tuple[str, ...] = ("chinchilla",),
     holdout: str | None = "largest",
@@ -219,19 +261,20 @@ def fit_table(
     mixing_target: str = "loss",
     filtering_metric: str = "target_loss",
 ) -> dict[str, Any]:
-    """Fit ``laws`` on ``df``; write fits.json, PNGs and report.md to ``out_dir``."""
+    """Fit ``laws`` on ``df`` (a polars or pandas frame); write fits.json, PNGs and report.md
+    to ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     known = {"chinchilla", "data_constrained", "mixing", "filtering"}
     unknown = set(laws) - known
     if unknown:
         raise ValueError(f"unknown laws {sorted(unknown)}; choose from {sorted(known)}")
-    df = df.reset_index(drop=True)
-    fits: dict[str, Any] = {"n_rows": len(df)}
-    lines = ["# Scaling-law fits", "", f"{len(df)} runs.", ""]
+    df = as_polars(df)
+    fits: dict[str, Any] = {"n_rows": df.height}
+    lines = ["# Scaling-law fits", "", f"{df.height} runs.", ""]
     if "chinchilla" in laws:
         mask = holdout_largest(df) if holdout == "largest" else None
-        if mask is not None and (len(df) - int(mask.sum())) <= 5:
+        if mask is not None and (df.height - int(mask.sum())) <= 5:
             mask = None
         law, info = fit_chinchilla(df, mask, n_boot=n_boot, random_state=random_state)
         plot_chinchilla(law, df, out / "chinchilla.png", mask)
@@ -256,7 +299,7 @@ def fit_table(
             raise ValueError("the data-constrained law needs a 'unique_tokens' column")
         base = fits.get("chinchilla", {}).get("params")
         dc = DataConstrainedLaw(base=base).fit(
-            df["n_params"], df["tokens"], df["unique_tokens"], df["loss"]
+            _col(df, "n_params"), _col(df, "tokens"), _col(df, "unique_tokens"), _col(df, "loss")
         )
         fits["data_constrained"] = dc.to_dict()
         lines += ["## Data-constrained", "", json.dumps(dc.params_, indent=1), ""]

@@ -15,6 +15,9 @@ Keep-fraction sweeps (``run_keep_fraction_sweep``) train on the top-x% of a rank
 or BETR scores) instead of a mixture; their rows carry ``keep_fraction`` and
 ``unique_tokens`` (the subset's training tokens), which is what the data-filtering and
 data-constrained laws need.
+
+The tables are built, joined and written with polars; the public functions still return
+pandas frames (``.to_pandas()``), which the CLI and the flow index.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import polars as pl
 from pydantic import Field, model_validator
 
 from curamix.config import CuramixModel
@@ -93,36 +97,32 @@ def top_fraction(scored: pd.DataFrame, fraction: float) -> dict[str, list[str]]:
 
 def load_scored_pool(run_dir: str | Path, score_stage: str = "dsir") -> pd.DataFrame:
     """The run's pool documents joined with the latest ``score_stage`` scores (by id)."""
-    import pyarrow.parquet as pq
-
-    from curamix.io.store import latest_result
-    from curamix.pipelines.parts import part_files
+    from curamix.io.store import latest_result, part_files
     from curamix.proxy.data import _pool_stage
 
     run_dir = Path(run_dir)
     res = latest_result(run_dir, score_stage)
     if res is None:
         raise FileNotFoundError(f"no completed '{score_stage}' output in {run_dir}")
-    scores = pd.concat(
-        pq.read_table(p, columns=["id", "score"]).to_pandas()
-        for p in part_files(res.path / "scores")
-    )
+    scores = pl.read_parquet(part_files(res.path / "scores"), columns=["id", "score"])
     pool = latest_result(run_dir, _pool_stage(run_dir))
     if pool is None:
         raise FileNotFoundError(f"no completed pool stage (ingest/dedup) in {run_dir}")
-    docs = pd.concat(
-        pq.read_table(p, columns=["id", "domain", "text"]).to_pandas()
-        for p in part_files(pool.data_path)
-    )
-    out = docs.merge(scores, on="id", how="inner", validate="one_to_one")
-    if len(out) != len(docs):
-        raise ValueError(f"{len(docs) - len(out)} pool documents have no {score_stage} score")
-    return out
+    docs = pl.read_parquet(part_files(pool.data_path), columns=["id", "domain", "text"])
+    out = docs.join(scores, on="id", how="inner", validate="1:1", maintain_order="left")
+    if out.height != docs.height:
+        raise ValueError(f"{docs.height - out.height} pool documents have no {score_stage} score")
+    return out.to_pandas()
 
 
-def _write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
+def _results_table(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """Sweep rows as a table; a column some rows lack (another mixture's domains) is null."""
+    return pl.from_dicts(rows, infer_schema_length=None) if rows else pl.DataFrame()
+
+
+def _write_parquet_atomic(df: pl.DataFrame, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{time.time_ns()}.tmp")
-    df.to_parquet(tmp, index=False)
+    df.write_parquet(tmp)
     tmp.replace(path)
 
 
@@ -190,6 +190,36 @@ def run_sweep(
     ``train_tokens``/``val_tokens`` default to the run's own token streams
     (:func:`curamix.proxy.data.prepare_run_tokens` with ``cfg.vocab_size``).
     """
+    return sweep_results(
+        run_dir, cfg, train_tokens, val_tokens, target_tokens, progress, log
+    ).to_pandas()
+
+
+def sweep_results(
+    run_dir: str | Path,
+    cfg: SweepConfig,
+    train_tokens: Mapping[str, np.ndarray] | None = None,
+    val_tokens: Mapping[str, np.ndarray] | None = None,
+    target_tokens: np.ndarray | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> pl.DataFrame:
+    """:func:`run_sweep` with the results table as a polars frame (as written to
+    ``results.parquet``)."""
+    rows = _sweep_rows(run_dir, cfg, train_tokens, val_tokens, target_tokens, progress, log)
+    return _results_table(rows)
+
+
+def _sweep_rows(
+    run_dir: str | Path,
+    cfg: SweepConfig,
+    train_tokens: Mapping[str, np.ndarray] | None,
+    val_tokens: Mapping[str, np.ndarray] | None,
+    target_tokens: np.ndarray | None,
+    progress: bool,
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """:func:`run_sweep`'s work: the rows of the results table, written as it goes."""
     from curamix.proxy.train import ProxyTrainConfig, train_proxy
 
     run_dir = Path(run_dir)
@@ -233,11 +263,11 @@ def run_sweep(
                 f"    loss {row['loss']:.4f}  N={row['n_params']:,}  "
                 f"{row['tokens_per_s']:,.0f} tok/s  {row['wall_s']:.1f}s"
             )
-        _write_parquet_atomic(pd.DataFrame(rows), root / "results.parquet")
+        _write_parquet_atomic(_results_table(rows), root / "results.parquet")
     log(
         f"sweep: {len(cells)} cells in {time.perf_counter() - t0:.1f}s -> {root / 'results.parquet'}"
     )
-    return pd.DataFrame(rows)
+    return rows
 
 
 def run_keep_fraction_sweep(
@@ -270,7 +300,7 @@ def run_keep_fraction_sweep(
             tokenizer_path(run_dir, cfg.vocab_size), by_domain, cfg.vocab_size,
             random_state=cfg.seed,
         )  # fmt: skip
-    tables = []
+    tables: list[pl.DataFrame] = []
     for frac in sorted(set(fractions)):
         texts = top_fraction(scored, frac)
         train, val = tokenize_domains(
@@ -279,11 +309,13 @@ def run_keep_fraction_sweep(
         unique = int(sum(len(v) for v in train.values()))
         log(f"keep {frac:.0%}: {sum(map(len, texts.values())):,} docs, {unique:,} train tokens")
         sub = run_dir / "scaling" / "filter" / f"keep-{frac:g}"
-        df = run_sweep(sub, cfg, train, val, target_tokens=target_tokens, progress=progress,
-                       log=log)  # fmt: skip
-        df.insert(1, "keep_fraction", frac)
-        df.insert(2, "unique_tokens", unique)
+        df = sweep_results(sub, cfg, train, val, target_tokens, progress, log)
+        cols = df.columns
+        df = df.with_columns(
+            pl.lit(float(frac)).alias("keep_fraction"),
+            pl.lit(unique, dtype=pl.Int64).alias("unique_tokens"),
+        ).select([*cols[:1], "keep_fraction", "unique_tokens", *cols[1:]])
         tables.append(df)
-    out = pd.concat(tables, ignore_index=True)
+    out = pl.concat(tables, how="diagonal_relaxed")
     _write_parquet_atomic(out, run_dir / "scaling" / "filter" / "results.parquet")
-    return out
+    return out.to_pandas()

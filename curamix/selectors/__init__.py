@@ -1,1 +1,12 @@
-"""placeholder"""
+"""Selection algorithms: choose documents by importance, by a learned score or by coverage.
+
+- :mod:`~curamix.selectors.dsir`: DSIR, hashed n-gram importance resampling (Xie et al.
+  2023), bit-compatible with the reference ``data-selection``.
+- :mod:`~curamix.selectors.betr`: BETR, benchmark-targeted ranking and its cheap text
+  classifier (Mizrahi et al. 2025).
+- :mod:`~curamix.selectors.coreset`: CCS, SSL prototypes, k-center greedy, facility location,
+  density-based pruning and random coresets over embeddings.
+
+Plain numpy / scikit-learn / FAISS code: no pyspark, no prefect (the Spark jobs in
+:mod:`curamix.pipelines` call these same functions).
+"""

@@ -114,7 +114,7 @@ def rank_values(
     n = len(docs)
     if index is None:
         from curamix.config import IndexConfig
-        from curamix.selectors.index import VectorIndex
+        from curamix.embeddings.index import VectorIndex
 
         index = VectorIndex.build(docs, cfg=IndexConfig(kind="flat", gpu="off"), metric="ip")
     best = np.zeros(n, dtype=np.float64)
@@ -417,15 +417,20 @@ class HashedTextClassifier:
 
 def binary_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     """Accuracy (log-odds > 0), balanced accuracy and ROC AUC of ``scores`` against boolean
-    ``labels`` (AUC with ties counted half; NaN when a class is missing)."""
+    ``labels``, from :mod:`sklearn.metrics` (AUC counts ties half; NaN for the two class-wise
+    metrics when a class is missing, and for all three on empty input)."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
+
     y = np.asarray(labels, dtype=bool)
     s = np.asarray(scores, dtype=np.float64)
     pred = s > 0
-    out = {"accuracy": float((pred == y).mean()) if len(y) else float("nan")}
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    out = {"accuracy": float(accuracy_score(y, pred)) if len(y) else float("nan")}
+    if y.all() or not y.any():  # one class (or none): sklearn warns or raises; report NaN
         out.update(balanced_accuracy=float("nan"), auc=float("nan"))
         return out
+    out["balanced_accuracy"] = float(balanced_accuracy_score(y, pred))
+    out["auc"] = float(roc_auc_score(y, s))
+    return out
     out["balanced_accuracy"] = float((pred[y].mean() + (~pred[~y]).mean()) / 2)
     from scipy.stats import rankdata
 

@@ -144,7 +144,7 @@ def prototype_scores(
 ) -> np.ndarray:
     """SSL-prototype difficulty (Sorscher et al. 2022): cosine distance of each L2-normalized
     vector to its nearest spherical k-means centroid (higher = harder, less prototypical)."""
-    from curamix.selectors.index import spherical_kmeans
+    from curamix.embeddings.index import spherical_kmeans
 
     x = np.asarray(vectors, dtype=np.float32)
     if not 1 <= n_clusters <= len(x):
@@ -165,7 +165,7 @@ def prototype_select(scores: np.ndarray, k: int, keep_hard: bool = True) -> np.n
 def kcenter_select(vectors: np.ndarray, k: int, random_state: int = 0) -> np.ndarray:
     """k-center greedy (Sener & Savarese 2018) over the vectors: repeatedly add the point
     farthest from the chosen set (start point from ``random_state``)."""
-    from curamix.selectors.index import kcenter_greedy
+    from curamix.embeddings.index import kcenter_greedy
 
     x = np.asarray(vectors, dtype=np.float32)
     check_k(k, len(x))
@@ -356,7 +356,7 @@ def dbp_select(
     Defaults are the reference code's (``--temperature 0.5``, ``--cls-bal-ratio 0.5``,
     ``--num_NNs 20``).
     """
-    from curamix.selectors.index import spherical_kmeans
+    from curamix.embeddings.index import spherical_kmeans
 
     x = np.asarray(vectors, dtype=np.float32)
     check_k(k, len(x))

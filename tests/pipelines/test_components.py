@@ -4,8 +4,8 @@ scipy's on known and random graphs."""
 import numpy as np
 import pytest
 
+from curamix.filters.dedup import connected_components as cc_local
 from curamix.pipelines.components import connected_components, connected_components_single_task
-from curamix.selectors.dedup import connected_components as cc_local
 
 pytestmark = pytest.mark.spark
 

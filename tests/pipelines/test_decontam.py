@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from curamix.config import build_config
+from curamix.filters.decontam import build_index, find_contamination
 from curamix.pipelines.decontam import read_test_items
 from curamix.runner import pool_stage, run_pipeline
-from curamix.selectors.decontam import build_index, find_contamination
 from tests.conftest import write_jsonl
 
 pytestmark = pytest.mark.spark

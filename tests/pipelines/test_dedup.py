@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from curamix.config import ConfigError, build_config
+from curamix.filters.dedup import minhash_dedup
 from curamix.pipelines.dedup import DedupGateError, check_doc_schema
 from curamix.runner import run_pipeline
-from curamix.selectors.dedup import minhash_dedup
 from tests.conftest import score_near_dups, write_jsonl
 
 pytestmark = pytest.mark.spark

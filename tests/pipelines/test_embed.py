@@ -9,12 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from curamix.config import build_config
+from curamix.embeddings.embed import embed_texts
+from curamix.embeddings.index import IndexTooLargeError
 from curamix.io.store import load_completed
 from curamix.pipelines.embed import STAGE, embed_key, load_embeddings, load_index
 from curamix.pipelines.parts import in_sample, sample_cutoff, sample_hash
 from curamix.runner import run_pipeline
-from curamix.selectors.embed import embed_texts
-from curamix.selectors.index import IndexTooLargeError
 from tests.conftest import write_jsonl
 
 TOPICS = {
@@ -142,7 +142,7 @@ def test_seeded_sample_and_memory_gate(spark, raw, tmp_path):
     c = r.manifest["counts"]
     assert (c["in"], c["embedded"], c["not_sampled"]) == (12, 5, 7)
     # The seed is part of the key only when sampling.
-    pool = run_pipeline(cfg, spark=spark, only=["ingest"])["ingest"]
+    pool = {"pool": run_pipeline(cfg, spark=spark, only=["ingest"])["ingest"]}
     other_seed = cfg.model_copy(update={"seed": 8})
     assert embed_key(cfg, pool) != embed_key(other_seed, pool)
     full = _cfg(tmp_path, raw)

@@ -12,11 +12,11 @@ import pytest
 
 from curamix.config import build_config
 from curamix.demo import make_demo_corpus
+from curamix.filters.semdedup import semdedup
 from curamix.io.store import load_completed
 from curamix.pipelines.embed import load_embeddings
 from curamix.pipelines.semdedup import STAGE, SemDedupGateError, cluster_pool, semdedup_key
 from curamix.runner import pool_stage, require_upstream, run_pipeline
-from curamix.selectors.semdedup import semdedup
 
 pytestmark = pytest.mark.spark
 
@@ -144,7 +144,7 @@ def test_gate_names_the_domain(run, spark, demo):
     strict = _cfg(cfg.run_dir, demo / "raw", eps=0.3, max_removal_rate=0.05)
     with pytest.raises(SemDedupGateError, match=r"max_removal_rate=5% of domain\(s\) \w+: \d"):
         run_pipeline(strict, spark=spark)
-    key = semdedup_key(strict, res["ingest"], res["embed"])
+    key = semdedup_key(strict, {"pool": res["ingest"], "embed": res["embed"]})
     assert load_completed(strict.run_dir, STAGE, key) is None
     failed = Path(strict.run_dir) / f"{STAGE}-{key}.gate-failed.md"
     assert "over the gate" in failed.read_text()

@@ -177,6 +177,26 @@ def test_classifier_bad_input(tmp_path):
         HashedTextClassifier().decision_function(texts)
 
 
+def test_binary_metrics_match_sklearn_on_ties():
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
+
+    rng = np.random.default_rng(3)
+    y = rng.random(300) < 0.3  # imbalanced
+    # Tie-heavy: 5 distinct scores (zero among them, which predicts negative), shifted by class.
+    s = rng.integers(-2, 3, 300).astype(float) + (y & (rng.random(300) < 0.5))
+    m = binary_metrics(y, s)
+    assert m["accuracy"] == accuracy_score(y, s > 0)
+    assert m["balanced_accuracy"] == balanced_accuracy_score(y, s > 0)
+    assert m["auc"] == roc_auc_score(y, s)
+    # What the docstring promises: the AUC counts a tied (positive, negative) pair as half.
+    pos, neg = s[y][:, None], s[~y][None, :]
+    assert m["auc"] == pytest.approx(((pos > neg) + 0.5 * (pos == neg)).mean(), abs=1e-12)
+    # One class, or nothing: NaN where the metric is undefined, no warning or error.
+    one = binary_metrics(np.ones(4, bool), np.array([1.0, -1.0, 0.0, 2.0]))
+    assert one["accuracy"] == 0.5 and np.isnan(one["auc"]) and np.isnan(one["balanced_accuracy"])
+    assert all(np.isnan(v) for v in binary_metrics(np.array([], bool), np.array([])).values())
+
+
 # --- token-share threshold -------------------------------------------------------------------
 
 

@@ -281,7 +281,7 @@ def test_dbp_complexity_hand_checked():
 
 
 def test_dbp_select_follows_the_allocation():
-    from curamix.selectors.index import spherical_kmeans
+    from curamix.embeddings.index import spherical_kmeans
 
     x, _ = _blobs([400, 100, 30, 10], spread=0.3)
     sel = dbp_select(x, 40, n_clusters=6, random_state=0)

@@ -4,7 +4,7 @@ reference's ordering, blocked = unblocked, one-pass removal curve monotone in ep
 import numpy as np
 import pytest
 
-from curamix.selectors.semdedup import (
+from curamix.filters.semdedup import (
     cluster_order,
     decide,
     max_cos_to_earlier,

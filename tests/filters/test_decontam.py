@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from curamix.selectors.decontam import build_index, find_contamination, ngram_hashes, words
+from curamix.filters.decontam import build_index, find_contamination, ngram_hashes, words
 
 ITEM = (
     "The quick brown fox jumps over the lazy dog while seven tired farmers "

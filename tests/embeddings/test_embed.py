@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curamix.selectors.embed import (
+from curamix.embeddings.embed import (
     DEFAULT_MODEL,
     EmbeddingModelError,
     encode,
@@ -77,7 +77,7 @@ def test_encode_empty_input(model):
 
 
 def test_embed_texts_matches_load_and_encode(model):
-    from curamix.selectors.embed import embed_texts
+    from curamix.embeddings.embed import embed_texts
 
     texts = ["one short text", "another one, a bit longer than the first"]
     np.testing.assert_array_equal(embed_texts(texts, device="cpu"), encode(model, texts))

@@ -2,7 +2,7 @@
 
 Plain numpy kernels that the Spark stage, notebooks and tests share. Inputs are L2-normalized
 vectors, each document's cluster (``assign``) and its cosine to the cluster centroid, as
-:func:`curamix.selectors.index.spherical_kmeans` returns them.
+:func:`curamix.embeddings.index.spherical_kmeans` returns them.
 
 The rule follows the reference code (facebookresearch/SemDeDup ``semdedup.py`` and
 ``clustering/sort_clusters.py``): inside each cluster the documents are ordered by distance to

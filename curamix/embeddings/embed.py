@@ -7,7 +7,7 @@ local folder or already be in the Hugging Face cache. A loaded model is cached p
 so a Spark executor's Python worker loads it once however many parts or batches it encodes.
 
 Vectors are float32 with L2-normalized rows, so the inner product is the cosine similarity
-(what the FAISS indices of :mod:`curamix.selectors.index` search with).
+(what the FAISS indices of :mod:`curamix.embeddings.index` search with).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from curamix.selectors.dedup import (
+from curamix.filters.dedup import (
     band_keys,
     connected_components,
     dedup_decisions,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from curamix.config import IndexConfig
-from curamix.selectors.index import (
+from curamix.embeddings.index import (
     GPUUnavailableError,
     IndexTooLargeError,
     VectorIndex,
