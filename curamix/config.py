@@ -122,6 +122,12 @@ class IngestConfig(CuramixModel):
     """``spark``: one Spark task per read unit; ``local``: the same functions in the driver
     process (same output); ``auto``: local up to ``local_max_bytes`` of input files."""
     local_max_bytes: int = Field(default=64 * 2**20, ge=0)
+    max_json_depth: int = Field(default=128, ge=1, le=10_000)
+    """A JSON record nested deeper than this (arrays / objects) is quarantined
+    (``too_deep``) before it is parsed, so no record can exhaust the parser's stack."""
+    max_quarantine_rate: float | None = Field(default=None, gt=0, le=1)
+    """Fail the stage when a file quarantines more than this share of its records (naming
+    the file and its rate); default: never (bad records are set aside and counted)."""
 
 
 class DedupConfig(CuramixModel):

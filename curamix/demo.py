@@ -535,6 +535,10 @@ def dedup_recall(dedup_path: str | Path, truth_dir: str | Path) -> dict[str, tup
     return dict(sorted(out.items()))
 
 
+DEMO_FILES = ".demo-files.json"
+"""The files :func:`write_demo_corpus` wrote (a rerun removes only those that are stale)."""
+
+
 def write_demo_corpus(out: str | Path, n_docs: int = 4000, seed: int = 0) -> DemoCorpus:
     """:func:`make_demo_corpus` into ``out``, leaving files that already hold the same bytes
     untouched (so their modification times, hence ingest's input fingerprints, stay the same
@@ -543,16 +547,19 @@ def write_demo_corpus(out: str | Path, n_docs: int = 4000, seed: int = 0) -> Dem
     import shutil
     import uuid
 
+    from curamix.io.store import inside, write_json_atomic
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    listing = out / DEMO_FILES
     tmp = out / f".demo-{uuid.uuid4().hex[:8]}"
     try:
         corpus = make_demo_corpus(tmp, n_docs=n_docs, seed=seed)
         new = {p.relative_to(tmp) for p in tmp.rglob("*") if p.is_file()}
-        for sub in ("raw", "targets", "truth"):
-            for old in (out / sub).rglob("*") if (out / sub).is_dir() else []:
-                if old.is_file() and old.relative_to(out) not in new:
-                    old.unlink()
+        old = json.loads(listing.read_text(encoding="utf-8")) if listing.is_file() else []
+        for name in sorted(set(old) - {str(p) for p in new}):  # only files it wrote itself
+            inside(out, name).unlink(missing_ok=True)
+        write_json_atomic(listing, sorted(str(p) for p in new))
         for rel in sorted(new):
             src, dst = tmp / rel, out / rel
             if dst.is_file() and dst.read_bytes() == src.read_bytes():

@@ -20,7 +20,13 @@ from curamix.config import (
     load_config,
     pool_stage,
 )
-from curamix.io.store import JobResult, load_completed, read_stages_index, write_json_atomic
+from curamix.io.store import (
+    JobResult,
+    load_completed,
+    read_stages_index,
+    run_lock,
+    write_json_atomic,
+)
 from curamix.pipelines.registry import get_stage
 
 if TYPE_CHECKING:
@@ -127,7 +133,20 @@ def run_pipeline(
     only: list[str] | None = None,
 ) -> dict[str, JobResult]:
     """Run ``cfg.stages`` (or the ``only`` ones among them) in order into ``cfg.run_dir``;
-    finished stages are skipped, and upstream stages not run here come from the run folder."""
+    finished stages are skipped, and upstream stages not run here come from the run folder.
+
+    The run folder is locked for the duration (:func:`curamix.io.store.run_lock`): a second
+    run on the same folder is refused with an error naming this one."""
+    with run_lock(cfg.run_dir):
+        return _run_pipeline(cfg, spark, on_step, only)
+
+
+def _run_pipeline(
+    cfg: PipelineConfig,
+    spark: SparkSession | None,
+    on_step: Callable[[str], None] | None,
+    only: list[str] | None,
+) -> dict[str, JobResult]:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / f".{RUN_CONFIG}.tmp"

@@ -76,6 +76,9 @@ class QuarantineReason(StrEnum):
     MISSING_DOMAIN = "missing_domain"
     UNREADABLE_FILE = "unreadable_file"
     TRUNCATED_FILE = "truncated_file"
+    TOO_DEEP = "too_deep"
+    RECORD_ERROR = "record_error"
+    """Any other exception while turning one record into a document (the type in ``detail``)."""
 
 
 def empty_table(schema: pa.Schema) -> pa.Table:

@@ -111,3 +111,20 @@ def test_demo_ingest_matches_the_generator(spark, tmp_path):
         "too_large": 1,
         "truncated_file": 1,
     }
+
+
+def test_demo_rewrite_removes_only_its_own_files(tmp_path):
+    from curamix.demo import DEMO_FILES, write_demo_corpus
+
+    write_demo_corpus(tmp_path, n_docs=300, seed=1)
+    mine = json.loads((tmp_path / DEMO_FILES).read_text())
+    assert mine and all((tmp_path / f).is_file() for f in mine)
+    user = tmp_path / "raw" / "my_notes.jsonl"
+    user.write_text('{"text": "the user put this here"}\n')
+    stale = tmp_path / mine[0]
+    listing = json.loads((tmp_path / DEMO_FILES).read_text())
+    (tmp_path / DEMO_FILES).write_text(json.dumps([*listing, "raw/old_demo_part.jsonl"]))
+    (tmp_path / "raw" / "old_demo_part.jsonl").write_text("{}\n")
+    write_demo_corpus(tmp_path, n_docs=300, seed=1)
+    assert user.is_file() and stale.is_file()  # the user's file and current files stay
+    assert not (tmp_path / "raw" / "old_demo_part.jsonl").exists()  # its own stale file goes

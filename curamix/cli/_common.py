@@ -19,7 +19,9 @@ err_console = Console(stderr=True, highlight=False)
 
 @contextmanager
 def _friendly_errors() -> Iterator[None]:
+    from curamix.io.store import RunLockedError
     from curamix.pipelines.dedup import DedupGateError
+    from curamix.pipelines.ingest import QuarantineRateError
     from curamix.pipelines.session import JavaMissingError
 
     try:
@@ -27,7 +29,10 @@ def _friendly_errors() -> Iterator[None]:
     except (ConfigError, JavaMissingError) as err:
         err_console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(2) from None
-    except DedupGateError as err:  # SemDedupGateError too
+    except RunLockedError as err:
+        err_console.print(f"[bold red]busy:[/] {err}")
+        raise typer.Exit(4) from None
+    except (DedupGateError, QuarantineRateError) as err:  # SemDedupGateError too
         err_console.print(f"[bold red]safety gate:[/] {err}")
         raise typer.Exit(3) from None
 

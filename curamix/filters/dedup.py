@@ -6,6 +6,16 @@ Plain numpy functions; the Spark dedup job and the tests call them. MinHash foll
 integral; shingles are word n-grams (default 5) of the normalized text, as in datatrove and
 text-dedup.
 
+Three kernels are numba (compiled on first use, ``cache=True``), each kept because it is
+measured faster than the best library way to the identical result (``bench/numba_kernels.py``,
+2026-12-03, 2-core VM, one thread, ``corpus_with_dups/mixed_20k``: 20,000 documents, 3.83M
+word 5-gram shingles, 128 permutations): MinHash signatures 0.69 s vs 4.70 s for the numpy
+kernel :func:`_minhash_numpy` (6.9x; datasketch's ``update_batch``, with its own arithmetic,
+14.9 s); sorted unique shingle sets 0.18 s vs 1.39 s for a numpy ``lexsort`` over (document,
+hash) (7.9x); exact Jaccard of pairs 0.77 us per LSH candidate pair vs 64 us with numpy
+(gather both sets, ``lexsort``, count equal neighbours; 82x) and 1.6 us vs 109 us on 20,000
+random pairs (68x). Compiling all three on a fresh machine takes about 3.5 s, once.
+
 References
 ----------
 Broder. "On the resemblance and containment of documents." SEQUENCES 1997.
@@ -159,7 +169,8 @@ def _minhash_numpy(x, doc, a, b, sig, block: int = 512) -> None:
 
 
 def _minhash_numba_impl(x, doc, a, b, sig):  # pragma: no cover - compiled by numba
-    """The same arithmetic as :func:`universal_hash`, fused into one loop (7x numpy)."""
+    """The same arithmetic as :func:`universal_hash`, fused into one loop (6.9x numpy, see the
+    module docstring)."""
     m61 = np.uint64(0x1FFFFFFFFFFFFFFF)
     low32 = np.uint64(0xFFFFFFFF)
     low29 = np.uint64(0x1FFFFFFF)

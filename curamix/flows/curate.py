@@ -227,7 +227,15 @@ def curate_flow(
 
 
 def run_flow_steps(cfg: PipelineConfig) -> dict[str, Any]:
-    """The flow's body (inside a flow run): the tasks in order, artifacts after each."""
+    """The flow's body (inside a flow run): the tasks in order, artifacts after each; the run
+    folder is locked meanwhile (a second flow or run on it is refused, naming this one)."""
+    from curamix.io.store import run_lock
+
+    with run_lock(cfg.run_dir):
+        return _run_flow_steps(cfg)
+
+
+def _run_flow_steps(cfg: PipelineConfig) -> dict[str, Any]:
     from curamix.flows import artifacts as art
 
     fc = cfg.flow

@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from curamix.config import ConfigError, PipelineConfig, ScalingConfig, config_hash
-from curamix.io.store import JobResult, file_sha256, load_completed, stage_writer, write_json_atomic
+from curamix.io.store import (
+    JobResult,
+    file_sha256,
+    inside,
+    load_completed,
+    stage_writer,
+    write_json_atomic,
+)
 
 if TYPE_CHECKING:
     from curamix.mixture import Mixture
@@ -321,7 +328,7 @@ def run_export_step(
         written += export_mixture(mix, fmt, out, **opts)
     names = [p.name for p in written]
     for stale in set(old.get("files", [])) - set(names):
-        (out / stale).unlink(missing_ok=True)
+        inside(out, stale).unlink(missing_ok=True)  # a name from the marker: stays in out/
     write_json_atomic(
         marker,
         {"key": key, "mixture_sha256": file_sha256(src), "formats": cfg.formats, "files": names},

@@ -273,6 +273,7 @@ def expand_inputs(cfg: IngestConfig) -> ExpandedInputs:
             domain_field=spec.domain_field,
             max_doc_bytes=cfg.max_doc_bytes,
             oversize=cfg.oversize,
+            max_json_depth=cfg.max_json_depth,
         )
         hf_options: dict[str, dict] = {}
         if spec.format == "hf" and not os.path.exists(spec.path):

@@ -17,6 +17,7 @@ import gzip
 import hashlib
 import io
 import json
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -99,6 +100,7 @@ class ReadUnit:
     domain_field: str | None = None
     max_doc_bytes: int = 1_000_000
     oversize: str = "quarantine"
+    max_json_depth: int = 128
     meta: dict[str, Any] = field(default_factory=dict)
     hf: dict[str, Any] = field(default_factory=dict)
     """How a Hugging Face unit is read. ``hf_disk`` (one Arrow file of a ``save_to_disk``
@@ -237,8 +239,26 @@ class _FileReader:
         )
 
     def record(self, record: int, obj: Any, raw: str | None = None) -> None:
-        """One decoded record (a dict from JSON, Parquet or Arrow)."""
+        """One decoded record (a dict from JSON, Parquet or Arrow): a document or a quarantine
+        row; any exception on the way quarantines the record (``record_error``, the exception
+        type in ``detail``), never the run."""
+        mark = len(self.out.rows)
+        try:
+            self._record(record, obj, raw)
+        except Exception as err:  # one record must never stop a run
+            del self.out.rows[mark:]  # a split record's chunks: all or none
+            try:
+                raw_text = raw if raw is not None else _dump(obj)
+            except Exception:  # an object that cannot even be dumped
+                raw_text = None
+            self.quarantine(
+                record, QR.RECORD_ERROR, f"{type(err).__name__}: {str(err)[:500]}", raw_text
+            )
+
+    def _record(self, record: int, obj: Any, raw: str | None) -> None:
         u = self.unit
+        if isinstance(obj, _BadRow):
+            raise obj.err
         if not isinstance(obj, dict):
             self.quarantine(
                 record,
@@ -386,13 +406,60 @@ def _stream_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+_STRUCTURE = re.compile(r'["\\\[\]{}]')
+
+
+def json_too_deep(s: str, limit: int) -> bool:
+    """Whether the JSON text ``s`` nests arrays and objects deeper than ``limit`` (brackets
+    inside strings do not count), told without parsing it: a parser would recurse once per
+    level and could exhaust the stack first."""
+    if s.count("[") + s.count("{") <= limit:
+        return False  # fewer openers than the limit
+    depth, in_str, skip = 0, False, -1
+    for m in _STRUCTURE.finditer(s):
+        i, c = m.start(), m.group()
+        if i == skip:
+            continue  # the character after a backslash inside a string
+        if in_str:
+            if c == "\\":
+                skip = i + 1
+            elif c == '"':
+                in_str = False
+        elif c == '"':
+            in_str = True
+        elif c in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif c in "]}":
+            depth -= 1
+    return False
+
+
+_BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
+         (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))  # fmt: skip
+
+
+def _jsonl_lines(fh: IO[bytes]) -> Iterator[bytes]:
+    """The file's lines as UTF-8 bytes: a UTF-16 or UTF-32 file (told by its byte-order
+    mark) is decoded, so its records count as records; a UTF-8 BOM is dropped."""
+    head = fh.peek(4)[:4] if hasattr(fh, "peek") else b""
+    for bom, encoding in _BOMS:
+        if head.startswith(bom):
+            fh.read(len(bom))
+            text = io.TextIOWrapper(fh, encoding=encoding, newline="")
+            for line in text:
+                yield line.encode("utf-8", "surrogatepass")
+            return
+    for n, line in enumerate(fh):
+        yield line[3:] if n == 0 and line.startswith(b"\xef\xbb\xbf") else line
+
+
 def _read_jsonl(fr: _FileReader) -> Iterator[None]:
     line_no = 0
     try:
         with _open_binary(fr.path) as fh:
-            for line_no, line in enumerate(fh, start=1):
-                if line_no == 1 and line.startswith(b"\xef\xbb\xbf"):
-                    line = line[3:]
+            for line_no, line in enumerate(_jsonl_lines(fh), start=1):
                 if not line.strip():
                     continue  # blank lines hold no record
                 fr.n_records += 1
@@ -408,15 +475,27 @@ def _read_jsonl(fr: _FileReader) -> Iterator[None]:
                     )
                     yield
                     continue
+                if json_too_deep(s, fr.unit.max_json_depth):
+                    fr.quarantine(
+                        line_no,
+                        QR.TOO_DEEP,
+                        f"nested deeper than max_json_depth={fr.unit.max_json_depth}",
+                        s[:10_000],
+                    )
+                    yield
+                    continue
                 try:
                     obj = json.loads(s)
-                except json.JSONDecodeError as err:
-                    fr.quarantine(line_no, QR.INVALID_JSON, str(err), s)
+                except Exception as err:  # JSONDecodeError, and any other decoder failure
+                    detail = str(err)
+                    if not isinstance(err, json.JSONDecodeError):
+                        detail = f"{type(err).__name__}: {detail}"
+                    fr.quarantine(line_no, QR.INVALID_JSON, detail, s)
                     yield
                     continue
                 fr.record(line_no, obj, None)
                 yield
-    except _stream_errors() as err:
+    except Exception as err:  # a file-level failure: the file is set aside, the run goes on
         fr.n_records += 1
         if fr.n_records == 1 and line_no == 0:
             fr.quarantine(0, QR.UNREADABLE_FILE, f"{type(err).__name__}: {err}", None)
@@ -430,16 +509,42 @@ def _read_jsonl(fr: _FileReader) -> Iterator[None]:
         yield
 
 
+class _BadRow:
+    """A table row that could not be converted to Python (quarantined as ``record_error``)."""
+
+    def __init__(self, err: Exception):
+        self.err = err
+
+
+def _table_rows(batches: Iterator[pa.RecordBatch]) -> Iterator[Any]:
+    """The rows of record batches as dicts; a batch whose conversion fails is converted row by
+    row, so one bad value costs its own row only."""
+    for batch in batches:
+        try:
+            rows = batch.to_pylist()
+        except Exception:  # e.g. a timestamp out of Python's range
+            rows = []
+            for i in range(batch.num_rows):
+                try:
+                    rows += batch.slice(i, 1).to_pylist()
+                except Exception as err:
+                    rows.append(_BadRow(err))
+        yield from rows
+
+
 def _read_table_rows(fr: _FileReader, batches: Iterator[pa.RecordBatch]) -> Iterator[None]:
-    rows = (obj for batch in batches for obj in batch.to_pylist())
-    yield from _read_records(fr, rows, (OSError, pa.ArrowException, EOFError))
+    yield from _read_records(fr, _table_rows(batches))
 
 
 def _read_records(
-    fr: _FileReader, records: Iterator[Any], errors: tuple[type[BaseException], ...]
+    fr: _FileReader,
+    records: Iterator[Any],
+    errors: tuple[type[BaseException], ...] = (Exception,),
 ) -> Iterator[None]:
-    """Records (dicts) numbered from 1; a read error in ``errors`` quarantines the rest of the
-    source as one record (``unreadable_file`` before the first record, else ``truncated_file``)."""
+    """Records (dicts) numbered from 1; an error in ``errors`` reading the source (any, for a
+    file) quarantines the rest of it as one record (``unreadable_file`` before the first
+    record, else ``truncated_file``), with the exception type in ``detail``; errors inside one
+    record quarantine that record only."""
     row = 0
     try:
         for obj in records:
@@ -447,7 +552,7 @@ def _read_records(
             fr.n_records += 1
             fr.record(row, obj)
             yield
-    except errors as err:
+    except errors as err:  # a file-level failure: the file is set aside, the run goes on
         fr.n_records += 1
         if row == 0:
             fr.quarantine(0, QR.UNREADABLE_FILE, f"{type(err).__name__}: {err}", None)

@@ -23,6 +23,9 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,19 +38,40 @@ import curamix
 MARKER = "_COMPLETE"
 MANIFEST = "manifest.json"
 STAGES_INDEX = "stages.json"
+LOCK = ".lock"
+"""The run folder's lock file: held (``flock``) by the process writing the run, and naming it."""
 
 
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and an atomic rename."""
+def inside(root: str | Path, name: str | Path) -> Path:
+    """``root / name``, refusing a name read from a file (a marker, a manifest) that would lead
+    outside ``root`` (``..``, an absolute path, a link out): ``ValueError`` naming both."""
+    base = Path(root).resolve()
+    path = (base / name).resolve()
+    if path != base and base not in path.parents:
+        raise ValueError(f"{name!r} leads outside {base}; refusing to touch {path}")
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and an atomic rename: readers see
+    the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and an atomic rename."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -160,10 +184,100 @@ def read_stages_index(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
 
 
+_INDEX_LOCK = threading.Lock()
+
+
 def record_stage(run_dir: str | Path, stage: str, folder: str) -> None:
-    index = read_stages_index(run_dir)
-    index[stage] = {"folder": folder, "recorded_at": now_iso()}
-    write_json_atomic(Path(run_dir) / STAGES_INDEX, index)
+    """Point ``stages.json``'s entry for ``stage`` at ``folder``: read, update and replace the
+    index under a lock (threads of this process, and other processes through ``flock``), so
+    concurrent commits never lose an entry."""
+    import fcntl
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _INDEX_LOCK, open(run_dir / f".{STAGES_INDEX}.lock", "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            index = read_stages_index(run_dir)
+            index[stage] = {"folder": folder, "recorded_at": now_iso()}
+            write_json_atomic(run_dir / STAGES_INDEX, index)
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class RunLockedError(RuntimeError):
+    """Another live process is writing the run folder."""
+
+
+_HELD: dict[str, list[Any]] = {}
+"""Run folders this process holds: real path -> [open lock file, depth] (the lock is
+re-entrant within a process: a flow's tasks and the stages they run share it)."""
+_HELD_LOCK = threading.Lock()
+
+
+def lock_owner(run_dir: str | Path) -> dict[str, Any] | None:
+    """Who holds (or last held) the run folder's lock: pid, host, started_at, command."""
+    try:
+        return json.loads((Path(run_dir) / LOCK).read_text(encoding="utf-8") or "null")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+@contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold the run folder for this process: a second writer (another ``curamix run``, flow or
+    demo on the same folder) is refused with :class:`RunLockedError` naming the owner.
+
+    The lock is an ``flock`` on ``RUN/.lock``, which also records the owner. The operating
+    system releases it when the owner exits or is killed, so a stale lock left by a dead
+    process is taken over by the next run, and the file then names the new owner. ``flock``
+    holds between processes that see the same local filesystem (a cluster's driver machine);
+    it is not a lock across machines on a network filesystem or object store."""
+    import fcntl
+
+    path = Path(run_dir).resolve() / LOCK
+    key = str(path)
+    with _HELD_LOCK:
+        if key in _HELD:
+            _HELD[key][1] += 1
+            held = True
+        else:
+            held = False
+    if not held:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held until released below
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            o = lock_owner(run_dir) or {}
+            raise RunLockedError(
+                f"run folder {Path(run_dir)} is in use by pid {o.get('pid', '?')} on "
+                f"{o.get('host', '?')} since {o.get('started_at', '?')} "
+                f"({o.get('command', '?')}); wait for it to finish, or use another run_dir"
+            ) from None
+        owner = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_at": now_iso(),
+            "command": " ".join(sys.argv)[:300],
+        }
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps(owner) + "\n")
+        fh.flush()
+        with _HELD_LOCK:
+            _HELD[key] = [fh, 1]
+    try:
+        yield
+    finally:
+        with _HELD_LOCK:
+            entry = _HELD[key]
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _HELD[key]
+                fcntl.flock(entry[0], fcntl.LOCK_UN)
+                entry[0].close()
 
 
 def latest_result(run_dir: str | Path, stage: str) -> JobResult | None:

@@ -42,7 +42,7 @@ from curamix.filters.dedup import (
     optimal_bands,
     shingle_hashes,
 )
-from curamix.io.store import JobResult, part_files, stage_writer
+from curamix.io.store import JobResult, part_files, stage_writer, write_text_atomic
 from curamix.pipelines.parts import choose_engine, map_parts
 from curamix.pipelines.pool import Decisions, PoolStage, decisions_table
 
@@ -658,7 +658,7 @@ def run_dedup(
         if gates["domains_over_rate"]:
             worst = ", ".join(f"{d}: {rate:.1%}" for d, rate in gates["domains_over_rate"].items())
             kept_report = os.path.join(cfg.run_dir, f"{STAGE}-{key}.gate-failed.md")
-            shutil.copyfile(w.path("report.md"), kept_report)
+            write_text_atomic(kept_report, w.path("report.md").read_text(encoding="utf-8"))
             raise DedupGateError(
                 f"dedup would remove more than dedup.max_removal_rate={dc.max_removal_rate:.0%} of domain(s) {worst}. "
                 f"See {kept_report} (largest components: templated documents?); raise dedup.max_removal_rate to accept."

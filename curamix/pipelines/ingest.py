@@ -75,6 +75,33 @@ class AccountingError(RuntimeError):
     """Records read from a file do not equal records ingested plus quarantined."""
 
 
+class QuarantineRateError(ValueError):
+    """A file quarantined more of its records than ``ingest.max_quarantine_rate`` allows."""
+
+
+def check_quarantine_rate(per_file: dict[str, dict[str, int]], limit: float | None) -> None:
+    """Raise :class:`QuarantineRateError` naming each file whose quarantined share of records
+    is above ``limit`` (``None``: no limit)."""
+    if limit is None:
+        return
+    over = {
+        src: v["quarantined"] / v["records"]
+        for src, v in sorted(per_file.items())
+        if v["records"] and v["quarantined"] / v["records"] > limit
+    }
+    if over:
+        worst = "; ".join(
+            f"{src}: {per_file[src]['quarantined']} of {per_file[src]['records']} records "
+            f"({rate:.1%})"
+            for src, rate in over.items()
+        )
+        raise QuarantineRateError(
+            f"ingest quarantined more than ingest.max_quarantine_rate={limit:.1%} of the "
+            f"records of {worst}; see the quarantine reasons with `curamix status`, fix the "
+            "input, or raise ingest.max_quarantine_rate"
+        )
+
+
 class DuplicateIdError(ValueError):
     """Too many records share ids: the configured id field does not hold unique ids."""
 
@@ -264,7 +291,7 @@ def _phase_c(batches: Iterator[pa.RecordBatch], out_dir: str) -> Iterator[pa.Rec
             yield from finish_unit(idx, out_dir, json.loads(dups)).to_batches()
 
 
-EXECUTION_ONLY = {"engine", "local_max_bytes"}
+EXECUTION_ONLY = {"engine", "local_max_bytes", "max_quarantine_rate"}
 """Settings that change how the stage runs, never its output: not part of its cache key."""
 
 
@@ -449,6 +476,7 @@ def write_ingest(
 
         shutil.rmtree(ids_path, ignore_errors=True)
         summary = summarize_counts(pa.concat_tables([counts, deltas]))
+        check_quarantine_rate(summary["per_file"], cfg.ingest.max_quarantine_rate)
         timings["total_s"] = time.perf_counter() - t0
         manifest: dict[str, Any] = {
             "config": cfg.ingest.model_dump(mode="json"),

@@ -1,25 +1,12 @@
 """The stage registry: every stage of a run, in run order, with what it reads and how it runs.
 
-One line per stage. A line names the stage (also its config section, ``cfg.<name>``), its
-upstream (``role -> stage`` for a config: what the stage reads), its key function (the output
-folder's key: config + upstream manifests + input fingerprints) and its runner::
-
-    Stage(name, upstream, key, run, writes_pool)
-
-- ``upstream(cfg) -> {"pool": "dedup", "embed": "embed", ...}``: the runner resolves each
-  name to the completed :class:`~curamix.io.store.JobResult` (this run's, or the run folder's
-  whose key matches) and hands them to ``key`` and ``run`` as ``inputs``.
-- ``key(cfg, inputs) -> str``.
-- ``run(spark, cfg, inputs, key, say) -> JobResult``: called only when no completed output
-  with that key exists (:func:`curamix.runner.run_stage` skips finished stages).
-- ``writes_pool``: the stage's ``data/`` is the run's pool, read by the stages after it
-  (:func:`curamix.config.pool_stage`).
-
-Stage modules import nothing from the runner, so the layers stay acyclic: ``runner`` ->
-``registry`` -> ``pipelines.<stage>`` -> algorithms -> foundation (docs/architecture.md).
-Adding a stage: a module here with its ``<stage>_key`` and ``run_<stage>``, its config
-section in :class:`~curamix.config.PipelineConfig` and its name in
-:data:`~curamix.config.KNOWN_STAGES`, and one line below.
+``Stage(name, upstream, key, run, writes_pool)``: ``name`` is also the config section;
+``upstream(cfg)`` maps roles (``pool``, ``embed``, ``scores``) to the stages read, which the
+runner resolves to completed outputs and hands to ``key(cfg, inputs)`` (the output folder's
+key) and ``run(spark, cfg, inputs, key, say)`` (called only when that folder is not complete);
+``writes_pool``: the stage's ``data/`` is the pool later stages read. Stage modules import
+nothing from the runner. Adding a stage: its module, its config section, one line here
+(CONTRIBUTING.md; the layers: docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 
 from curamix.config import PipelineConfig, config_hash
-from curamix.io.store import JobResult, stage_writer
+from curamix.io.store import JobResult, stage_writer, write_text_atomic
 from curamix.pipelines.dedup import DedupGateError
 from curamix.pipelines.pool import PoolStage, decisions_table, md_table, positions, rows_for_ids
 
@@ -233,8 +233,7 @@ def run_semdedup(
             **manifest,
             "counts": {"in": n_in, "kept": n_kept, "removed": n_removed, **manifest["counts"]},
         }
-        with open(kept_report, "w", encoding="utf-8") as fh:
-            fh.write(_report(gate))
+        write_text_atomic(kept_report, _report(gate))
         raise SemDedupGateError(
             f"semdedup would remove more than semdedup.max_removal_rate="
             f"{sc.max_removal_rate:.0%} of domain(s) {worst} (eps={sc.eps}). See "

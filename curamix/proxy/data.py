@@ -40,12 +40,16 @@ def _pool_stage(run_dir: Path) -> str:
 
     cfg_path = run_dir / "pipeline.yaml"
     if cfg_path.is_file():
-        try:
-            from curamix.config import load_config, pool_stage
+        from curamix.config import ConfigError, load_config, pool_stage
 
+        try:
             return pool_stage(load_config(cfg_path, use_env=False))
-        except Exception:  # an older or hand-edited config: fall back to the stages index
-            pass
+        except ConfigError as err:  # an older or hand-edited config: the stages index decides
+            warnings.warn(
+                f"{cfg_path} does not load ({str(err).splitlines()[0]}); reading the pool stage "
+                "from stages.json",
+                stacklevel=2,
+            )
     return "dedup" if "dedup" in read_stages_index(run_dir) else "ingest"
 
 

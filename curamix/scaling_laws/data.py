@@ -70,7 +70,7 @@ def read_texts(paths: Sequence[str | Path]) -> list[str]:
 
     from curamix.config import IngestConfig, InputSpec
     from curamix.io.inputs import expand_inputs
-    from curamix.io.records import read_unit_table
+    from curamix.io.records import STATS_REASON, read_unit_table
 
     units = expand_inputs(IngestConfig(inputs=[InputSpec(path=str(p)) for p in paths])).units
     texts: list[str] = []
@@ -78,7 +78,7 @@ def read_texts(paths: Sequence[str | Path]) -> list[str]:
     for unit in units:
         table = pl.from_arrow(read_unit_table(unit).select(["text", "reason"]))
         ok = table.filter(pl.col("reason").is_null())
-        bad += table.height - ok.height
+        bad += table.filter(pl.col("reason") != STATS_REASON).height  # not the per-file row
         texts += ok.get_column("text").to_list()
     if bad:
         warnings.warn(f"{bad} bad records left out of {list(map(str, paths))}", stacklevel=2)

@@ -50,3 +50,16 @@ def test_folder_without_marker_is_not_complete_and_is_replaced(tmp_path):
     with stage_writer(tmp_path, "ingest", "k") as w:
         res = w.commit({})
     assert (res.path / MARKER).exists() and not (res.path / "data").exists()
+
+
+def test_names_read_from_files_stay_inside_the_folder(tmp_path):
+    from curamix.io.store import inside
+
+    assert inside(tmp_path, "mixture_megatron.txt") == (tmp_path / "mixture_megatron.txt").resolve()
+    assert inside(tmp_path, "sub/../x.json") == (tmp_path / "x.json").resolve()
+    for bad in ("../outside.txt", "/etc/passwd", "a/../../b"):
+        with pytest.raises(ValueError, match="leads outside"):
+            inside(tmp_path, bad)
+    (tmp_path / "link").symlink_to("/tmp")
+    with pytest.raises(ValueError, match="leads outside"):
+        inside(tmp_path, "link/x")

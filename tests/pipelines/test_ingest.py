@@ -201,3 +201,34 @@ def test_real_corpus_ingests_every_document(spark, shared_data, tmp_path):
         if d == "web" and m
     ]
     assert metas and all("meta" in m for m in metas)  # web's meta object is kept, not dropped
+
+
+@pytest.mark.parametrize("engine", ["spark", "local"])
+def test_hostile_records_never_stop_the_run(spark, tmp_path, engine):
+    """A record that makes the JSON parser recurse (issue 18: it used to stop the run on both
+    engines), a UTF-16 file and a non-object line are counted; the rest is ingested."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    n = 100_000
+    (raw / "deep.jsonl").write_bytes(
+        b'{"id": "a", "text": "one"}\n'
+        + b"[" * n
+        + b"]" * n
+        + b'\n[1, 2]\n{"id": "b", "text": "two"}\n'
+    )
+    lines = "".join(json.dumps({"id": f"u{i}", "text": f"utf16 doc {i}"}) + "\n" for i in range(20))
+    (raw / "wide.jsonl").write_bytes(lines.encode("utf-16"))
+    res = run_ingest(spark, _cfg(tmp_path / engine, [{"path": str(raw)}], engine=engine))
+    c = res.counts
+    assert (c["in"], c["kept"], c["quarantined"]) == (24, 22, 2)
+    assert c["quarantine_reasons"] == {"not_an_object": 1, "too_deep": 1}
+    files = {Path(k).name: v for k, v in c["per_file"].items()}
+    assert files["wide.jsonl"] == {"records": 20, "ingested": 20, "quarantined": 0, "rows": 20}
+    # A quarantine-rate ceiling stops the stage, naming the file and its rate.
+    from curamix.pipelines.ingest import QuarantineRateError
+
+    strict = _cfg(
+        tmp_path / f"{engine}-strict", [{"path": str(raw)}], engine=engine, max_quarantine_rate=0.25
+    )
+    with pytest.raises(QuarantineRateError, match=r"deep\.jsonl: 2 of 4 records \(50\.0%\)"):
+        run_ingest(spark, strict)

@@ -126,7 +126,7 @@ def test_mismatched_decisions_are_refused(tmp_path, monkeypatch):
     ps = PoolStage("x", cfg, _pool(tmp_path, sizes=(3,)), "key", lambda _m: None)
     with (
         stage_writer(cfg.run_dir, "x", "key") as w,
-        pytest.raises(RuntimeError, match="x: the decisions for .* do not match its rows"),
+        pytest.raises(RuntimeError, match=r"x: the decisions for .* do not match its rows"),
     ):
         ps.write(None, w, wrong)
 

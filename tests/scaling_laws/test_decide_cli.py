@@ -79,6 +79,30 @@ def test_fit_table_report_and_holdout(tmp_path):
     assert laws["mixing"].domains_ == ["a", "b", "c"]
 
 
+def test_fit_table_takes_polars_and_reports_sklearn_errors(tmp_path):
+    import polars as pl
+    from sklearn.metrics import mean_absolute_percentage_error
+
+    from curamix.scaling_laws.fit import holdout_largest
+
+    df = _sweep_table()
+    a = fit_table(df, tmp_path / "pd", laws=("chinchilla", "mixing"), n_boot=10)
+    b = fit_table(pl.from_pandas(df), tmp_path / "pl", laws=("chinchilla", "mixing"), n_boot=10)
+    assert a == b
+    assert (tmp_path / "pd" / "report.md").read_text() == (
+        tmp_path / "pl" / "report.md"
+    ).read_text()
+    # The fitted runs' error is sklearn's mean absolute percentage error of the law.
+    held = holdout_largest(df)
+    assert held.tolist() == holdout_largest(pl.from_pandas(df)).tolist() and held.sum() == 1
+    law = load_fits(tmp_path / "pd")["chinchilla"]
+    train = df[~held]
+    pred = law.predict(train["n_params"].to_numpy(), train["tokens"].to_numpy())
+    assert a["chinchilla"]["train_mean_abs_rel_error"] == pytest.approx(
+        mean_absolute_percentage_error(train["loss"], pred), rel=1e-9
+    )
+
+
 def test_degenerate_fits_are_flagged(tmp_path):
     # One token budget only: the data term cannot be identified, and the report says so.
     df = _sweep_table()
