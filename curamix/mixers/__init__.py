@@ -13,6 +13,8 @@ mixer itself is the :func:`curamix.proxy.train.train_proxy` hook), ``weights_``,
   TiKMiX-D (direct) and TiKMiX-M (regression over sampled mixtures).
 - :class:`RegMixMixer` (:mod:`~curamix.mixers.regmix`): regression of the target loss on
   proxy-run mixtures, then a sampled search.
+- :func:`choose_regressor` and :func:`fit_mixture_regressor` (:mod:`~curamix.mixers.regressor`):
+  the mixture regressor RegMix and TiKMiX-M fit, chosen by run count and cross-validated.
 - :class:`DoReMiMixer` (:mod:`~curamix.mixers.doremi`): excess loss over a reference model.
 - :func:`with_upsampling` (:mod:`~curamix.mixers.schedule`): end-of-training upsampling.
 
@@ -42,10 +44,17 @@ _EXPORTS = {
     "tikmix_objective": "tikmix",
     "tikmix_d_weights": "tikmix",
     "tikmix_m_weights": "tikmix",
+    "tikmix_m_search": "tikmix",
     "RegMixMixer": "regmix",
     "dirichlet_mixtures": "regmix",
     "epoch_caps": "regmix",
-    "mixture_regressor": "regmix",
+    "mixture_regressor": "regressor",
+    "choose_regressor": "regressor",
+    "make_regressor": "regressor",
+    "cross_val_spearman": "regressor",
+    "fit_mixture_regressor": "regressor",
+    "RegressorFit": "regressor",
+    "RegressorFallbackWarning": "regressor",
     "DoReMiMixer": "doremi",
     "doremi_step": "doremi",
     "with_upsampling": "schedule",

@@ -7,15 +7,22 @@
    budget (``weight_i <= max_epochs * tokens_i / budget``; the reference's budget is the
    pool itself, so the cap is ``15 * share_i``).
 2. Train a proxy on each (:func:`curamix.proxy.train.train_proxy`), record the target loss.
-3. :class:`RegMixMixer` fits a gradient-boosted regressor mixture -> target loss
-   (scikit-learn ``HistGradientBoostingRegressor``, 1000 iterations, learning rate 0.01: the
-   reference uses LightGBM, which is not installed here), predicts the loss of 100k fresh
-   samples from the same sampler and returns the mean of the 128 with the lowest predicted
-   loss. The average of capped samples is itself within the caps.
+3. :class:`RegMixMixer` fits a regressor mixture -> target loss, chosen by the number of
+   runs (:func:`curamix.mixers.regressor.choose_regressor`: ridge on sqrt(weights) below 64
+   runs, a Gaussian process up to 1024, the reference's gradient-boosted trees above, i.e.
+   scikit-learn ``HistGradientBoostingRegressor``, 1000 iterations, learning rate 0.01, for
+   the reference's LightGBM, which is not installed here), cross-validates it, predicts the
+   loss of 100k fresh samples from the same sampler and returns the mean of the 128 with the
+   lowest predicted loss. The average of capped samples is itself within the caps.
+4. When the regressor's cross-validated Spearman is not significantly above 0 (or its
+   predictions are constant) the mixer says so (:class:`RegressorFallbackWarning`, and a
+   ``fallback`` entry in provenance naming the reason and the figure) and returns the best
+   observed run instead (``fallback="best_run"``; or the sampler's prior mean, ``"prior"``).
 
 Departures from the reference sampler, on purpose: no rounding of weights to a 2e-4 grid
 (that was for writing config files; the optional ``min_weight`` still zeroes smaller weights
-and renormalises each sample), hence no de-duplication step either.
+and renormalises each sample), hence no de-duplication step either; the regressor is
+chosen by run count (the reference's trees cannot split below 40 runs).
 
 References
 ----------
@@ -34,6 +41,23 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from curamix.mixers.base import BaseMixer, DomainStats, finalize_weights
+from curamix.mixers.regressor import (
+    MIN_RUNS,
+    RegressorFallbackWarning,
+    fallback_reason,
+    fit_mixture_regressor,
+    mixture_regressor,
+)
+
+__all__ = [
+    "RegMixMixer",
+    "check_runs",
+    "dirichlet_mixtures",
+    "epoch_caps",
+    "mixture_regressor",
+]
+
+FALLBACKS = ("best_run", "prior", "none")
 
 
 def epoch_caps(
@@ -144,30 +168,21 @@ def dirichlet_mixtures(
     return np.concatenate(out)[:n]
 
 
-def mixture_regressor(
-    max_iter: int = 1000, learning_rate: float = 0.01, random_state: int | None = 0
-) -> Any:
-    """The gradient-boosted regressor RegMix and TiKMiX-M fit (mixture -> score): scikit-learn
-    ``HistGradientBoostingRegressor`` with the reference's LightGBM settings that carry over
-    (1000 iterations, learning rate 0.01), no early stopping."""
-    from sklearn.ensemble import HistGradientBoostingRegressor
-
-    return HistGradientBoostingRegressor(
-        max_iter=max_iter, learning_rate=learning_rate, early_stopping=False,
-        random_state=random_state,
-    )  # fmt: skip
-
-
 def check_runs(
-    mixtures: Any, losses: ArrayLike, domains: Sequence[str], what: str = "mixtures"
+    mixtures: Any,
+    losses: ArrayLike,
+    domains: Sequence[str],
+    what: str = "mixtures",
+    min_runs: int = 2,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Proxy runs as arrays ``(R, y)`` with ``R`` in ``domains`` column order.
 
     ``mixtures`` is an array (runs x domains, already in ``domains`` order), a pandas
     DataFrame with one column per domain, or a sequence of ``{domain: weight}`` mappings.
     Rows must be non-negative and sum to 1 within 0.01; rows off by more than 1e-9 (rounded
-    weights, as in RegMix's files) are renormalised with a warning. A NaN loss raises naming
-    the run.
+    weights, as in RegMix's files) are renormalised with a warning. Fewer than ``min_runs``
+    runs, a NaN or infinite loss, a negative or non-finite weight and a row off 1 by more
+    than 0.01 raise ``ValueError`` naming the count, the run and the value.
     """
     if hasattr(mixtures, "columns"):
         cols = [str(c) for c in mixtures.columns]
@@ -192,12 +207,13 @@ def check_runs(
     y = np.asarray(losses, dtype=np.float64).reshape(-1)
     if len(y) != len(R):
         raise ValueError(f"{len(R)} mixtures but {len(y)} losses")
-    if len(R) < 2:
-        raise ValueError(f"need at least 2 proxy runs, got {len(R)}")
+    if len(R) < min_runs:
+        raise ValueError(f"need at least {min_runs} proxy runs, got {len(R)}")
     bad = np.flatnonzero(~np.isfinite(y))
     if bad.size:
         raise ValueError(
-            f"loss of run {int(bad[0])} is {float(y[bad[0]])!r} ({bad.size} such runs)"
+            f"loss of run {int(bad[0])} is {float(y[bad[0]])!r} ({bad.size} such runs); "
+            "losses must be finite"
         )
     badr = np.flatnonzero(~np.isfinite(R).all(1) | (R < 0).any(1))
     if badr.size:
@@ -244,18 +260,36 @@ class RegMixMixer(BaseMixer):
         The proposed mixture is the mean of the ``top_k`` candidates with the lowest predicted
         loss (128).
     max_iter, learning_rate : int, float
-        Of the gradient-boosted regressor (1000, 0.01).
+        Of the gradient-boosted regressor (1000, 0.01), when it is used (``regressor="hgb"``,
+        or ``"auto"`` above 1024 runs).
+    regressor : {"auto", "ridge", "gp", "hgb"}
+        ``"auto"``: by run count (:func:`curamix.mixers.regressor.choose_regressor`).
+    fallback : {"best_run", "prior", "none"}
+        What to return when the regressor fails its check (CV Spearman not above 0 at
+        one-sided p < 0.05, or constant predictions): the observed run with the lowest loss,
+        the sampler's prior mean (the mean of the candidates, within the caps), or the
+        regressor's proposal anyway. Every case warns (:class:`RegressorFallbackWarning`) and
+        records a ``fallback`` entry in provenance.
     random_state : int or None
 
     Attributes
     ----------
     weights_ : dict of str to float
-        The proposed mixture.
+        The proposed mixture (the fallback's, when ``fallback_`` is set).
+    proposal_ : dict of str to float
+        The regressor's top-k mean, used or not.
     predicted_loss_ : float
         The regressor's prediction for ``weights_``.
     top_k_losses_ : ndarray
         Predicted losses of the averaged candidates.
-    regressor_ : HistGradientBoostingRegressor
+    regressor_ : scikit-learn estimator
+        The fitted regressor (``regressor_fit_.kind`` says which).
+    regressor_fit_ : RegressorFit
+        The regressor with its cross-validated figures.
+    cv_spearman_ : float
+        Cross-validated Spearman of the regressor on the runs (leave-one-out below 64 runs).
+    fallback_ : dict or None
+        Why the regressor's proposal was not used, and what was returned instead.
     n_runs_ : int
 
     References
@@ -278,6 +312,8 @@ class RegMixMixer(BaseMixer):
         top_k: int = 128,
         max_iter: int = 1000,
         learning_rate: float = 0.01,
+        regressor: str = "auto",
+        fallback: str = "best_run",
         random_state: int | None = 0,
     ) -> None:
         self.temperature = temperature
@@ -289,6 +325,8 @@ class RegMixMixer(BaseMixer):
         self.top_k = top_k
         self.max_iter = max_iter
         self.learning_rate = learning_rate
+        self.regressor = regressor
+        self.fallback = fallback
         self.random_state = random_state
 
     def _sample(self, stats: DomainStats, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -322,9 +360,9 @@ class RegMixMixer(BaseMixer):
         domain_stats : DomainStats or mapping domain -> tokens
             The prior (token shares) and caps of the candidate sampler.
         mixtures : array (runs x domains), DataFrame or list of mappings
-            The proxy runs' mixtures (see :func:`check_runs`).
+            The proxy runs' mixtures (see :func:`check_runs`); at least 4 runs.
         losses : array (runs,)
-            Their target losses (lower is better).
+            Their target losses (lower is better), finite and not all equal.
         target : str, optional
             The target's name, for provenance.
         """
@@ -333,23 +371,44 @@ class RegMixMixer(BaseMixer):
                 f"need 1 <= top_k <= n_candidates, got top_k={self.top_k}, "
                 f"n_candidates={self.n_candidates}"
             )
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {list(FALLBACKS)}, got {self.fallback!r}")
         stats = self._set_stats(domain_stats)
-        R, y = check_runs(mixtures, losses, stats.domains)
+        R, y = check_runs(mixtures, losses, stats.domains, min_runs=MIN_RUNS)
+        seed = _seed(self.random_state)
         self.n_runs_ = len(R)
         self.target_ = target
         self.runs_sha256_ = hashlib.sha256(R.tobytes() + y.tobytes()).hexdigest()
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1):
-            self.regressor_ = mixture_regressor(
-                self.max_iter, self.learning_rate, _seed(self.random_state)
-            ).fit(R, y)
-            cand = self._sample(stats, self.n_candidates, np.random.default_rng(
-                [_seed(self.random_state), 2]))  # fmt: skip
-            pred = self.regressor_.predict(cand)
+        fit = fit_mixture_regressor(
+            R, y, self.regressor, seed, self.max_iter, self.learning_rate
+        )  # fmt: skip
+        self.regressor_fit_ = fit
+        self.regressor_ = fit.estimator
+        self.cv_spearman_ = fit.cv_spearman
+        cand = self._sample(stats, self.n_candidates, np.random.default_rng([seed, 2]))
+        pred = fit.predict(cand)
         top = np.argsort(pred, kind="stable")[: self.top_k]
         self.top_k_losses_ = pred[top]
-        self.weights_ = finalize_weights(cand[top].mean(0), stats.domains, "RegMix top-k mean")
+        self.proposal_ = finalize_weights(cand[top].mean(0), stats.domains, "RegMix top-k mean")
+        reason = fallback_reason(fit, pred, float(np.ptp(y)))
+        self.fallback_: dict[str, Any] | None = None
+        w = cand[top].mean(0)
+        if reason is not None:
+            self.fallback_ = {"reason": reason, "returned": self.fallback,
+                              "cv_spearman": fit.cv_spearman, "cv_pvalue": fit.cv_pvalue,
+                              "regressor_proposal": dict(self.proposal_)}  # fmt: skip
+            if self.fallback == "best_run":
+                i = int(np.argmin(y))
+                w = R[i]
+                self.fallback_.update(run=i, observed_loss=float(y[i]))
+                instead = f"returning the best observed run (run {i}, loss {y[i]:.6g})"
+            elif self.fallback == "prior":
+                w = cand.mean(0)
+                instead = "returning the sampler's prior mean (the mean of the candidates)"
+            else:
+                instead = "returning its proposal anyway (fallback='none')"
+            warnings.warn(f"RegMix: {reason}; {instead}", RegressorFallbackWarning, stacklevel=2)
+        self.weights_ = finalize_weights(w, stats.domains, "RegMix mixture")
         self.predicted_loss_ = float(self.predict(self.weights_array()[None, :])[0])
         return self
 
@@ -362,10 +421,7 @@ class RegMixMixer(BaseMixer):
             R, _ = check_runs(mixtures, np.zeros(len(mixtures)), self.domains_)
         else:
             R = np.atleast_2d(np.asarray(mixtures, dtype=np.float64))
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1):  # OpenMP threads crawl on a busy machine
-            return self.regressor_.predict(R)
+        return self.regressor_fit_.predict(R)
 
     def score(self, mixtures: Any, losses: ArrayLike) -> float:
         """Spearman rank correlation of predicted and observed losses (RegMix's figure of
@@ -379,6 +435,8 @@ class RegMixMixer(BaseMixer):
             "top_k_predicted": [float(self.top_k_losses_.min()), float(self.top_k_losses_.max())],
             "target": self.target_,
             "proxy_runs": {"n_runs": self.n_runs_, "sha256": self.runs_sha256_},
+            "regressor": self.regressor_fit_.report(),
+            "fallback": self.fallback_,
             "max_epochs": self.max_epochs,
             "caps": dict(
                 zip(self.domains_, epoch_caps(self.domain_stats_, self.max_epochs).tolist(),

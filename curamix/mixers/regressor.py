@@ -160,7 +160,7 @@ def make_regressor(
     )
 
 
-def _fit(estimator: Any, X: np.ndarray, y: np.ndarray) -> Any:
+def fit_estimator(estimator: Any, X: np.ndarray, y: np.ndarray) -> Any:
     """``estimator.fit`` on one thread, without the GP optimiser's bound warnings."""
     from sklearn.exceptions import ConvergenceWarning
     from threadpoolctl import threadpool_limits
@@ -204,7 +204,7 @@ def cross_val_spearman(
     pred = np.empty(n)
     base = np.empty(n)
     for tr, te in splitter.split(X):
-        m = _fit(clone(estimator), X[tr], y[tr])
+        m = fit_estimator(clone(estimator), X[tr], y[tr])
         pred[te] = m.predict(X[te])
         base[te] = y[tr].mean()
     contrast = pred - base
@@ -295,7 +295,7 @@ def fit_mixture_regressor(
     if np.ptp(y) == 0:
         raise ValueError(f"all {n} runs have the same score {float(y[0])!r}: nothing to regress")
     cv = cross_val_spearman(estimator, X, y, random_state)
-    _fit(estimator, X, y)
+    fit_estimator(estimator, X, y)
     return RegressorFit(
         estimator=estimator,
         kind=choose_regressor(n) if kind == "auto" else kind,

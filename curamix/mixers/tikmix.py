@@ -34,8 +34,12 @@ Next-stage weights (re-estimated at each stage boundary, i.e. each ``partial_fit
   Optionally within a trust region ``|w_i - w_current_i| <= trust_region``. SLSQP.
 - **TiKMiX-M** (:func:`tikmix_m_weights`): sample candidate mixtures around the current one
   (Dirichlet), score them (by default with the TiKMiX-D objective; any ``score_fn`` such as
-  measured influences can replace it), fit a gradient-boosted regressor mixture -> score,
-  predict on fresh candidates and take the argmax (``top_k=1``) or the mean of the top-k.
+  measured influences can replace it), fit a regressor mixture -> score (the paper's is
+  gradient-boosted; here chosen by the number of scored mixtures, as RegMix's:
+  :func:`curamix.mixers.regressor.choose_regressor`), predict on fresh candidates and take the
+  argmax (``top_k=1``) or the mean of the top-k. When the regressor's cross-validated
+  Spearman is not significantly above 0 the stage says so (a warning and a provenance entry)
+  and takes the best scored mixture instead (or keeps the current one, ``fallback="prior"``).
 
 The entropy / diversity forms and the max-|I| scaling are this package's choices: the paper
 names the three terms but their exact form is not verified here.
@@ -49,7 +53,9 @@ Influence Functions", arXiv:1703.04730.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -63,7 +69,14 @@ from curamix.mixers.base import (
     init_weights,
     stack_gradients,
 )
-from curamix.mixers.regmix import dirichlet_mixtures, mixture_regressor
+from curamix.mixers.regmix import dirichlet_mixtures
+from curamix.mixers.regressor import (
+    MIN_RUNS,
+    RegressorFallbackWarning,
+    RegressorFit,
+    fallback_reason,
+    fit_mixture_regressor,
+)
 from curamix.optim import minimize_on_simplex
 
 ADAM_EPS = 1e-8
@@ -190,7 +203,22 @@ def tikmix_d_weights(
     return found[0]
 
 
-def tikmix_m_weights(
+@dataclass(frozen=True)
+class TiKMiXMResult:
+    """One TiKMiX-M search: the mixture, its predicted score, the regressor with its
+    cross-validated figures, and the fallback (None when the regressor's proposal was used)."""
+
+    weights: np.ndarray
+    predicted_score: float
+    fit: RegressorFit
+    fallback: dict[str, Any] | None
+
+    def report(self) -> dict[str, Any]:
+        """The regressor's figures and the fallback, for provenance."""
+        return {**self.fit.report(), "fallback": self.fallback}
+
+
+def tikmix_m_search(
     score_fn: Callable[[np.ndarray], np.ndarray],
     current: np.ndarray,
     rng: np.random.Generator,
@@ -199,15 +227,34 @@ def tikmix_m_weights(
     top_k: int = 1,
     max_iter: int = 1000,
     learning_rate: float = 0.01,
-) -> tuple[np.ndarray, float]:
+    regressor: str = "auto",
+    fallback: str = "best_run",
+) -> TiKMiXMResult:
     """TiKMiX-M: regress ``score_fn`` on sampled mixtures, return the best predicted one.
 
     Candidates come from :func:`dirichlet_mixtures` around a prior that is half the current
     mixture and half uniform (so domains at 0 are still explored), concentrations
-    ``k * [0.5, 20]`` (no temperature, no caps). ``n_fit`` of them are scored and fitted
-    with :func:`mixture_regressor`; ``n_search`` fresh ones are predicted and the mean of the
+    ``k * [0.5, 20]`` (no temperature, no caps). ``n_fit`` (>= 4) of them are scored and
+    fitted with :func:`curamix.mixers.regressor.fit_mixture_regressor` (``regressor``:
+    ``"auto"`` chooses by ``n_fit``; ``max_iter`` and ``learning_rate`` are the
+    gradient-boosted trees'); ``n_search`` fresh ones are predicted and the mean of the
     ``top_k`` highest is returned with its predicted score.
+
+    When the regressor fails its check (cross-validated Spearman not above 0 at one-sided
+    p < 0.05, or constant predictions), a :class:`RegressorFallbackWarning` names the reason
+    and the figure, and the result is the best scored mixture (``fallback="best_run"``), the
+    current mixture (``"prior"``) or the regressor's proposal anyway (``"none"``); the reason
+    is in ``result.fallback``. A non-finite score raises ``ValueError`` naming the mixture.
     """
+    from curamix.mixers.regmix import FALLBACKS
+
+    if n_fit < MIN_RUNS:
+        raise ValueError(
+            f"n_fit must be >= {MIN_RUNS} (TiKMiX-M fits and cross-validates a regressor on "
+            f"n_fit scored mixtures), got {n_fit}"
+        )
+    if fallback not in FALLBACKS:
+        raise ValueError(f"fallback must be one of {list(FALLBACKS)}, got {fallback!r}")
     k = len(current)
     prior = 0.5 * np.asarray(current, dtype=np.float64) + 0.5 / k
 
@@ -224,15 +271,51 @@ def tikmix_m_weights(
     if not np.isfinite(y).all():
         i = int(np.flatnonzero(~np.isfinite(y))[0])
         raise ValueError(f"score_fn gave {y[i]!r} for mixture {X[i].tolist()}")
-    from threadpoolctl import threadpool_limits
+    seed = int(rng.integers(2**31))
+    fit = fit_mixture_regressor(X, y, regressor, seed, max_iter, learning_rate)
+    C = sample(n_search)
+    pred = fit.predict(C)
+    top = np.argsort(-pred, kind="stable")[:top_k]
+    w = C[top].mean(0)
+    w = w / w.sum()
+    reason = fallback_reason(fit, pred, float(np.ptp(y)))
+    info: dict[str, Any] | None = None
+    if reason is not None:
+        info = {"reason": reason, "returned": fallback, "cv_spearman": fit.cv_spearman,
+                "cv_pvalue": fit.cv_pvalue, "regressor_proposal": w.tolist()}  # fmt: skip
+        if fallback == "best_run":
+            i = int(np.argmax(y))
+            w = X[i] / X[i].sum()
+            info.update(mixture=i, observed_score=float(y[i]))
+            instead = f"taking the best scored mixture (score {y[i]:.6g})"
+        elif fallback == "prior":
+            w = np.asarray(current, dtype=np.float64)
+            w = w / w.sum()
+            instead = "keeping the current mixture"
+        else:
+            instead = "taking its proposal anyway (fallback='none')"
+        warnings.warn(f"TiKMiX-M: {reason}; {instead}", RegressorFallbackWarning, stacklevel=2)
+    return TiKMiXMResult(w, float(fit.predict(w[None, :])[0]), fit, info)
 
-    with threadpool_limits(limits=1):
-        reg = mixture_regressor(max_iter, learning_rate, int(rng.integers(2**31))).fit(X, y)
-        C = sample(n_search)
-        pred = reg.predict(C)
-        top = np.argsort(-pred, kind="stable")[:top_k]
-        w = C[top].mean(0)
-        return w / w.sum(), float(reg.predict(w[None, :])[0])
+
+def tikmix_m_weights(
+    score_fn: Callable[[np.ndarray], np.ndarray],
+    current: np.ndarray,
+    rng: np.random.Generator,
+    n_fit: int = 512,
+    n_search: int = 20_000,
+    top_k: int = 1,
+    max_iter: int = 1000,
+    learning_rate: float = 0.01,
+    regressor: str = "auto",
+    fallback: str = "best_run",
+) -> tuple[np.ndarray, float]:
+    """:func:`tikmix_m_search`'s mixture and predicted score (its other figures dropped)."""
+    r = tikmix_m_search(
+        score_fn, current, rng, n_fit, n_search, top_k, max_iter, learning_rate, regressor,
+        fallback,
+    )  # fmt: skip
+    return r.weights, r.predicted_score
 
 
 class TiKMiXMixer(OnlineMixer):
@@ -266,10 +349,16 @@ class TiKMiXMixer(OnlineMixer):
         TiKMiX-M score of candidate mixtures ``(n, k) -> (n,)``, higher is better; default
         the TiKMiX-D objective with the current influences.
     n_fit, n_search, top_k : int
-        TiKMiX-M: mixtures scored and fitted, candidates searched, best ones averaged
+        TiKMiX-M: mixtures scored and fitted (>= 4), candidates searched, best ones averaged
         (``top_k=1``: the argmax, as in the paper).
     max_iter, learning_rate : int, float
-        TiKMiX-M's gradient-boosted regressor (1000, 0.01, as RegMix).
+        TiKMiX-M's gradient-boosted regressor (1000, 0.01, as RegMix), when it is used.
+    regressor : {"auto", "ridge", "gp", "hgb"}
+        TiKMiX-M's regressor; ``"auto"`` chooses by ``n_fit`` as RegMix does.
+    fallback : {"best_run", "prior", "none"}
+        TiKMiX-M, when the regressor fails its check: the best scored mixture, the current
+        mixture, or the regressor's proposal anyway (always with a warning and a provenance
+        entry; see :func:`tikmix_m_search`).
     random_state : int or None
         TiKMiX-M's candidate sampling (stage ``s`` uses the stream ``(random_state, s)``,
         so a resumed run samples the same candidates).
@@ -282,6 +371,9 @@ class TiKMiXMixer(OnlineMixer):
     similarity_ : ndarray (k, k)
     predicted_score_ : float or None
         TiKMiX-M: the regressor's prediction for ``weights_``.
+    m_reports_ : list of dict
+        TiKMiX-M, one per stage: the regressor's kind, its cross-validated Spearman and the
+        fallback (None when the regressor's proposal was used).
 
     References
     ----------
@@ -291,7 +383,7 @@ class TiKMiXMixer(OnlineMixer):
     method = "tikmix"
     reference = "Wang et al. 2025, TiKMiX, arXiv:2508.17677"
     needs_gradients = True
-    _state_attrs = ("influence_", "similarity_", "sq_avg_", "n_sq_")
+    _state_attrs = ("influence_", "similarity_", "sq_avg_", "n_sq_", "m_reports_")
 
     def __init__(
         self,
@@ -310,6 +402,8 @@ class TiKMiXMixer(OnlineMixer):
         top_k: int = 1,
         max_iter: int = 1000,
         learning_rate: float = 0.01,
+        regressor: str = "auto",
+        fallback: str = "best_run",
         random_state: int | None = 0,
     ) -> None:
         self.mode = mode
@@ -327,6 +421,8 @@ class TiKMiXMixer(OnlineMixer):
         self.top_k = top_k
         self.max_iter = max_iter
         self.learning_rate = learning_rate
+        self.regressor = regressor
+        self.fallback = fallback
         self.random_state = random_state
 
     def fit(self, domain_stats: DomainStats | Mapping[str, float]) -> TiKMiXMixer:
@@ -349,6 +445,7 @@ class TiKMiXMixer(OnlineMixer):
         self.sq_avg_: Any = None
         self.n_sq_ = 0
         self.predicted_score_: float | None = None
+        self.m_reports_: list[dict[str, Any]] = []
         self.random_state_ = self.random_state
         if self.random_state_ is None:
             self.random_state_ = int(np.random.SeedSequence().entropy % (2**32))
@@ -450,10 +547,12 @@ class TiKMiXMixer(OnlineMixer):
                     return tikmix_objective(W, infl_now, self.uniformity, self.diversity, sim_now)
 
             rng = np.random.default_rng([int(self.random_state_), self.n_updates_])
-            w, self.predicted_score_ = tikmix_m_weights(
+            res = tikmix_m_search(
                 score, cur, rng, self.n_fit, self.n_search, self.top_k, self.max_iter,
-                self.learning_rate,
+                self.learning_rate, self.regressor, self.fallback,
             )  # fmt: skip
+            w, self.predicted_score_ = res.weights, res.predicted_score
+            self.m_reports_.append({"stage": self.n_updates_, **res.report()})
         self.weights_ = finalize_weights(w, self.domains_, f"TiKMiX-{self.mode} weights")
         self._record(step_metrics, self.weights_)
         return dict(self.weights_)
@@ -462,4 +561,10 @@ class TiKMiXMixer(OnlineMixer):
         out = super()._extra_provenance()
         out["influence"] = dict(zip(self.domains_, self.influence_.tolist(), strict=True))
         out["predicted_score"] = self.predicted_score_
+        if self.mode == "M":
+            out["tikmix_m"] = list(self.m_reports_)
         return out
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        # checkpoints written before TiKMiX-M kept its per-stage reports
+        super().load_state_dict({"m_reports_": [], **state})

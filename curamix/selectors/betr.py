@@ -431,9 +431,3 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     out["balanced_accuracy"] = float(balanced_accuracy_score(y, pred))
     out["auc"] = float(roc_auc_score(y, s))
     return out
-    out["balanced_accuracy"] = float((pred[y].mean() + (~pred[~y]).mean()) / 2)
-    from scipy.stats import rankdata
-
-    r = rankdata(s)
-    out["auc"] = float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-    return out
