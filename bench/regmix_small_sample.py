@@ -22,8 +22,8 @@ gradient-boosted trees with scikit-learn's ``min_samples_leaf=20``, which cannot
    each count (no cross-validation, no search).
 
 Candidates and top-k follow the pipeline's RegMix defaults (``mixers/search.py``: 20k, 32).
-Usage: ``python bench/regmix_small_sample.py [--by-kind]`` (about 3 minutes on 2 cores; 6 with
---by-kind).
+Usage: ``python bench/regmix_small_sample.py [--by-kind]`` (about 1 minute on 2 cores; 2 with
+--by-kind). Results: docs/mixers.md, "RegMix and TiKMiX-M at small run counts".
 """
 
 from __future__ import annotations

@@ -429,7 +429,7 @@ class MixtureSearchConfig(CuramixModel):
     hook_rows: int = Field(default=4, ge=1)
     eval_tokens: int = Field(default=16_384, ge=1)
     val_fraction: float = Field(default=0.05, gt=0, lt=1)
-    regmix_runs: int = Field(default=16, ge=2)
+    regmix_runs: int = Field(default=16, ge=4)
     """RegMix: proxy runs on sampled mixtures before the regression."""
     regmix_tokens: int | None = Field(default=None, ge=1)
     """RegMix: tokens per sampled run (default total_tokens / 4)."""

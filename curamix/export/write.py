@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,20 +10,8 @@ from typing import Any
 from curamix.export._common import slug
 from curamix.export.load import as_mixture, load_mixture
 from curamix.export.render import FORMATS, MixtureLike, format_name, render, render_notes
+from curamix.io.store import write_text_atomic
 from curamix.mixture import MixtureError
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def export_file_name(fmt: str, key: str = "", stem: str = "mixture") -> str:

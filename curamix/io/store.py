@@ -56,7 +56,7 @@ def inside(root: str | Path, name: str | Path) -> Path:
     return path
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
+def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file and an atomic rename: readers see
     the old file or the new one, never half of one."""
     path = Path(path)
@@ -67,6 +67,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return path
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

@@ -266,7 +266,7 @@ class RegMixMixer(BaseMixer):
         ``"auto"``: by run count (:func:`curamix.mixers.regressor.choose_regressor`).
     fallback : {"best_run", "prior", "none"}
         What to return when the regressor fails its check (CV Spearman not above 0 at
-        one-sided p < 0.05, or constant predictions): the observed run with the lowest loss,
+        one-sided p < 0.01, or constant predictions): the observed run with the lowest loss,
         the sampler's prior mean (the mean of the candidates, within the caps), or the
         regressor's proposal anyway. Every case warns (:class:`RegressorFallbackWarning`) and
         records a ``fallback`` entry in provenance.

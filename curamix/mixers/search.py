@@ -296,6 +296,10 @@ def _search(
             say(f"mixture: RegMix run {i + 1}/{len(designs)}: loss {loss:.4f}")
         name = "target_loss" if target is not None else "mean_val_loss"
         mixer.fit(stats, designs, np.array(losses), target=name)  # type: ignore[call-arg]
+        if getattr(mixer, "fallback_", None):
+            say(f"mixture: RegMix fell back: {mixer.fallback_['reason']}")  # type: ignore[attr-defined]
+        else:
+            say(f"mixture: RegMix regressor CV Spearman {mixer.cv_spearman_:.3f}")  # type: ignore[attr-defined]
         extra["regmix_runs"] = [
             {"weights": dict(zip(stats.domains, map(float, r), strict=True)), "loss": float(y)}
             for r, y in zip(designs, losses, strict=True)

@@ -241,7 +241,7 @@ def tikmix_m_search(
     ``top_k`` highest is returned with its predicted score.
 
     When the regressor fails its check (cross-validated Spearman not above 0 at one-sided
-    p < 0.05, or constant predictions), a :class:`RegressorFallbackWarning` names the reason
+    p < 0.01, or constant predictions), a :class:`RegressorFallbackWarning` names the reason
     and the figure, and the result is the best scored mixture (``fallback="best_run"``), the
     current mixture (``"prior"``) or the regressor's proposal anyway (``"none"``); the reason
     is in ``result.fallback``. A non-finite score raises ``ValueError`` naming the mixture.
@@ -270,7 +270,7 @@ def tikmix_m_search(
         raise ValueError(f"score_fn returned shape {y.shape} for {n_fit} mixtures")
     if not np.isfinite(y).all():
         i = int(np.flatnonzero(~np.isfinite(y))[0])
-        raise ValueError(f"score_fn gave {y[i]!r} for mixture {X[i].tolist()}")
+        raise ValueError(f"score_fn gave {float(y[i])!r} for mixture {X[i].tolist()}")
     seed = int(rng.integers(2**31))
     fit = fit_mixture_regressor(X, y, regressor, seed, max_iter, learning_rate)
     C = sample(n_search)

@@ -22,6 +22,7 @@ from curamix.mixers import (
     make_regressor,
     mixture_regressor,
 )
+from curamix.mixers.regressor import fit_estimator
 from curamix.mixers.tikmix import TiKMiXMixer
 from tests.mixers import assert_valid
 
@@ -104,6 +105,7 @@ def test_fit_proposes_the_known_optimum_on_synthetic_runs():
     assert p["target"] == "synthetic" and p["seed"] == 0
 
 
+@pytest.mark.filterwarnings("ignore::curamix.mixers.regressor.RegressorFallbackWarning")
 def test_bad_runs_are_named():
     stats = DomainStats({"a": 1e6, "b": 1e6})
     R = np.array([[0.5, 0.5], [0.2, 0.8], [1.0, 0.0], [0.7, 0.3]])
@@ -166,7 +168,7 @@ def test_cv_spearman_of_a_mean_predictor_is_zero_not_minus_one():
     assert fit.cv_spearman > 0.9 and fit.significant and fit.cv_rmse < fit.cv_rmse_mean
 
 
-def test_pure_noise_losses_fall_back_visibly():
+def test_pure_noise_losses_fall_back_visibly(tmp_path):
     """Random losses: the CV Spearman is not significant, so the mixer warns, names the
     figure in provenance, and returns the best observed run (or the prior mean, or says it
     kept the proposal)."""
@@ -179,12 +181,13 @@ def test_pure_noise_losses_fall_back_visibly():
         mixer.fit(stats, R, y, target="noise")
     fb = mixer.fallback_
     assert fb is not None and fb["returned"] == "best_run" and fb["run"] == int(np.argmin(y))
-    assert fb["cv_pvalue"] >= 0.05 and "not significantly above 0" in fb["reason"]
+    assert fb["cv_pvalue"] >= 0.01 and "not significantly above 0" in fb["reason"]
     assert mixer.weights_array() == pytest.approx(R[np.argmin(y)])
     assert mixer.cv_spearman_ == fb["cv_spearman"]
     assert_valid(mixer.weights_, domains)
     # the artifact carries it (search.py writes this provenance to RUN/mixture-*/mixture.json)
-    prov = json.loads(json.dumps(mixer.mixture().provenance))
+    path = mixer.mixture().write_json(tmp_path / "mixture.json")
+    prov = json.loads(path.read_text())["provenance"]
     assert prov["fallback"]["reason"] == fb["reason"]
     assert prov["regressor"]["kind"] == "ridge" and prov["regressor"]["n_runs"] == 24
     assert prov["regressor"]["cv_spearman"] == pytest.approx(fb["cv_spearman"])
@@ -213,14 +216,15 @@ def _pile_runs(shared_data):
 @pytest.mark.realdata
 def test_regmix_at_16_and_8_real_runs(shared_data):
     """16 of RegMix's real runs: the old trees predict a constant; the chosen regressor ranks
-    the held-out runs, reports its CV Spearman and is used. 8 runs: whatever happens is in
-    provenance."""
+    the held-out runs, reports its CV Spearman and is used. 8 runs: here the CV cannot vouch
+    for the regressor, and the fallback is in the warning and the provenance."""
     from scipy.stats import spearmanr
 
     R, y, Rt, yt, cols = _pile_runs(shared_data)
     stats = DomainStats(PILE_PRIOR)
     idx = np.random.default_rng(0).choice(len(R), 16, replace=False)
-    assert np.ptp(mixture_regressor().fit(R[idx], y[idx]).predict(Rt)) == 0  # the old default
+    old = fit_estimator(mixture_regressor(), R[idx], y[idx])  # the old default: no split
+    assert np.ptp(old.predict(Rt)) == 0
     with warnings.catch_warnings():
         warnings.simplefilter("error", RegressorFallbackWarning)
         mixer = RegMixMixer(n_candidates=5000, top_k=16).fit(stats, R[idx], y[idx], TARGET)
@@ -231,7 +235,7 @@ def test_regmix_at_16_and_8_real_runs(shared_data):
     assert prov["fallback"] is None and prov["regressor"]["kind"] == "ridge"
     assert prov["regressor"]["cv_folds"] == "leave-one-out"
     assert prov["regressor"]["cv_spearman"] == pytest.approx(mixer.cv_spearman_)
-    assert mixer.cv_spearman_ > 0.5 and prov["regressor"]["cv_pvalue"] < 0.05
+    assert mixer.cv_spearman_ > 0.5 and prov["regressor"]["cv_pvalue"] < 0.01
     assert mixer.weights_ == mixer.proposal_
     # the proposal: more Pile-CC than the prior, and a held-out run near it beats the prior's
     w = mixer.weights_array()
@@ -247,13 +251,15 @@ def test_regmix_at_16_and_8_real_runs(shared_data):
     p8 = m8.mixture().provenance
     assert p8["regressor"]["n_runs"] == 8 and p8["regressor"]["kind"] == "ridge"
     assert np.isfinite(p8["regressor"]["cv_spearman"])
-    warned = [c for c in caught if issubclass(c.category, RegressorFallbackWarning)]
-    assert bool(warned) == (p8["fallback"] is not None)
-    if p8["fallback"] is not None:  # visible: the reason, the figure, the run returned
-        assert f"{m8.cv_spearman_:.3f}" in p8["fallback"]["reason"]
-        assert m8.weights_array() == pytest.approx(R[idx8][np.argmin(y[idx8])])
-    else:
-        assert m8.weights_ == m8.proposal_ and p8["regressor"]["cv_pvalue"] < 0.05
+    warned = [str(c.message) for c in caught if c.category is RegressorFallbackWarning]
+    # on this subset (6 of the bench's 10 at 8 runs) the CV cannot show a ranking: the mixer
+    # says so, names the figure, and returns the best of the 8 runs
+    assert len(warned) == 1 and p8["fallback"] is not None
+    assert f"CV Spearman over 8 runs is {m8.cv_spearman_:.3f}" in p8["fallback"]["reason"]
+    assert p8["fallback"]["reason"] in warned[0] and p8["regressor"]["cv_pvalue"] >= 0.01
+    assert m8.weights_array() == pytest.approx(R[idx8][np.argmin(y[idx8])])
+    assert p8["fallback"]["observed_loss"] == pytest.approx(y[idx8].min())
+    assert p8["fallback"]["regressor_proposal"] == m8.proposal_ != m8.weights_
 
 
 @pytest.mark.realdata

@@ -1,18 +1,23 @@
 """TiKMiX: influence sign and preconditioning, TiKMiX-D regularisers and trust region,
-TiKMiX-M recovering a known optimum, the stage-wise hook."""
+TiKMiX-M recovering a known optimum, its regressor at small n_fit (cross-validated, visible
+fallback), the stage-wise hook."""
 
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
 from curamix.mixers import (
+    DomainStats,
+    RegressorFallbackWarning,
     TiKMiXMixer,
     group_influence,
     tikmix_d_weights,
+    tikmix_m_search,
     tikmix_m_weights,
     tikmix_objective,
 )
@@ -95,6 +100,114 @@ def test_m_recovers_argmax_of_known_function():
     assert_valid(out, DOMAINS)
     assert np.abs(mixer.weights_array() - w_star).max() < 0.08
     assert mixer.predicted_score_ is not None
+
+
+def test_m_small_n_fit_reports_cv_and_rejects_bad_input(tmp_path):
+    """16 scored mixtures: the rule's ridge regressor, non-constant predictions, its CV
+    Spearman in the result and in the mixer's provenance; < 4 mixtures or a NaN score raise."""
+    w_star = np.array([0.45, 0.3, 0.15, 0.1])
+
+    def score(W):
+        return -np.square(W - w_star).sum(1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RegressorFallbackWarning)
+        r = tikmix_m_search(score, np.full(4, 0.25), np.random.default_rng(0), n_fit=16,
+                            n_search=2000, top_k=8)  # fmt: skip
+    assert r.fit.kind == "ridge" and r.fit.n_runs == 16 and r.fallback is None
+    assert r.fit.cv_spearman > 0.5 and r.fit.significant
+    probe = np.random.default_rng(1).dirichlet(np.ones(4), 50)
+    assert np.ptp(r.fit.predict(probe)) > 1e-3
+    assert score(r.weights[None])[0] > score(np.full((1, 4), 0.25))[0]
+    mixer = TiKMiXMixer(mode="M", score_fn=score, n_fit=16, n_search=2000, top_k=8).fit(TOKENS)
+    mixer.update_from_influence(np.zeros(4))
+    rep = mixer.provenance()["tikmix_m"]
+    assert len(rep) == 1 and rep[0]["stage"] == 0 and rep[0]["kind"] == "ridge"
+    assert rep[0]["cv_spearman"] > 0.5 and rep[0]["fallback"] is None
+    # checkpoints keep the reports (and old checkpoints without them still load)
+    torch.save(mixer.state_dict(), tmp_path / "s.pt")
+    state = torch.load(tmp_path / "s.pt", weights_only=True)
+    fresh = TiKMiXMixer(mode="M", score_fn=score).fit(TOKENS)
+    fresh.load_state_dict(state)
+    assert fresh.m_reports_ == mixer.m_reports_
+    fresh.load_state_dict({k: v for k, v in state.items() if k != "m_reports_"})
+    assert fresh.m_reports_ == []
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=r"n_fit must be >= 4 .* got 3"):
+        tikmix_m_weights(score, np.full(4, 0.25), rng, n_fit=3)
+    with pytest.raises(ValueError, match="score_fn gave nan"):
+        tikmix_m_weights(lambda W: np.full(len(W), np.nan), np.full(4, 0.25), rng, n_fit=8)
+    with pytest.raises(ValueError, match="fallback must be one of"):
+        tikmix_m_weights(score, np.full(4, 0.25), rng, n_fit=8, fallback="uniform")
+
+
+def test_m_pure_noise_scores_fall_back_visibly():
+    """Random scores: the CV Spearman is not significant; the stage warns, records the reason
+    and the figure, and takes the best scored mixture (or keeps the current one)."""
+
+    def noise(W):
+        return np.random.default_rng(len(W)).normal(size=len(W))
+
+    with pytest.warns(RegressorFallbackWarning, match=r"CV Spearman over 24 runs is -?0\.\d+"):
+        r = tikmix_m_search(noise, np.full(4, 0.25), np.random.default_rng(0), n_fit=24,
+                            n_search=1000)  # fmt: skip
+    assert r.fallback is not None and r.fallback["returned"] == "best_run"
+    assert r.fallback["cv_pvalue"] >= 0.01 and "not significantly above 0" in r.fallback["reason"]
+    assert r.fallback["observed_score"] == pytest.approx(noise(np.zeros((24, 4))).max())
+    cur = np.array([0.4, 0.3, 0.2, 0.1])
+    with pytest.warns(RegressorFallbackWarning, match="keeping the current mixture"):
+        w, _ = tikmix_m_weights(noise, cur, np.random.default_rng(0), n_fit=24, n_search=1000,
+                                fallback="prior")  # fmt: skip
+    assert w == pytest.approx(cur)
+    mixer = TiKMiXMixer(mode="M", score_fn=noise, n_fit=24, n_search=1000).fit(TOKENS)
+    with pytest.warns(RegressorFallbackWarning):
+        out = mixer.update_from_influence(np.zeros(4))
+    assert_valid(out, DOMAINS)
+    fb = mixer.mixture().provenance["tikmix_m"][0]["fallback"]
+    assert fb["returned"] == "best_run" and "CV Spearman" in fb["reason"]
+
+
+@pytest.mark.realdata
+def test_m_on_the_pile_cc_loss_surface(shared_data):
+    """Score = minus the Pile-CC loss surface learnt from RegMix's 512 real runs (a GP, not
+    the ridge TiKMiX-M fits at 16 mixtures): with 16 scored mixtures the regressor's
+    predictions vary, its CV Spearman is reported, and the chosen mixture scores better than
+    the current one. With 8, the check fails and the fallback is in the warning and provenance."""
+    from curamix.mixers import make_regressor
+    from curamix.mixers.regressor import fit_estimator
+    from curamix.scaling_laws.data import read_regmix
+    from tests.mixers.test_regmix import PILE_PRIOR, TARGET
+
+    d = shared_data / "scaling" / "regmix"
+    R, y, cols = read_regmix(d / "train_mixture_1m.csv", d / "train_pile_loss_1m.csv", TARGET)
+    surface = fit_estimator(make_regressor("gp", len(R)), R / R.sum(1, keepdims=True), y)
+
+    def score(W):
+        return -surface.predict(W)
+
+    stats = DomainStats(PILE_PRIOR)
+    cur = stats.shares()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RegressorFallbackWarning)
+        r = tikmix_m_search(score, cur, np.random.default_rng(0), n_fit=16, n_search=2000,
+                            top_k=8)  # fmt: skip
+    assert r.fit.kind == "ridge" and r.fallback is None and r.fit.cv_spearman > 0.5
+    probe = np.random.default_rng(1).dirichlet(np.ones(len(cols)), 50)
+    assert np.ptp(r.fit.predict(probe)) > 0.01
+    assert score(r.weights[None])[0] > score(cur[None])[0]
+    mixer = TiKMiXMixer(mode="M", score_fn=score, n_fit=8, n_search=2000, top_k=8).fit(stats)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RegressorFallbackWarning)
+        mixer.update_from_influence(np.zeros(len(cols)))
+    rep = mixer.mixture().provenance["tikmix_m"][0]
+    assert rep["n_runs"] == 8 and rep["kind"] == "ridge" and rep["cv_folds"] == "leave-one-out"
+    # 8 mixtures: CV Spearman 0.76, but one-sided p = 0.014 misses the 0.01 bar; the stage
+    # says so and takes the best of the 8 scored mixtures
+    fb = rep["fallback"]
+    assert [str(c.message) for c in caught] == [f"TiKMiX-M: {fb['reason']}; taking the best "
+                                                f"scored mixture (score {fb['observed_score']:.6g})"]  # fmt: skip
+    assert rep["cv_spearman"] > 0.5 and 0.01 <= rep["cv_pvalue"] < 0.05
+    assert score(mixer.weights_array()[None])[0] == pytest.approx(fb["observed_score"])
 
 
 def test_m_default_score_follows_influence():
