@@ -18,11 +18,13 @@ import glob
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from curamix.config import ConfigError, IngestConfig, InputSpec
-from curamix.io.records import ReadUnit, default_domain, file_format
+from curamix.io.records import ReadUnit, default_domain, file_format, read_unit
 
 log = logging.getLogger(__name__)
 
@@ -352,3 +354,35 @@ def expand_inputs(cfg: IngestConfig) -> ExpandedInputs:
             )
             out.fingerprints += [fingerprint(f) for f in fs]
     return out
+
+
+def expand_reference(inputs: Sequence[Any], field: str) -> ExpandedInputs:
+    """Read units and fingerprints of reference inputs (test sets, benchmarks: small files
+    read on the driver); errors name ``field`` (e.g. ``betr.benchmark_inputs``)."""
+    try:
+        return expand_inputs(IngestConfig(inputs=list(inputs)))
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("ingest.inputs.", f"{field}.")) from None
+
+
+def read_items(
+    inputs: Sequence[Any], field: str
+) -> tuple[list[tuple[str, str, str]], list[dict], list[str]]:
+    """``(item id, text, benchmark)`` of every record of reference ``inputs`` (benchmark = the
+    input's domain, by default the file stem; bad records are skipped), the files'
+    fingerprints, and the files that hold no item."""
+    expanded = expand_reference(inputs, field)
+    items: list[tuple[str, str, str]] = []
+    empty: list[str] = []
+    for unit in expanded.units:
+        before = len(items)
+        for batch in read_unit(unit):
+            t = batch.to_pydict()
+            items += [
+                (i, x, d)
+                for i, x, d, r in zip(t["id"], t["text"], t["domain"], t["reason"], strict=True)
+                if r is None
+            ]
+        if len(items) == before:
+            empty += list(unit.paths)
+    return items, expanded.fingerprints, empty

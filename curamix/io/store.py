@@ -27,13 +27,16 @@ import socket
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import curamix
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 MARKER = "_COMPLETE"
 MANIFEST = "manifest.json"
@@ -122,6 +125,19 @@ def part_files(folder: str | os.PathLike) -> list[str]:
     if not files:
         raise FileNotFoundError(f"no part-*.parquet files in {folder}")
     return files
+
+
+def rows_for_ids(files: Sequence[str], ids: Sequence[str], column: str) -> pa.Table:
+    """``id`` and ``column`` of the rows of ``files`` (Parquet parts) whose id is in ``ids``,
+    sorted by id; each file is filtered as it is read."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    want = pa.array(sorted(set(ids)), pa.string())
+    tables = [pq.read_table(p, columns=["id", column]) for p in files]
+    t = pa.concat_tables(x.filter(pc.is_in(x["id"], value_set=want)) for x in tables)
+    return t.take(pc.sort_indices(t, sort_keys=[("id", "ascending")]))
 
 
 def stage_folder(run_dir: str | Path, stage: str, key: str) -> Path:

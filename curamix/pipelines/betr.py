@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curamix.config import BETRConfig, ConfigError, PipelineConfig, config_hash
+from curamix.io.inputs import expand_reference, read_items
 from curamix.io.store import JobResult, stage_writer
 from curamix.pipelines.parts import (
     SampleKey,
@@ -46,9 +47,7 @@ from curamix.pipelines.pool import (
     Decisions,
     PoolStage,
     decisions_table,
-    expand_reference,
     md_table,
-    read_items,
 )
 from curamix.selectors.betr import (
     HashedTextClassifier,

@@ -35,14 +35,13 @@ import numpy as np
 import pyarrow as pa
 
 from curamix.config import CoresetConfig, PipelineConfig, ProxyScoreConfig, config_hash, pool_stage
-from curamix.io.store import JobResult, part_files, stage_writer
+from curamix.io.store import JobResult, part_files, rows_for_ids, stage_writer
 from curamix.pipelines.pool import (
     PoolStage,
     composition_table,
     decisions_table,
     md_table,
     positions,
-    rows_for_ids,
 )
 from curamix.pipelines.semdedup import NOT_EMBEDDED, default_clusters
 

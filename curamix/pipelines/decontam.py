@@ -24,14 +24,13 @@ import pyarrow as pa
 
 from curamix.config import DecontamConfig, PipelineConfig, config_hash
 from curamix.filters.decontam import ContaminationIndex, build_index, find_contamination
+from curamix.io.inputs import expand_reference, read_items
 from curamix.io.store import JobResult, stage_writer
 from curamix.pipelines.pool import (
     Decisions,
     PoolStage,
     decisions_table,
-    expand_reference,
     md_table,
-    read_items,
 )
 
 if TYPE_CHECKING:

@@ -36,9 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curamix.config import ConfigError, IngestConfig, config_hash
-from curamix.io.inputs import ExpandedInputs, expand_inputs
-from curamix.io.records import read_unit
+from curamix.config import config_hash
 from curamix.io.store import JobResult, StageWriter, part_files
 from curamix.pipelines.parts import check_accounting, map_parts
 from curamix.schema import DOC_SCHEMA, LEDGER_SCHEMA
@@ -403,15 +401,6 @@ def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str = 
     ]
 
 
-def expand_reference(inputs: Sequence[Any], field: str) -> ExpandedInputs:
-    """Read units and fingerprints of reference inputs (test sets, benchmarks: small files
-    read on the driver); errors name ``field`` (e.g. ``betr.benchmark_inputs``)."""
-    try:
-        return expand_inputs(IngestConfig(inputs=list(inputs)))
-    except ConfigError as err:
-        raise ConfigError(str(err).replace("ingest.inputs.", f"{field}.")) from None
-
-
 def composition_table(per_domain: dict[str, dict[str, Any]], random: bool = False) -> list[str]:
     """The report's per-domain composition of a selection (``random``: with the random
     baseline's share)."""
@@ -423,37 +412,6 @@ def composition_table(per_domain: dict[str, dict[str, Any]], random: bool = Fals
         rows.append((d, e["in"], f"{e['pool_share']:.3f}", e["kept"], share, *rand, f"{ratio:.2f}"))
     head = ["domain", "pool", "pool share", "selected", "selected share"]
     return md_table([*head, *(["random share"] if random else []), "ratio"], rows)
-
-
-def read_items(
-    inputs: Sequence[Any], field: str
-) -> tuple[list[tuple[str, str, str]], list[dict], list[str]]:
-    """``(item id, text, benchmark)`` of every record of reference ``inputs`` (benchmark = the
-    input's domain, by default the file stem; bad records are skipped), the files'
-    fingerprints, and the files that hold no item."""
-    expanded = expand_reference(inputs, field)
-    items: list[tuple[str, str, str]] = []
-    empty: list[str] = []
-    for unit in expanded.units:
-        before = len(items)
-        for batch in read_unit(unit):
-            t = batch.to_pydict()
-            items += [
-                (i, x, d)
-                for i, x, d, r in zip(t["id"], t["text"], t["domain"], t["reason"], strict=True)
-                if r is None
-            ]
-        if len(items) == before:
-            empty += list(unit.paths)
-    return items, expanded.fingerprints, empty
-
-
-def rows_for_ids(files: Sequence[str], ids: Sequence[str], column: str) -> pa.Table:
-    """``id`` and ``column`` of the rows of ``files`` whose id is in ``ids``, sorted by id."""
-    want = pa.array(sorted(set(ids)), pa.string())
-    tables = [pq.read_table(p, columns=["id", column]) for p in files]
-    t = pa.concat_tables(x.filter(pc.is_in(x["id"], value_set=want)) for x in tables)
-    return t.take(pc.sort_indices(t, sort_keys=[("id", "ascending")]))
 
 
 class _FromFiles:

@@ -40,9 +40,9 @@ import numpy as np
 import pyarrow as pa
 
 from curamix.config import PipelineConfig, config_hash
-from curamix.io.store import JobResult, stage_writer, write_text_atomic
+from curamix.io.store import JobResult, rows_for_ids, stage_writer, write_text_atomic
 from curamix.pipelines.dedup import DedupGateError
-from curamix.pipelines.pool import PoolStage, decisions_table, md_table, positions, rows_for_ids
+from curamix.pipelines.pool import PoolStage, decisions_table, md_table, positions
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
