@@ -43,7 +43,8 @@ from numpy.typing import ArrayLike
 from curamix.mixers.base import BaseMixer, DomainStats, finalize_weights
 from curamix.mixers.regressor import (
     MIN_RUNS,
-    RegressorFallbackWarning,
+    apply_fallback,
+    check_fallback,
     fallback_reason,
     fit_mixture_regressor,
     mixture_regressor,
@@ -56,8 +57,6 @@ __all__ = [
     "epoch_caps",
     "mixture_regressor",
 ]
-
-FALLBACKS = ("best_run", "prior", "none")
 
 
 def epoch_caps(
@@ -371,8 +370,7 @@ class RegMixMixer(BaseMixer):
                 f"need 1 <= top_k <= n_candidates, got top_k={self.top_k}, "
                 f"n_candidates={self.n_candidates}"
             )
-        if self.fallback not in FALLBACKS:
-            raise ValueError(f"fallback must be one of {list(FALLBACKS)}, got {self.fallback!r}")
+        check_fallback(self.fallback)
         stats = self._set_stats(domain_stats)
         R, y = check_runs(mixtures, losses, stats.domains, min_runs=MIN_RUNS)
         seed = _seed(self.random_state)
@@ -394,20 +392,14 @@ class RegMixMixer(BaseMixer):
         self.fallback_: dict[str, Any] | None = None
         w = cand[top].mean(0)
         if reason is not None:
-            self.fallback_ = {"reason": reason, "returned": self.fallback,
-                              "cv_spearman": fit.cv_spearman, "cv_pvalue": fit.cv_pvalue,
-                              "regressor_proposal": dict(self.proposal_)}  # fmt: skip
-            if self.fallback == "best_run":
-                i = int(np.argmin(y))
-                w = R[i]
-                self.fallback_.update(run=i, observed_loss=float(y[i]))
-                instead = f"returning the best observed run (run {i}, loss {y[i]:.6g})"
-            elif self.fallback == "prior":
-                w = cand.mean(0)
-                instead = "returning the sampler's prior mean (the mean of the candidates)"
-            else:
-                instead = "returning its proposal anyway (fallback='none')"
-            warnings.warn(f"RegMix: {reason}; {instead}", RegressorFallbackWarning, stacklevel=2)
+            i = int(np.argmin(y))
+            chosen, self.fallback_ = apply_fallback(
+                "RegMix", self.fallback, reason, fit, dict(self.proposal_),
+                best=(R[i], {"run": i, "observed_loss": float(y[i])},
+                      f"returning the best observed run (run {i}, loss {y[i]:.6g})"),
+                prior=(cand.mean(0), "returning the sampler's prior mean (the mean of the candidates)"),
+            )  # fmt: skip
+            w = w if chosen is None else chosen
         self.weights_ = finalize_weights(w, stats.domains, "RegMix mixture")
         self.predicted_loss_ = float(self.predict(self.weights_array()[None, :])[0])
         return self

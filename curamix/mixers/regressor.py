@@ -51,6 +51,9 @@ CV_FOLDS = 5
 
 Kind = Literal["ridge", "gp", "hgb"]
 KINDS = ("auto", "ridge", "gp", "hgb")
+FALLBACKS = ("best_run", "prior", "none")
+"""What a mixer returns when its regressor fails the check: the best observed run, the prior
+mixture, or the regressor's proposal anyway (with the warning)."""
 
 
 class RegressorFallbackWarning(UserWarning):
@@ -313,6 +316,41 @@ def fit_mixture_regressor(
         cv_rmse=cv["rmse"],
         cv_rmse_mean=cv["rmse_mean"],
     )
+
+
+def check_fallback(fallback: str) -> None:
+    """``ValueError`` naming a ``fallback`` that is not one of :data:`FALLBACKS`."""
+    if fallback not in FALLBACKS:
+        raise ValueError(f"fallback must be one of {list(FALLBACKS)}, got {fallback!r}")
+
+
+def apply_fallback(
+    who: str,
+    fallback: str,
+    reason: str,
+    fit: RegressorFit,
+    proposal: Any,
+    best: tuple[np.ndarray, dict[str, Any], str],
+    prior: tuple[np.ndarray, str],
+) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """The mixture a mixer returns when its regressor failed the check (``reason``) and the
+    provenance record; warns :class:`RegressorFallbackWarning` naming ``who``, the reason and
+    what is returned. ``best``: (mixture, provenance fields, description) of the best observed
+    run; ``prior``: (mixture, description). ``fallback="none"`` returns ``None`` as the
+    mixture: the caller keeps its proposal."""
+    info: dict[str, Any] = {"reason": reason, "returned": fallback,
+                            "cv_spearman": fit.cv_spearman, "cv_pvalue": fit.cv_pvalue,
+                            "regressor_proposal": proposal}  # fmt: skip
+    w: np.ndarray | None = None
+    if fallback == "best_run":
+        w, fields, instead = best
+        info.update(fields)
+    elif fallback == "prior":
+        w, instead = prior
+    else:
+        instead = "taking its proposal anyway (fallback='none')"
+    warnings.warn(f"{who}: {reason}; {instead}", RegressorFallbackWarning, stacklevel=3)
+    return w, info
 
 
 def fallback_reason(fit: RegressorFit, predictions: np.ndarray, scale: float) -> str | None:

@@ -53,7 +53,6 @@ Influence Functions", arXiv:1703.04730.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -72,8 +71,9 @@ from curamix.mixers.base import (
 from curamix.mixers.regmix import dirichlet_mixtures
 from curamix.mixers.regressor import (
     MIN_RUNS,
-    RegressorFallbackWarning,
     RegressorFit,
+    apply_fallback,
+    check_fallback,
     fallback_reason,
     fit_mixture_regressor,
 )
@@ -246,15 +246,12 @@ def tikmix_m_search(
     current mixture (``"prior"``) or the regressor's proposal anyway (``"none"``); the reason
     is in ``result.fallback``. A non-finite score raises ``ValueError`` naming the mixture.
     """
-    from curamix.mixers.regmix import FALLBACKS
-
     if n_fit < MIN_RUNS:
         raise ValueError(
             f"n_fit must be >= {MIN_RUNS} (TiKMiX-M fits and cross-validates a regressor on "
             f"n_fit scored mixtures), got {n_fit}"
         )
-    if fallback not in FALLBACKS:
-        raise ValueError(f"fallback must be one of {list(FALLBACKS)}, got {fallback!r}")
+    check_fallback(fallback)
     k = len(current)
     prior = 0.5 * np.asarray(current, dtype=np.float64) + 0.5 / k
 
@@ -281,20 +278,15 @@ def tikmix_m_search(
     reason = fallback_reason(fit, pred, float(np.ptp(y)))
     info: dict[str, Any] | None = None
     if reason is not None:
-        info = {"reason": reason, "returned": fallback, "cv_spearman": fit.cv_spearman,
-                "cv_pvalue": fit.cv_pvalue, "regressor_proposal": w.tolist()}  # fmt: skip
-        if fallback == "best_run":
-            i = int(np.argmax(y))
-            w = X[i] / X[i].sum()
-            info.update(mixture=i, observed_score=float(y[i]))
-            instead = f"taking the best scored mixture (score {y[i]:.6g})"
-        elif fallback == "prior":
-            w = np.asarray(current, dtype=np.float64)
-            w = w / w.sum()
-            instead = "keeping the current mixture"
-        else:
-            instead = "taking its proposal anyway (fallback='none')"
-        warnings.warn(f"TiKMiX-M: {reason}; {instead}", RegressorFallbackWarning, stacklevel=2)
+        i = int(np.argmax(y))
+        chosen, info = apply_fallback(
+            "TiKMiX-M", fallback, reason, fit, w.tolist(),
+            best=(X[i] / X[i].sum(), {"mixture": i, "observed_score": float(y[i])},
+                  f"taking the best scored mixture (score {y[i]:.6g})"),
+            prior=(np.asarray(current, dtype=np.float64) / np.sum(current),
+                   "keeping the current mixture"),
+        )  # fmt: skip
+        w = w if chosen is None else chosen
     return TiKMiXMResult(w, float(fit.predict(w[None, :])[0]), fit, info)
 
 

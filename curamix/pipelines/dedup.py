@@ -42,7 +42,7 @@ from curamix.filters.dedup import (
     optimal_bands,
     shingle_hashes,
 )
-from curamix.io.store import JobResult, part_files, stage_writer, write_text_atomic
+from curamix.io.store import JobResult, stage_writer, write_text_atomic
 from curamix.pipelines.parts import choose_engine, map_parts
 from curamix.pipelines.pool import Decisions, PoolStage, decisions_table
 
@@ -428,7 +428,8 @@ def run_dedup(
     dc = cfg.dedup
     t0 = time.perf_counter()
     ingest = inputs["pool"]
-    parts = part_files(ingest.data_path)
+    ps = PoolStage(STAGE, cfg, ingest, key, say)  # phase C's writer; its parts are phase A's
+    parts = ps.parts
     check_doc_schema(parts)
     b, r = bands_rows(dc)
     timings: dict[str, float] = {}
@@ -667,7 +668,6 @@ def run_dedup(
         timings["report_s"] = round(time.perf_counter() - t, 3)
         say("dedup: writing kept documents and the ledger")
         t = time.perf_counter()
-        ps = PoolStage(STAGE, cfg, ingest, key, say)
         if engine == "local":
             cols = ["id", "reason", "ref_id", "sim"]
             by_part = {

@@ -24,31 +24,12 @@ from curamix.mixers import (
 )
 from curamix.mixers.regressor import fit_estimator
 from curamix.mixers.tikmix import TiKMiXMixer
+from curamix.scaling_laws.data import REGMIX_PILE_PRIOR
 from tests.mixers import assert_valid
 
 TARGET = "metric/the_pile_pile_cc_val_loss"
 
-# Token shares of the 17 Pile domains under RegMix's tokenizer: the prior of the reference's
-# sampler (sail-sg/regmix, mixture_config/synthesize_mixture.py, get_token_distribution).
-PILE_PRIOR = {
-    "train_the_pile_arxiv": 0.113285273,
-    "train_the_pile_freelaw": 0.079608651,
-    "train_the_pile_nih_exporter": 0.003913491,
-    "train_the_pile_pubmed_central": 0.185375901,
-    "train_the_pile_wikipedia_en": 0.051081359,
-    "train_the_pile_dm_mathematics": 0.015962925,
-    "train_the_pile_github": 0.101750772,
-    "train_the_pile_philpapers": 0.003707518,
-    "train_the_pile_stackexchange": 0.066529351,
-    "train_the_pile_enron_emails": 0.001750772,
-    "train_the_pile_gutenberg_pg_19": 0.027085479,
-    "train_the_pile_pile_cc": 0.236869207,
-    "train_the_pile_ubuntu_irc": 0.01184346,
-    "train_the_pile_europarl": 0.007929969,
-    "train_the_pile_hackernews": 0.008032956,
-    "train_the_pile_pubmed_abstracts": 0.038825953,
-    "train_the_pile_uspto_backgrounds": 0.046446962,
-}
+PILE_PRIOR = REGMIX_PILE_PRIOR
 
 
 def test_sampler_respects_caps_and_temperature():
