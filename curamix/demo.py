@@ -446,7 +446,7 @@ DEMO_PIPELINE = """\
 # curate_flow. `curamix run pipeline.yaml` runs the stages only (ingest .. select).
 run_dir: run
 seed: {seed}
-stages: [ingest, dedup, embed, semdedup, decontam, dsir, betr, select]
+stages: [ingest, dedup, embed, semdedup, quality, decontam, dsir, betr, select]
 spark:
   master: "local[*]"
   driver_memory: 2g
@@ -470,6 +470,30 @@ semdedup:
   # together: at eps 0.05 half the forum domain would go and the removal-rate gate stops the
   # run (the report's removal-vs-eps table shows the curve).
   eps: 0.02
+quality:
+  # Quality filtering (docs/quality.md): text-likeness, language ID (fastText lid.176: English
+  # at score >= 0.65), the C4 and FineWeb heuristic rules, and a small DCLM-style fastText
+  # classifier trained on the benchmark's train split vs 1,000 pool documents, whose scores
+  # become 20 Nemotron-CC quality buckets (the report's histogram). The demo's documents are
+  # templated, so Gopher's repetition and word rules would remove most of them (they repeat
+  # 5-grams by construction): those two are off here. Code and math are exempt from the
+  # prose rules. The classifier keeps everything (no keep_top): it annotates.
+  exempt_domains: [code, math]
+  heuristics:
+    gopher_repetition: false
+    gopher_quality: false
+    c4_quality: true
+    fineweb_quality: true
+  classifiers:
+    - name: bench
+      positive_inputs:
+        - path: targets/demobench_train.jsonl
+      negative_sample: 1000
+      bucket: 20000       # 20k hash buckets: an 8 MB model (DCLM's 2M: 800 MB)
+      lr: 0.5             # DCLM's lr 0.1 x 5 epochs is for ~400k examples; these are ~1,200
+      epoch: 25
+  buckets:
+    groups: [0, 10, 15, 18]
 decontam:
   # Documents sharing a 13-gram with the benchmark's TEST split are removed.
   test_inputs:
@@ -500,13 +524,18 @@ mixture:
   total_tokens: {mixture_tokens}
   update_every: 15
 scaling:
-  # A small sweep (2 sizes x 3 budgets) on the searched mixture, a Chinchilla fit, and the
-  # recommendation for a compute budget in the proxies' range (two sizes cannot pin down the
-  # size exponent: the fit report says so).
-  models: [nano, tiny]
-  token_budgets: [25600, 51200, 102400]
-  n_boot: 20
+  # A small sweep (3 sizes x 3 budgets) on the searched mixture, a Chinchilla fit with 200
+  # bootstrap refits (90% intervals) and its identifiability verdict, and the recommendation
+  # for a compute budget in the proxies' range. A fit that is not identified is not used: the
+  # sizes then come from the published constants (allow_fallback), and the notes say why. N
+  # never goes below the smallest proxy, and no domain is read more than max_epochs times.
+  models: [nano, tiny, xs]
+  token_budgets: [16384, 32768, 65536]
+  n_boot: 200
+  ci_level: 0.9
+  allow_fallback: true
   compute: 1.0e+11
+  max_epochs: 4
 export:
   formats: [json, csv, megatron, olmo-core, hf]
   prefix_template: "data/{{domain}}_text_document"

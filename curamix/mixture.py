@@ -5,6 +5,17 @@ Every mixer and the scaling-law recommender produce one ``Mixture``; trainer for
 finite, non-negative and sum to 1 (within 1e-6; nothing is renormalised silently), every
 stage of the schedule names only known domains and starts strictly later than the one
 before.
+
+Provenance is free-form JSON, with these fields read by curamix (``RUN/mixture.json``):
+
+- ``method``, ``seed``, ``curamix``: who made the weights;
+- ``max_epochs``: the repetition cap the weights respect (exports refuse a mixture whose
+  epochs exceed it, :func:`check_epoch_cap`);
+- ``recommendation``: the compute-aware decision (``curamix.scaling_laws.decide``): compute,
+  ``n_params``, ``n_tokens``, ``predicted_loss``, their ``intervals`` (bootstrap, at
+  ``ci_level``), ``size_source`` and ``fallback_reason``, the fit's ``identification``
+  (``identified`` and ``reasons``), the ``extrapolation`` factors from the largest proxy run,
+  and ``notes``. :func:`decision_lines` renders it for file headers and logs.
 """
 
 from __future__ import annotations
@@ -198,6 +209,131 @@ class Mixture:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except MixtureError as e:
             raise MixtureError(f"{path}: {e}") from None
+
+
+def cap_weights(weights: Mapping[str, float], caps: Mapping[str, float]) -> dict[str, float]:
+    """``weights`` within per-domain ``caps`` (water-filling): each domain over its cap is set to
+    the cap and the excess is spread over the others in proportion to their weights, until
+    none is over. Domains with weight 0 stay at 0; a domain ``caps`` does not name is uncapped.
+
+    Raises :class:`MixtureError` when the caps of the domains with weight > 0 sum below 1
+    (no mixture of them fits), naming the sum.
+    """
+    w = check_weights(weights)
+    c = {d: min(1.0, max(0.0, float(caps.get(d, 1.0)))) for d in w}
+    pos = [d for d in w if w[d] > 0]
+    room = sum(c[d] for d in pos)
+    if room < 1.0 - 1e-12:
+        raise MixtureError(
+            f"the caps of the domains with weight > 0 sum to {room:.6g} < 1: no mixture of them "
+            f"fits (caps { ({d: round(c[d], 6) for d in pos}) })"
+        )
+    fixed: set[str] = set()
+    while True:
+        free = [d for d in pos if d not in fixed]
+        mass = 1.0 - sum(c[d] for d in fixed)
+        total = sum(w[d] for d in free)
+        over = [d for d in free if w[d] * mass / total > c[d]] if free else []
+        if not over:
+            break
+        fixed.update(over)
+    out = {d: c[d] if d in fixed else (w[d] * mass / total if d in free else 0.0) for d in w}
+    s = sum(out.values())
+    return {d: v / s for d, v in out.items()}
+
+
+def cap_epochs(mixture: Mixture, max_epochs: float) -> tuple[Mixture, dict[str, float]]:
+    """The mixture with no domain read more than ``max_epochs`` times over its schedule.
+
+    Every stage's weights are capped at ``unique_tokens * max_epochs / total_tokens`` per domain
+    (:func:`cap_weights`), so the whole schedule stays within the cap too. Returns the capped
+    mixture (``provenance`` gains ``max_epochs``) and, for each domain that was over the cap,
+    its epochs before.
+    Needs ``total_tokens`` and ``domain_tokens``; raises :class:`MixtureError` when the unique
+    tokens of the mixture's domains, ``max_epochs`` times, are fewer than ``total_tokens``.
+    """
+    if not (math.isfinite(max_epochs) and max_epochs > 0):
+        raise MixtureError(f"max_epochs must be > 0, got {max_epochs!r}")
+    if mixture.total_tokens is None or mixture.domain_tokens is None:
+        raise MixtureError("cap_epochs needs total_tokens and domain_tokens")
+    before = mixture.epochs()
+    caps = {
+        d: mixture.domain_tokens[d] * max_epochs / mixture.total_tokens for d in mixture.weights
+    }
+    try:
+        stages = [cap_weights(s.weights, caps) for s in mixture.stages()]
+    except MixtureError as e:
+        raise MixtureError(
+            f"{mixture.total_tokens:.4g} tokens cannot be drawn within {max_epochs:g} epochs "
+            f"per domain: {e}"
+        ) from None
+    later = zip(mixture.schedule, stages[1:], strict=True)
+    out = Mixture(
+        weights=stages[0],
+        schedule=[Stage(s.start, w, s.name) for s, w in later],
+        total_tokens=mixture.total_tokens,
+        domain_tokens=mixture.domain_tokens,
+        provenance={**mixture.provenance, "max_epochs": max_epochs},
+    )
+    changed = {d: e for d, e in before.items() if e > max_epochs * (1 + 1e-9)}
+    return out, changed
+
+
+def check_epoch_cap(mixture: Mixture, tolerance: float = 1e-6) -> None:
+    """Raise :class:`MixtureError` when a domain is read more often than the cap the mixture's
+    provenance names (``max_epochs``, or the recommendation's), naming the domain."""
+    prov = mixture.provenance
+    rec = prov.get("recommendation")
+    cap = prov.get("max_epochs", rec.get("max_epochs") if isinstance(rec, Mapping) else None)
+    if cap is None or mixture.total_tokens is None or mixture.domain_tokens is None:
+        return
+    for d, e in mixture.epochs().items():
+        if e > float(cap) * (1 + tolerance):
+            raise MixtureError(
+                f"domain {d!r} would be read {e:.4g} times, over the mixture's cap of "
+                f"max_epochs = {float(cap):g}; lower total_tokens or re-cap the weights"
+            )
+
+
+def _interval(iv: Any) -> str:
+    if not iv or iv[0] is None:
+        return ""
+    return f" [{iv[0]:.3g} - {iv[1]:.3g}]"
+
+
+def decision_lines(provenance: Mapping[str, Any]) -> list[str]:
+    """The compute-aware decision in a mixture's provenance as short human lines (for export
+    headers, logs and reports): sizes with intervals, where they came from, whether the fit
+    is identified (and why not), the extrapolation, and the notes. Empty without one."""
+    rec = provenance.get("recommendation")
+    if not isinstance(rec, Mapping) or "n_params" not in rec:
+        return []
+    iv = rec.get("intervals") or {}
+    level = rec.get("ci_level")
+    pct = f"{level:.0%} " if iv and level else ""
+    loss = rec.get("predicted_loss")
+    lines = [
+        f"recommended for C = {rec['compute']:.3g} FLOPs: N = {rec['n_params']:.4g} parameters"
+        f"{_interval(iv.get('n_params'))}, D = {rec['n_tokens']:.4g} tokens"
+        f"{_interval(iv.get('n_tokens'))}"
+        + (f", predicted loss {loss:.4g}{_interval(iv.get('predicted_loss'))}" if loss else "")
+        + (f" ({pct}bootstrap intervals)" if pct else ""),
+        f"size source: {rec.get('size_source', '?')}",
+    ]
+    ident = rec.get("identification")
+    if isinstance(ident, Mapping):
+        if ident.get("identified"):
+            lines.append(f"fit identified ({ident.get('n_boot', 0)} bootstrap refits)")
+        else:
+            lines.append("fit NOT identified: " + "; ".join(ident.get("reasons", [])))
+    ex = rec.get("extrapolation")
+    if isinstance(ex, Mapping) and ex.get("n_params") is not None:
+        lines.append(
+            f"extrapolation from the largest proxy run: N x{ex['n_params']:.3g}, "
+            f"D x{ex['tokens']:.3g}, C x{ex['compute']:.3g}"
+        )
+    lines += [f"note: {n}" for n in rec.get("notes", [])]
+    return lines
 
 
 def upsampling_stage(

@@ -234,6 +234,11 @@ def test_registry_upstreams_point_to_earlier_stages():
         "dedup": {},
         "embed": {},
         "semdedup": {},
+        "quality": {
+            "classifiers": [
+                {"name": "edu", "kind": "embedding_head", "label_inputs": [{"path": "l"}]}
+            ]
+        },
         "decontam": {"test_inputs": [{"path": "t.jsonl"}]},
         "dsir": {"target_domains": ["a"]},
         "betr": {"benchmark_inputs": [{"path": "b.jsonl"}]},
@@ -250,7 +255,8 @@ def test_registry_upstreams_point_to_earlier_stages():
         "dedup": "ingest",
         "embed": "dedup",
         "semdedup": "dedup",
-        "decontam": "semdedup",
+        "quality": "semdedup",
+        "decontam": "quality",
         "dsir": "decontam",
         "betr": "decontam",
         "select": "decontam",

@@ -128,3 +128,93 @@ def test_demo_rewrite_removes_only_its_own_files(tmp_path):
     write_demo_corpus(tmp_path, n_docs=300, seed=1)
     assert user.is_file() and stale.is_file()  # the user's file and current files stay
     assert not (tmp_path / "raw" / "old_demo_part.jsonl").exists()  # its own stale file goes
+
+
+# The demo's proxy sweep (3 sizes x 3 budgets on the searched mixture; n_params, tokens, mean
+# validation loss) and the DGA search's weights and unique tokens per domain, as measured by
+# `curamix demo` on the 2-core sandbox on 2026-12-03.
+DEMO_SWEEP = [
+    ("nano", 49344, 16384, 6.420126), ("nano", 49344, 32768, 5.979998),
+    ("nano", 49344, 65536, 5.361558), ("tiny", 98624, 16384, 6.419425),
+    ("tiny", 98624, 32768, 5.998785), ("tiny", 98624, 65536, 5.371705),
+    ("xs", 984448, 16384, 6.223625), ("xs", 984448, 32768, 5.824135),
+    ("xs", 984448, 65536, 5.019743),
+]  # fmt: skip
+DEMO_SEARCH = {
+    "weights": {"code": 0.0720222, "forum": 0.0282065, "legal": 0.1041539, "math": 0.4950158,
+                "news": 0.1170172, "recipes": 0.0434386, "science": 0.0512024,
+                "sports": 0.0889434},
+    "domain_tokens": {"code": 2663.0, "forum": 9835.0, "legal": 3319.0, "math": 28592.0,
+                      "news": 9274.0, "recipes": 8069.0, "science": 8180.0, "sports": 5074.0},
+    "provenance": {"method": "dga", "seed": None},
+}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_demo_decisions_are_sane(tmp_path, capsys):
+    """The flow's decision path on the demo's own sweep, with the demo's config: fit (200
+    bootstrap refits), identify, recommend, write RUN/mixture.json, export, print. Nothing
+    exported is absurd: N is not below the smallest proxy, no domain is read more often than
+    max_epochs, and a fit that is not identified is not used, with the reason printed and in
+    every export."""
+    import polars as pl
+
+    from curamix.cli.demo import _flow_report
+    from curamix.config import load_config
+    from curamix.demo import write_demo_pipeline
+    from curamix.flows.steps import RECOMMENDATION, finalize_mixture, run_export_step
+    from curamix.io.store import JobResult, write_json_atomic
+    from curamix.mixture import Mixture
+    from curamix.scaling_laws.chinchilla import ChinchillaLaw
+    from curamix.scaling_laws.decide import CHINCHILLA_PUBLISHED, fit_and_recommend
+
+    cfg = load_config(write_demo_pipeline(tmp_path), use_env=False)
+    sc = cfg.scaling
+    assert len(sc.models) >= 3 and len(sc.token_budgets) >= 3 and sc.n_boot >= 200
+    rows = [r for r in DEMO_SWEEP if r[0] in sc.models and r[2] <= max(sc.token_budgets)]
+    df = pl.DataFrame(rows, schema=["model", "n_params", "tokens", "loss"], orient="row")
+    search_dir, scaling_dir, run = tmp_path / "search", tmp_path / "scaling", tmp_path / "run"
+    search = Mixture.from_dict(DEMO_SEARCH)
+    search.write_json(search_dir / "mixture.json")
+    fits, rec = fit_and_recommend(df, scaling_dir / "fits", sc, search, seed=0)
+    write_json_atomic(scaling_dir / RECOMMENDATION, rec.to_dict())
+
+    ident = fits["chinchilla"]["identification"]
+    assert ident["distinct"] == {"N": 3, "D": 3} and len(fits["chinchilla"]["params_ci"]) == 5
+    smallest = min(r[1] for r in rows)
+    assert rec.n_params >= smallest and rec.min_params == smallest
+    if ident["identified"]:
+        assert rec.size_source.startswith("fitted ChinchillaLaw") and rec.intervals
+    else:  # the fallback, named, with the reasons
+        published = ChinchillaLaw.from_params(CHINCHILLA_PUBLISHED).compute_optimal(sc.compute)
+        assert rec.n_params == pytest.approx(max(published[0], smallest))
+        assert rec.size_source.startswith("published Chinchilla constants")
+        assert rec.fallback_reason.endswith("; ".join(ident["reasons"]))
+    assert 6 * rec.n_params * rec.n_tokens <= sc.compute * (1 + 1e-9)
+
+    mix, path, _ = finalize_mixture(
+        run, JobResult("mixture", search_dir, {}), JobResult("scaling", scaling_dir, {})
+    )
+    epochs = mix.epochs()
+    assert max(epochs.values()) <= sc.max_epochs + 1e-9, epochs
+    assert mix.total_tokens == pytest.approx(rec.n_tokens)
+    assert mix.provenance["method"] == "dga" and mix.provenance["recommendation"]["notes"]
+    files, _ = run_export_step(run, cfg.export, path)
+    for f in files:
+        text = f.read_text()
+        if f.suffix in (".txt", ".csv"):
+            continue  # no comments possible: their Markdown sidecar is checked
+        if f.suffix == ".json":
+            assert json.loads(text)["provenance"]["recommendation"]["size_source"]
+        else:
+            assert f"size source: {rec.size_source}" in text, f.name
+            assert f"N = {rec.n_params:.4g} parameters" in text, f.name
+    assert {f.suffix for f in files} >= {".md", ".csv", ".txt", ".json"}
+
+    summary = {"steps": {}, "mixture": {"path": str(path)}, "exports": [str(f) for f in files]}
+    _flow_report(summary)
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"recommended for C = {sc.compute:.3g} FLOPs: N = {rec.n_params:.4g} parameters" in out
+    assert f"size source: {rec.size_source}" in out
+    if not ident["identified"]:
+        assert "fit NOT identified: " + ident["reasons"][0] in out

@@ -1,4 +1,4 @@
-"""The ``curamix`` command line: ``ingest``, ``run``, ``dedup``, ``embed``, ``semdedup``,
+"""The ``curamix`` command line: ``ingest``, ``run``, ``dedup``, ``quality``, ``embed``, ``semdedup``,
 ``decontam``, ``score`` (``dsir``, ``betr``), ``select``, ``coreset``, ``sweep``, ``fit``,
 ``recommend``, ``export``, ``status``, ``demo`` (the Prefect flow), ``serve``.
 
@@ -40,6 +40,7 @@ def version() -> None:
 app.command()(stages.ingest)
 app.command()(stages.run)
 app.command("dedup")(stages.dedup_cmd)
+app.command("quality")(stages.quality_cmd)
 app.command("decontam")(stages.decontam_cmd)
 app.command("embed")(stages.embed_cmd)
 app.command("semdedup")(stages.semdedup_cmd)

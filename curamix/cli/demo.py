@@ -101,8 +101,10 @@ def _flow_results(summary: dict) -> dict:
 
 def _flow_report(summary: dict) -> None:
     """The mixture weights and where every output and artifact of a flow run is."""
+    from rich.markup import escape
+
     from curamix.flows.artifacts import step_plots
-    from curamix.mixture import Mixture
+    from curamix.mixture import Mixture, decision_lines
 
     steps = summary["steps"]
     for step in ("mixture", "scaling"):
@@ -115,8 +117,22 @@ def _flow_report(summary: dict) -> None:
             console.print(f"  {f.relative_to(path).as_posix():<22} {f}", soft_wrap=True)
         if step == "scaling":
             fits = json.loads((path / "fits" / "fits.json").read_text(encoding="utf-8"))
-            for w in fits.get("chinchilla", {}).get("warnings", []):
-                console.print(f"  [yellow]fit warning:[/] {w}", soft_wrap=True)
+            chin = fits.get("chinchilla", {})
+            ident = chin.get("identification", {})
+            if ci := chin.get("params_ci"):
+                console.print(
+                    f"  Chinchilla fit, {chin['ci_level']:.0%} bootstrap intervals: "
+                    + ", ".join(
+                        f"{k} {v:.3g} [{ci[k][0]:.3g}, {ci[k][1]:.3g}]"
+                        for k, v in chin["params"].items()
+                    ),
+                    soft_wrap=True,
+                )
+            if ident:
+                state = "identified" if ident["identified"] else "[red]NOT identified[/]"
+                console.print(f"  Chinchilla fit {state}", soft_wrap=True)
+            for w in chin.get("warnings", []):
+                console.print(f"  [yellow]fit warning:[/] {escape(w)}", soft_wrap=True)
     if summary.get("mixture"):
         path = Path(summary["mixture"]["path"])
         mix = Mixture.read_json(path)
@@ -135,13 +151,9 @@ def _flow_report(summary: dict) -> None:
                 f"{d['epochs'][dom]:.2f}" if "epochs" in d else "",
             )
         console.print(table)
-        rec = mix.provenance.get("recommendation")
-        if rec:
-            console.print(
-                f"recommended for C = {rec['compute']:.3g} FLOPs: N = {rec['n_params']:.4g} "
-                f"parameters, D = {rec['n_tokens']:.4g} tokens ({rec['size_source']})",
-                soft_wrap=True,
-            )
+        for i, line in enumerate(decision_lines(mix.provenance)):
+            style = "[bold]" if i == 0 else "  [yellow]" if line.startswith("note:") else "  "
+            console.print(f"{style}{escape(line)}", soft_wrap=True)
         console.print(f"run mixture: [cyan]{path}[/]", soft_wrap=True)
     for f in summary.get("exports", []):
         console.print(f"  export     [cyan]{f}[/]", soft_wrap=True)

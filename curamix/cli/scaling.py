@@ -23,6 +23,41 @@ def _fit_errors() -> tuple[type[BaseException], ...]:
     return (ScalingLawFitError, NotFittedError, MixtureError, ValueError, FileNotFoundError)
 
 
+def _say_fit(fits: dict, say) -> None:  # type: ignore[no-untyped-def]
+    """Each law's intervals and identifiability verdict, and the held-out errors."""
+    from rich.markup import escape
+
+    for name in ("chinchilla", "data_constrained", "mixing"):
+        fit = fits.get(name)
+        if not isinstance(fit, dict) or "params" not in fit:
+            continue
+        ci = fit.get("params_ci", {})
+        if name != "mixing":
+            say(
+                f"{name}: "
+                + ", ".join(
+                    f"{k} {v:.4g}" + (f" [{ci[k][0]:.4g}, {ci[k][1]:.4g}]" if k in ci else "")
+                    for k, v in fit["params"].items()
+                )
+                + (f"  ({fit['ci_level']:.0%} bootstrap intervals)" if ci else "")
+            )
+        else:
+            say(f"{name}: {json.dumps(fit['params'])[:300]}")
+        ident = fit.get("identification")
+        if ident is not None:
+            if ident["identified"]:
+                say(f"{name}: [green]identified[/]")
+            else:
+                say(f"{name}: [red]NOT identified[/] (decisions will not use it)")
+                for r in ident["reasons"]:
+                    say(f"  [yellow]reason:[/] {escape(r)}")
+    for h in fits.get("chinchilla", {}).get("heldout", []):
+        say(
+            f"held-out N={h['n_params']:.3g} D={h['tokens']:.3g}: loss {h['loss']:.4f} "
+            f"predicted {h['predicted']:.4f} ({h['rel_error']:+.2%})"
+        )
+
+
 def sweep(
     run_dir: Annotated[Path, typer.Argument(help="Run folder with a completed ingest/dedup.")],
     model: Annotated[
@@ -38,6 +73,9 @@ def sweep(
     seed: Annotated[int, typer.Option(help="Seed of every cell.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     fit: Annotated[bool, typer.Option("--fit/--no-fit", help="Fit the laws afterwards.")] = True,
+    n_boot: Annotated[
+        int, typer.Option(help="Bootstrap resamples over the runs for the fits' intervals.")
+    ] = 200,
     keep: Annotated[
         list[float] | None,
         typer.Option(help="Keep fraction of the scored pool (repeatable): a keep-fraction sweep."),
@@ -61,7 +99,7 @@ def sweep(
         )  # fmt: skip
         with _steps() as say:
             if keep:
-                _keep_fraction_sweep(run_dir, cfg, keep, score_stage, target, fit, say)
+                _keep_fraction_sweep(run_dir, cfg, keep, score_stage, target, fit, say, n_boot)
                 return
             target_tokens = None
             if target:
@@ -75,14 +113,8 @@ def sweep(
             if fit:
                 from curamix.scaling_laws.fit import fit_table
 
-                fits = fit_table(df, run_dir / "scaling" / "fits", random_state=seed)
-                for w in fits["chinchilla"].get("warnings", []):
-                    say(f"[yellow]warning:[/] {w}")
-                for h in fits["chinchilla"].get("heldout", []):
-                    say(
-                        f"held-out N={h['n_params']:.3g} D={h['tokens']:.3g}: loss "
-                        f"{h['loss']:.4f} predicted {h['predicted']:.4f} ({h['rel_error']:+.2%})"
-                    )
+                fits = fit_table(df, run_dir / "scaling" / "fits", random_state=seed, n_boot=n_boot)
+                _say_fit(fits, say)
     except (*_fit_errors(), ConfigError) as err:
         err_console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(2) from None
@@ -91,7 +123,7 @@ def sweep(
         console.print(f"fits:    [cyan]{run_dir / 'scaling' / 'fits' / 'report.md'}[/]")
 
 
-def _keep_fraction_sweep(run_dir: Path, cfg, keep, score_stage, target, fit, say) -> None:  # type: ignore[no-untyped-def]
+def _keep_fraction_sweep(run_dir: Path, cfg, keep, score_stage, target, fit, say, n_boot) -> None:  # type: ignore[no-untyped-def]
     from curamix.proxy.tokenizer import encode_stream, load_or_train_tokenizer, tokenizer_path
     from curamix.scaling_laws.data import read_texts
     from curamix.scaling_laws.fit import fit_table
@@ -108,13 +140,16 @@ def _keep_fraction_sweep(run_dir: Path, cfg, keep, score_stage, target, fit, say
     out = run_dir / "scaling" / "filter"
     if fit:
         fits = fit_table(
-            df, out / "fits", laws=("filtering",), random_state=cfg.seed,
+            df, out / "fits", laws=("filtering",), random_state=cfg.seed, n_boot=n_boot,
             filtering_metric="target_loss" if target else "loss",
         )  # fmt: skip
         for k, p in fits["filtering"]["pools"].items():
+            ok = p["identification"]["identified"]
             say(
                 f"keep {float(k):g}: a={p['a']:.4g} b={p['b']:.4g} d={p['d']:.4g} tau={p['tau']:.3g}"
-            )
+                + ("" if ok else "  [red]NOT identified[/]: " + "; ".join(
+                    p["identification"]["reasons"]))
+            )  # fmt: skip
         console.print(f"fits:    [cyan]{out / 'fits' / 'report.md'}[/]")
     console.print(f"results: [cyan]{out / 'results.parquet'}[/]")
 
@@ -137,10 +172,15 @@ def fit_cmd(
     holdout: Annotated[
         str, typer.Option(help="largest: hold out the largest run and report its error; none.")
     ] = "largest",
-    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals.")] = 200,
+    n_boot: Annotated[
+        int,
+        typer.Option(help="Bootstrap resamples over the runs (0: none, so no law is identified)."),
+    ] = 200,
+    ci_level: Annotated[float, typer.Option(help="Level of the bootstrap intervals.")] = 0.9,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
 ) -> None:
-    """Fit scaling laws on proxy results; write fits.json, plots and report.md."""
+    """Fit scaling laws on proxy results; bootstrap intervals and an identifiability verdict
+    per law; write fits.json, plots and report.md."""
     from curamix.scaling_laws.data import read_table
     from curamix.scaling_laws.fit import fit_table
 
@@ -153,18 +193,9 @@ def fit_cmd(
             fits = fit_table(
                 df, out_dir, laws=tuple(law or ["chinchilla"]),
                 holdout=None if holdout == "none" else holdout, n_boot=n_boot,
-                random_state=seed,
+                random_state=seed, ci_level=ci_level,
             )  # fmt: skip
-            for name in ("chinchilla", "data_constrained", "mixing"):
-                if name in fits and "params" in fits[name]:
-                    say(f"{name}: {json.dumps(fits[name]['params'])[:300]}")
-            for w in fits.get("chinchilla", {}).get("warnings", []):
-                say(f"[yellow]warning:[/] {w}")
-            for h in fits.get("chinchilla", {}).get("heldout", []):
-                say(
-                    f"held-out N={h['n_params']:.3g} D={h['tokens']:.3g}: loss {h['loss']:.4f}"
-                    f" predicted {h['predicted']:.4f} ({h['rel_error']:+.2%})"
-                )
+            _say_fit(fits, say)
     except _fit_errors() as err:
         err_console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(2) from None
@@ -188,6 +219,18 @@ def recommend(
     ] = None,
     upsample_factor: Annotated[float, typer.Option(help="Upweighting factor.")] = 2.0,
     upsample_last: Annotated[float, typer.Option(help="Last fraction of training.")] = 0.15,
+    allow_fallback: Annotated[
+        bool,
+        typer.Option(
+            "--allow-fallback/--no-fallback",
+            help="A fit that is not identified: size from the published Chinchilla constants "
+            "(named in the notes), or fail with the reasons.",
+        ),
+    ] = True,
+    min_params: Annotated[
+        float | None,
+        typer.Option(help="Smallest N to recommend (default: the fit's smallest proxy)."),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write recommendation + mixture JSON here.")
     ] = None,
@@ -197,6 +240,8 @@ def recommend(
     ] = None,
 ) -> None:
     """Model size, tokens, keep fraction and mixture weights for a compute budget."""
+    from rich.markup import escape
+
     from curamix.scaling_laws.decide import recommend as _recommend
     from curamix.scaling_laws.fit import load_fits
 
@@ -209,15 +254,37 @@ def recommend(
             domain_tokens=dtok, max_epochs=max_epochs, upsample=tuple(upsample or ()),
             upsample_factor=upsample_factor, upsample_last=upsample_last,
             provenance={"fits": str(fits) if fits else None, "curamix": __version__},
+            allow_fallback=allow_fallback, min_params=min_params,
         )  # fmt: skip
     except _fit_errors() as err:
-        err_console.print(f"[bold red]error:[/] {err}")
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}")
         raise typer.Exit(2) from None
-    console.print(f"compute C = {rec.compute:.3g} FLOPs (C = 6 N D)")
-    console.print(f"  model      N = {rec.n_params:.4g} parameters   [dim]{rec.size_source}[/]")
+    iv = rec.intervals or {}
+
+    def _iv(key: str) -> str:
+        return f" [{iv[key][0]:.4g} - {iv[key][1]:.4g}]" if key in iv else ""
+
+    level = f" ({rec.ci_level:.0%} bootstrap intervals)" if iv else ""
+    console.print(f"compute C = {rec.compute:.3g} FLOPs (C = 6 N D){level}")
     console.print(
-        f"  data       D = {rec.n_tokens:.4g} tokens   predicted loss {rec.predicted_loss:.4f}"
+        f"  model      N = {rec.n_params:.4g}{_iv('n_params')} parameters   "
+        f"[dim]{escape(rec.size_source)}[/]"
     )
+    loss = (
+        f"   predicted loss {rec.predicted_loss:.4f}{_iv('predicted_loss')}"
+        if rec.predicted_loss is not None
+        else ""
+    )
+    console.print(f"  data       D = {rec.n_tokens:.4g}{_iv('n_tokens')} tokens{loss}")
+    if rec.identification is not None:
+        ok = rec.identification["identified"]
+        console.print(f"  fit        {'identified' if ok else '[red]NOT identified[/]'}")
+    if rec.extrapolation:
+        ex = rec.extrapolation
+        console.print(
+            f"  extrapolation from the largest proxy run: N x{ex['n_params']:.3g}, "
+            f"D x{ex['tokens']:.3g}, C x{ex['compute']:.3g}"
+        )
     console.print(
         f"  keep       {rec.keep_fraction:.2%} of the ranked pool   [dim]{rec.keep_fraction_source}[/]"
     )
@@ -229,7 +296,7 @@ def recommend(
             table.add_row(d, f"{w:.4f}", *(f"{s.weights[d]:.4f}" for s in rec.mixture.schedule))
         console.print(table)
     for n in rec.notes:
-        console.print(f"  [yellow]note:[/] {n}")
+        console.print(f"  [yellow]note:[/] {escape(n)}", soft_wrap=True)
     if out:
         from curamix.io.store import write_json_atomic
 
@@ -241,5 +308,5 @@ def recommend(
                 "[bold red]error:[/] no mixture to write: give fits with a mixing law"
             )
             raise typer.Exit(2)
-        path = rec.mixture.write_json(run_dir / "mixture.json")
+        path = rec.run_mixture().write_json(run_dir / "mixture.json")
         console.print(f"run mixture: [cyan]{path}[/]  (curamix export --format ... {run_dir})")

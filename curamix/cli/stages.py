@@ -1,4 +1,4 @@
-"""The pipeline stage commands: ``ingest``, ``run``, ``dedup``, ``decontam``, ``embed``,
+"""The pipeline stage commands: ``ingest``, ``run``, ``dedup``, ``quality``, ``decontam``, ``embed``,
 ``semdedup``, ``coreset``, ``select``, ``score dsir`` / ``score betr``, and ``status``.
 
 Each stage command adds its section to the run's config
@@ -260,6 +260,54 @@ def decontam_cmd(
             f"kept {c['kept']}"
         )
         console.print(f"report: [cyan]{results['decontam'].path / 'report.md'}[/]")
+
+
+def quality_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder with a completed ingest (or dedup).")],
+    language: Annotated[
+        list[str], typer.Option("--language", help="Keep these languages (lid.176); repeatable.")
+    ] = ["en"],  # noqa: B006 - typer reads the default
+    min_lang_score: Annotated[float, typer.Option(help="Minimum language-ID score.")] = 0.65,
+    no_heuristics: Annotated[
+        bool, typer.Option("--no-heuristics", help="Switch the heuristic filters off.")
+    ] = False,
+    positives: Annotated[
+        list[str],
+        typer.Option(
+            "--positives", help="Positive texts (JSONL) for a DCLM fastText classifier; repeatable."
+        ),
+    ] = [],  # noqa: B006
+    model: Annotated[
+        str | None, typer.Option(help="A trained fastText .bin (e.g. DCLM's) instead of training.")
+    ] = None,
+    keep_top: Annotated[
+        float | None, typer.Option(help="Keep the top share of tokens by classifier score.")
+    ] = None,
+) -> None:
+    """Quality filtering: heuristic filters, language ID and a fastText quality classifier."""
+    from curamix.config import HEURISTIC_FILTERS
+    from curamix.runner import extend_run_config
+
+    with _friendly_errors():
+        section: dict = {
+            "langid": {"languages": language, "min_score": min_lang_score},
+            "heuristics": {f: not no_heuristics for f in HEURISTIC_FILTERS},
+        }
+        if positives or model:
+            section["classifiers"] = [
+                {
+                    "name": "dclm",
+                    **({"model": str(Path(model).resolve())} if model else {}),
+                    "positive_inputs": [{"path": str(Path(p).resolve())} for p in positives],
+                    "keep_top": keep_top,
+                }
+            ]
+        results = _run(extend_run_config(run_dir, "quality", section), only=["quality"])
+        c = results["quality"].counts
+        console.print(f"quality: kept {c['kept']} of {c['in']} documents, removed {c['removed']}")
+        for reason, n in sorted(c["removed_reasons"].items(), key=lambda kv: -kv[1])[:10]:
+            console.print(f"  {n:>8}  {reason}")
+        console.print(f"report: [cyan]{results['quality'].path / 'report.md'}[/]")
 
 
 def embed_cmd(

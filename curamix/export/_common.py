@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
-from curamix.mixture import Mixture, MixtureError
+from curamix.mixture import Mixture, MixtureError, decision_lines
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,9 @@ def slug(text: str) -> str:
 
 
 def notes_lines(mixture: Mixture, fmt: str, view: StageView | None = None) -> list[str]:
-    """Human notes for a rendered file: provenance, schedule, per-domain tokens and epochs.
+    """Human notes for a rendered file: provenance, the compute-aware decision behind it (sizes
+    with intervals, their source, the fit's identification, extrapolation, notes:
+    :func:`curamix.mixture.decision_lines`), schedule, per-domain tokens and epochs.
 
     With ``view`` the notes are for that one stage (its weights and the tokens it draws);
     without, for the whole schedule (one weight column per stage).
@@ -208,7 +210,9 @@ def notes_lines(mixture: Mixture, fmt: str, view: StageView | None = None) -> li
     if extra:
         head += f" ({', '.join(extra)})"
     views = stage_views(mixture)
-    lines = [head]
+    lines = [head, *decision_lines(prov)]
+    if mixture.provenance.get("max_epochs") is not None:
+        lines.append(f"max_epochs: {float(prov['max_epochs']):g} per domain (checked)")
     if len(views) > 1:
         lines.append(
             f"schedule: {len(views)} stages, as fractions of training: "

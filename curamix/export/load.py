@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from curamix.mixture import Mixture, MixtureError
+from curamix.mixture import Mixture, MixtureError, check_epoch_cap
 
 RUN_MIXTURE = "mixture.json"
 
@@ -28,16 +28,20 @@ def as_mixture(obj: Mixture | Mapping[str, Any], where: str = "mixture") -> Mixt
 
     Accepts a ``Mixture``, a ``Mixture.to_dict()``-shaped mapping (with ``weights``), or a
     plain ``{domain: weight}`` mapping. Raises :class:`MixtureError` for anything that does
-    not validate (off-sum, negative, unknown stage domains), prefixed with ``where``.
+    not validate (off-sum, negative, unknown stage domains, a domain read more often than the
+    ``max_epochs`` its provenance names), prefixed with ``where``.
     """
-    if isinstance(obj, Mixture):
-        return obj
-    if not isinstance(obj, Mapping):
+    if not isinstance(obj, Mixture | Mapping):
         raise MixtureError(f"{where}: expected a Mixture or a mapping, got {type(obj).__name__}")
     try:
-        if "weights" in obj:
-            return Mixture.from_dict(obj)
-        return Mixture(weights=obj)
+        if isinstance(obj, Mixture):
+            m = obj
+        elif "weights" in obj:
+            m = Mixture.from_dict(obj)
+        else:
+            m = Mixture(weights=obj)
+        check_epoch_cap(m)
+        return m
     except MixtureError as e:
         raise MixtureError(f"{where}: {e}") from None
     except (KeyError, TypeError, ValueError) as e:

@@ -4,9 +4,13 @@ Every ``render_<format>(mixture, **options) -> str`` validates first (the mixtur
 :func:`~curamix.export.load.as_mixture`; data locations: a ``paths`` mapping that names an
 unknown domain or, without a ``template``, lacks one is refused with the domain named) and
 returns the file's text. Where the format allows comments the text starts with notes: the
-schedule, and per domain the weight, the tokens drawn, the unique tokens and the epochs they
-imply (when the mixture has ``total_tokens`` / ``domain_tokens``). Megatron's files cannot
-hold comments; :func:`export_mixture` writes those notes to a Markdown sidecar.
+compute-aware decision behind the mixture (N, D and loss with their bootstrap intervals, where
+they came from, whether the fit was identified and why not, the extrapolation, the guards'
+notes), the schedule, and per domain the weight, the tokens drawn, the unique tokens and the
+epochs they imply (when the mixture has ``total_tokens`` / ``domain_tokens``). JSON holds all
+of it in ``provenance``; Megatron's and CSV files cannot hold comments, so
+:func:`export_mixture` writes the notes to a Markdown sidecar. A mixture whose epochs exceed
+the ``max_epochs`` its provenance names is refused (:func:`curamix.mixture.check_epoch_cap`).
 
 Schedules (never silently the first stage only):
 
@@ -457,7 +461,7 @@ class ExportFormat(NamedTuple):
 FORMATS: dict[str, ExportFormat] = {
     "json": ExportFormat(render_json, "json", "whole"),
     "yaml": ExportFormat(render_yaml, "yaml", "whole"),
-    "csv": ExportFormat(render_csv, "csv", "whole"),
+    "csv": ExportFormat(render_csv, "csv", "whole", sidecar=True),
     "megatron": ExportFormat(render_megatron, "txt", "per-stage", sidecar=True),
     "olmo-core": ExportFormat(render_olmo_core, "yaml", "per-stage"),
     "nanotron": ExportFormat(render_nanotron, "yaml", "native"),
@@ -519,10 +523,12 @@ def render(mixture: MixtureLike, fmt: str, **options: Any) -> dict[str, str]:
 
 
 def render_notes(mixture: MixtureLike, fmt: str, files: Mapping[str, str] | None = None) -> str:
-    """Markdown notes for ``fmt``'s files: schedule, per-domain tokens and epochs, usage.
+    """Markdown notes for ``fmt``'s files: the decision, schedule, per-domain tokens and
+    epochs, usage.
 
-    ``files`` maps a :func:`render` key to the file name written for it. Megatron's files
-    cannot hold comments, so :func:`~curamix.export.export_mixture` writes this next to them.
+    ``files`` maps a :func:`render` key to the file name written for it. Megatron's and CSV
+    files cannot hold comments, so :func:`~curamix.export.export_mixture` writes this next to
+    them.
     """
     name = format_name(fmt)
     m = as_mixture(mixture)

@@ -34,9 +34,9 @@ def export_mixture(
     Everything is rendered (and so validated) before anything is written; each file is
     written atomically (a temporary file, then ``os.replace``). A multi-stage mixture in a
     per-stage format gives one file per stage (``<stem>_<format>_<stage>.<ext>``); formats
-    whose files cannot hold comments (Megatron) also get ``<stem>_<format>.md`` with the
-    schedule, tokens and epochs. For Megatron the files are the ``--data-args-path`` form
-    unless ``form=`` says otherwise.
+    whose files cannot hold comments (Megatron, CSV) also get ``<stem>_<format>.md`` with the
+    decision behind the mixture, the schedule, tokens and epochs. For Megatron the files are
+    the ``--data-args-path`` form unless ``form=`` says otherwise.
 
     Returns
     -------

@@ -138,6 +138,7 @@ def step_plots(folder: str | Path) -> list[Path]:
 def mixture_markdown(mixture: Mixture, path: str | Path) -> str:
     """The final mixture: weights (and later stages), tokens and epochs, where it came from."""
     from curamix.mixers.search import mixture_table
+    from curamix.mixture import decision_lines
 
     rows = mixture_table(mixture)
     cols = list(dict.fromkeys(k for r in rows for k in r))
@@ -152,13 +153,9 @@ def mixture_markdown(mixture: Mixture, path: str | Path) -> str:
         "|---|" + "---:|" * (len(cols) - 1),
     ]
     lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
-    rec = prov.get("recommendation")
-    if rec:
-        lines += [
-            "",
-            f"Recommended for C = {rec['compute']:.3g} FLOPs: N = {rec['n_params']:.4g} "
-            f"parameters, D = {rec['n_tokens']:.4g} tokens ({rec['size_source']}).",
-        ]
+    decision = decision_lines(prov)
+    if decision:
+        lines += ["", "## Decision", "", *[f"- {line}" for line in decision]]
     return "\n".join(lines) + "\n"
 
 

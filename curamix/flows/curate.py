@@ -1,6 +1,6 @@
 """``curate_flow``: the whole pipeline as one Prefect flow.
 
-ingest -> dedup -> (embed -> semdedup) -> decontam -> scoring (dsir, betr) -> select / coreset
+ingest -> dedup -> (embed -> semdedup) -> quality -> decontam -> scoring (dsir, betr) -> select / coreset
 (the stages the config lists, in order) -> mixture search (``mixture:``) -> scaling laws
 (``scaling:``) -> recommend (``RUN/mixture.json``) -> export (``export:``).
 

@@ -65,7 +65,7 @@ def check_plan(cfg: PipelineConfig) -> None:
         if stage in SCORE_STAGES:
             problems.append(
                 f"mixture.stage: {stage!r} writes scores, not documents; use a stage with a "
-                "data/ output (ingest, dedup, semdedup, decontam, betr, select, coreset)"
+                "data/ output (ingest, dedup, semdedup, quality, decontam, betr, select, coreset)"
             )
         elif stage not in cfg.stages:
             problems.append(
@@ -130,8 +130,7 @@ def run_scaling_step(
     """
     from curamix import __version__
     from curamix.mixers.search import load_search_streams, read_mixture
-    from curamix.scaling_laws.decide import recommend
-    from curamix.scaling_laws.fit import fit_table, load_fits
+    from curamix.scaling_laws.decide import fit_and_recommend
     from curamix.scaling_laws.sweep import SweepConfig, natural_mixture, sweep_results
 
     say = on_step or (lambda _m: None)
@@ -164,15 +163,10 @@ def run_scaling_step(
     df = sweep_results(run_dir, sweep, train, val, target_tokens=target, progress=False, log=say)
     df = df.sort(["n_params", "tokens", "mixture"], maintain_order=True)
     with stage_writer(run_dir, SCALING, key) as w:
-        fits = fit_table(
-            df, w.path("fits"), laws=tuple(cfg.laws), n_boot=cfg.n_boot, random_state=seed,
+        # fit (bootstrapped, identified) and decide: a fit that is not identified is refused
+        fits, rec = fit_and_recommend(
+            df, w.path("fits"), cfg, found, seed,
             mixing_target="target_loss" if target is not None else "loss",
-        )  # fmt: skip
-        laws = load_fits(w.path("fits"))
-        rec = recommend(
-            cfg.compute, chinchilla=laws.get("chinchilla"), mixing=laws.get("mixing"),
-            domain_tokens=dict(found.domain_tokens) if found.domain_tokens else None,
-            max_epochs=cfg.max_epochs,
             provenance={"curamix": __version__, "laws": list(cfg.laws), "seed": seed},
         )  # fmt: skip
         for note in rec.notes:
@@ -208,6 +202,8 @@ def run_scaling_step(
 
 
 def _scaling_report(manifest: dict[str, Any], fits_dir: Path) -> str:
+    from curamix.mixture import decision_lines
+
     rec = manifest["recommendation"]
     lines = [
         "# Scaling laws",
@@ -216,14 +212,11 @@ def _scaling_report(manifest: dict[str, Any], fits_dir: Path) -> str:
         f"{manifest['config']['token_budgets']}, mixtures {manifest['config']['mixtures']} "
         f"({manifest['counts']['in']} runs).",
         "",
-        f"For C = {rec['compute']:.3g} FLOPs: **N = {rec['n_params']:.4g}** parameters, "
-        f"**D = {rec['n_tokens']:.4g}** tokens ({rec['size_source']}); predicted loss "
-        f"{rec['predicted_loss']:.4f}; keep {rec['keep_fraction']:.2%} of a ranked pool "
-        f"({rec['keep_fraction_source']}).",
+        *[f"- {line}" for line in decision_lines({"recommendation": rec})],
+        f"- keep {rec['keep_fraction']:.2%} of a ranked pool ({rec['keep_fraction_source']})",
     ]
     if rec.get("mixture_source"):
-        lines.append(f"Mixture: {rec['mixture_source']}.")
-    lines += [f"Note: {n}." for n in rec.get("notes", [])]
+        lines.append(f"- mixture: {rec['mixture_source']}")
     fit_report = fits_dir / "report.md"
     if fit_report.is_file():
         text = fit_report.read_text(encoding="utf-8").replace("](", "](fits/")

@@ -106,7 +106,7 @@ def make_mixer(method: str, params: Mapping[str, Any] | None = None, seed: int =
 def pool_stage_for(cfg: PipelineConfig) -> str:
     """The stage whose documents the search trains on: ``mixture.stage``, else the run's last
     selection (coreset, select, betr: BETR keeps its best-scored documents in ``data/``), else
-    the pool stage (decontam / semdedup / dedup / ingest)."""
+    the pool stage (decontam / quality / semdedup / dedup / ingest)."""
     from curamix.config import pool_stage
 
     assert cfg.mixture is not None

@@ -11,12 +11,16 @@ the quantity TiKMiX maximises.
 ``H^-1`` (``hessian``):
 
 - ``"identity"``: ``I_S = <g_f, g_S>``.
-- ``"adam"``: diagonal, from Adam's second moments ``v``: ``H^-1 ~ diag(1 / (sqrt(v) + eps))``,
-  Adam's own preconditioner. The proxy hook does not expose the optimizer, so ``v`` comes
-  from ``partial_fit(..., precond=v)`` when the caller has it (flattened in
-  ``model.parameters()`` order, bias-corrected), else from the mixer's own running average
-  of squared gradients: ``v <- b2 v + (1 - b2) sum_i w_i g_i^2`` over the per-domain
-  gradients it sees at each update (weighted by the current mixture), bias-corrected.
+- ``"adam"``: diagonal, Adam's own preconditioner ``H^-1 ~ diag(1 / (sqrt(v) + eps))`` with
+  ``v`` the training loop's AdamW second moments (``exp_avg_sq`` bias-corrected, flattened in
+  ``model.parameters()`` order): :func:`~curamix.proxy.train.train_proxy` passes them in
+  ``StepMetrics.adam_v`` when the hook asks (``needs_adam_moments``, set by this mixer), and a
+  caller outside the loop gives them as ``partial_fit(..., precond=v)``. Without either it
+  raises rather than silently using something else.
+- ``"ema"``: the same diagonal form with the mixer's own running average instead of the
+  optimizer's: ``v <- b2 v + (1 - b2) sum_i w_i g_i^2`` over the per-domain gradients it sees
+  at each update (weighted by the current mixture), bias-corrected. What ``"adam"`` meant
+  before the loop passed the optimizer state; it needs nothing but the hook's gradients.
 - ``"kfac"``: K-FAC blocks of the linear layers (:mod:`curamix.proxy.kfac`), the factors
   gathered by the training loop on the hook's domain micro-batches (weighted by the current
   mixture), damped by ``kfac_damping`` times each block's mean curvature; influences and
@@ -80,6 +84,9 @@ from curamix.mixers.regressor import (
 from curamix.optim import minimize_on_simplex
 
 ADAM_EPS = 1e-8
+"""Adam's ``eps`` (torch's AdamW default, which the proxy's optimizer uses)."""
+HESSIANS = ("identity", "adam", "ema", "kfac")
+"""The ``H^-1`` approximations of :class:`TiKMiXMixer` (module docstring)."""
 
 
 def group_influence(G: Any, g_t: Any, precond: Any | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -321,8 +328,9 @@ class TiKMiXMixer(OnlineMixer):
     ----------
     mode : {"D", "M"}
         Direct optimisation (D) or regression over sampled mixtures (M).
-    hessian : {"identity", "adam", "kfac"}
-        The ``H^-1`` approximation (module docstring).
+    hessian : {"identity", "adam", "ema", "kfac"}
+        The ``H^-1`` approximation (module docstring): ``"adam"`` uses the training loop's
+        AdamW second moments, ``"ema"`` the mixer's own average of squared gradients.
     kfac_damping : float
         ``hessian="kfac"``: damping relative to each block's mean curvature.
     uniformity, diversity : float
@@ -335,8 +343,7 @@ class TiKMiXMixer(OnlineMixer):
         Average the influences (and similarities) over stages with this weight on the past
         (0: each stage uses only its own measurement).
     beta2 : float
-        Decay of the mixer's own squared-gradient average (``hessian="adam"`` without
-        ``precond``).
+        Decay of the mixer's own squared-gradient average (``hessian="ema"``).
     score_fn : callable, optional
         TiKMiX-M score of candidate mixtures ``(n, k) -> (n,)``, higher is better; default
         the TiKMiX-D objective with the current influences.
@@ -380,7 +387,7 @@ class TiKMiXMixer(OnlineMixer):
     def __init__(
         self,
         mode: Literal["D", "M"] = "D",
-        hessian: Literal["identity", "adam", "kfac"] = "identity",
+        hessian: Literal["identity", "adam", "ema", "kfac"] = "identity",
         kfac_damping: float = 0.1,
         uniformity: float = 0.1,
         diversity: float = 0.0,
@@ -421,8 +428,8 @@ class TiKMiXMixer(OnlineMixer):
         """Set the first stage's weights for the domains of ``domain_stats``."""
         if self.mode not in ("D", "M"):
             raise ValueError(f"mode must be 'D' or 'M', got {self.mode!r}")
-        if self.hessian not in ("identity", "adam", "kfac"):
-            raise ValueError(f"hessian must be 'identity', 'adam' or 'kfac', got {self.hessian!r}")
+        if self.hessian not in HESSIANS:
+            raise ValueError(f"hessian must be one of {list(HESSIANS)}, got {self.hessian!r}")
         if not self.kfac_damping > 0:
             raise ValueError(f"kfac_damping must be > 0, got {self.kfac_damping!r}")
         if not 0 <= self.influence_ema < 1:
@@ -449,19 +456,31 @@ class TiKMiXMixer(OnlineMixer):
         """Ask the training loop for K-FAC factors (``hessian="kfac"``)."""
         return self.hessian == "kfac"
 
+    @property
+    def needs_adam_moments(self) -> bool:
+        """Ask the training loop for the optimizer's second moments (``hessian="adam"``)."""
+        return self.hessian == "adam"
+
     # -- the stage update ---------------------------------------------------------------------
     def _preconditioner(self, G: Any, precond: Any | None) -> Any | None:
         import torch
 
         if self.hessian == "identity":
             return None
-        if precond is not None:
-            v = torch.as_tensor(precond).detach().reshape(-1).to(G.dtype)
+        if self.hessian == "adam":
+            if precond is None:
+                raise ValueError(
+                    "TiKMiXMixer(hessian='adam') needs the optimizer's second moments: pass the "
+                    "mixer itself as train_proxy's hook (it sets needs_adam_moments), give "
+                    "partial_fit(..., precond=v), or use hessian='ema' for the mixer's own "
+                    "running average of squared gradients"
+                )
+            v = torch.as_tensor(precond).detach().reshape(-1).to(G.device, G.dtype)
             if v.numel() != G.shape[1]:
                 raise ValueError(f"precond has {v.numel()} entries, the gradients {G.shape[1]}")
             if not bool(torch.isfinite(v).all()) or bool((v < 0).any()):
                 raise ValueError("precond must be finite and non-negative (Adam's second moments)")
-        else:
+        else:  # "ema"
             w = torch.as_tensor(self.weights_array(), dtype=G.dtype, device=G.device)
             sq = (w[:, None] * G.square()).sum(0)
             self.sq_avg_ = sq * (1 - self.beta2) if self.sq_avg_ is None else (
@@ -474,10 +493,12 @@ class TiKMiXMixer(OnlineMixer):
     def partial_fit(self, step_metrics: Any, precond: Any | None = None) -> dict[str, float]:
         """Measure the influences at this stage boundary and set the next stage's weights.
 
-        ``precond``: Adam's (bias-corrected) second moments, flattened in parameter order,
-        for ``hessian="adam"``; without it the mixer's own running average is used.
+        ``precond``: Adam's (bias-corrected) second moments, flattened in parameter order, for
+        ``hessian="adam"``; default ``step_metrics.adam_v`` (what ``train_proxy`` passes).
         """
         self._check_fitted()
+        if precond is not None and self.hessian != "adam":
+            raise ValueError(f"precond is for hessian='adam', got it with {self.hessian!r}")
         G, g_t = stack_gradients(step_metrics, self.domains_, "TiKMiXMixer")
         if self.hessian == "kfac":
             kfac = getattr(step_metrics, "kfac", None)
@@ -496,8 +517,9 @@ class TiKMiXMixer(OnlineMixer):
                 dict(zip(self.domains_, infl, strict=True)), "influence", step_metrics.step
             )
             return self.update_from_influence(infl, sim, step_metrics)
-        P = self._preconditioner(G, precond if precond is not None else getattr(
-            step_metrics, "precond", None))  # fmt: skip
+        if precond is None:
+            precond = getattr(step_metrics, "adam_v", None)
+        P = self._preconditioner(G, precond)
         infl, sim = group_influence(G, g_t, P)
         check_finite(dict(zip(self.domains_, infl, strict=True)), "influence", step_metrics.step)
         return self.update_from_influence(infl, sim, step_metrics)

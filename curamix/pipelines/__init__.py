@@ -2,7 +2,7 @@
 
 - :mod:`~curamix.pipelines.registry`: every stage in run order with its upstream, key and
   runner (the one table the runner reads).
-- :mod:`~curamix.pipelines.ingest`, ``dedup``, ``embed``, ``semdedup``, ``decontam``,
+- :mod:`~curamix.pipelines.ingest`, ``dedup``, ``embed``, ``semdedup``, ``quality``, ``decontam``,
   ``dsir``, ``betr``, ``select``, ``coreset``: each stage's Spark glue over a kernel of
   :mod:`curamix.filters`, :mod:`curamix.embeddings` or :mod:`curamix.selectors`.
 - :mod:`~curamix.pipelines.pool`: the skeleton of a stage that filters the pool (read the

@@ -1,6 +1,6 @@
 """The skeleton of a pool stage: read the run's pool, decide per document, write the filtered pool.
 
-A pool stage (decontam, semdedup, betr, select, coreset; quality and the skill-aware selectors
+A pool stage (quality, decontam, semdedup, betr, select, coreset; the skill-aware selectors
 later) is its decision logic plus this skeleton, which is written once:
 
 1. **read**: the upstream pool's Parquet parts (:attr:`PoolStage.parts`); stages that decide
@@ -80,7 +80,8 @@ class Decisions:
     table: pa.Table
     """:data:`DECISION_SCHEMA` rows."""
     data_columns: dict[str, pa.Array] = field(default_factory=dict)
-    """Extra columns of the kept documents in ``data/`` (e.g. ``score``)."""
+    """Extra columns of the documents in ``data/`` (e.g. ``score``); a document column of the
+    same name (``domain``) is replaced; the ledger's accounting uses the input's."""
     outputs: dict[str, pa.Table] = field(default_factory=dict)
     """Extra per-part outputs: ``{"scores": table}`` goes to ``scores/part-<i>.parquet``."""
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -140,6 +141,7 @@ def _write_part(
     decide: Decide,
     data_schema: pa.Schema,
     outputs: Sequence[str],
+    count_rule: bool = False,
 ) -> pa.Table:
     """One task: decide batch by batch, write the part's data, ledger and extra outputs."""
     name = f"part-{index:05d}.parquet"
@@ -158,7 +160,10 @@ def _write_part(
             if dec.num_rows != docs.num_rows or not dec["id"].equals(docs["id"]):
                 raise RuntimeError(f"{stage}: the decisions for {path} do not match its rows")
             for col, values in d.data_columns.items():
-                data = data.append_column(col, values)
+                if col in data.column_names:  # e.g. quality buckets as domains
+                    data = data.set_column(data.column_names.index(col), col, values)
+                else:
+                    data = data.append_column(col, values)
             data = data.select(data_schema.names).cast(data_schema)
             writers["data"].write_table(data.filter(pc.equal(dec["decision"], KEPT)))
             stages = pa.array([stage] * dec.num_rows, pa.string())
@@ -171,6 +176,9 @@ def _write_part(
                     writers[sub] = writer(sub, table.schema)
                 writers[sub].write_table(table)
             by = dec.select(["decision", "reason"]).append_column("domain", docs["domain"])
+            if count_rule:  # count "rule=value<threshold" reasons by their rule
+                rule = pc.replace_substring_regex(dec["reason"], pattern="=.*$", replacement="")
+                by = by.set_column(1, "reason", rule)
             by = by.append_column("words", docs["n_words"])
             agg = by.group_by(keys).aggregate([("words", "count"), ("words", "sum")])
             agg = agg.rename_columns({"words_count": "n", "words_sum": "words"})
@@ -291,16 +299,20 @@ class PoolStage:
         *,
         data_schema: pa.Schema = DOC_SCHEMA,
         outputs: Sequence[str] = (),
+        count_rule: bool = False,
     ) -> Written:
         """One Spark task per part (``spark=None``: the parts in this process, same output):
         ``decide`` each batch, write ``data/``, ``ledger/`` and the declared extra
-        ``outputs``; return the counts and summary rows."""
+        ``outputs``; return the counts and summary rows. ``count_rule``: reasons of the form
+        ``rule=value<threshold`` are counted by ``rule`` (the ledger keeps the value)."""
         out_dir, stage = str(w.tmp), self.stage
         for sub in ("data", "ledger", *outputs):
             os.makedirs(w.path(sub), exist_ok=True)
 
         def task(i: int, p: str) -> pa.Table:
-            return _write_part(p, i, out_dir, stage, decide, data_schema, tuple(outputs))
+            return _write_part(
+                p, i, out_dir, stage, decide, data_schema, tuple(outputs), count_rule
+            )
 
         if spark is None:
             res = pa.concat_tables(

@@ -17,7 +17,18 @@ from typing import TYPE_CHECKING
 
 from curamix.config import KNOWN_STAGES, POOL_STAGES, PipelineConfig, pool_stage
 from curamix.io.store import JobResult
-from curamix.pipelines import betr, coreset, decontam, dedup, dsir, embed, ingest, select, semdedup
+from curamix.pipelines import (
+    betr,
+    coreset,
+    decontam,
+    dedup,
+    dsir,
+    embed,
+    ingest,
+    quality,
+    select,
+    semdedup,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -59,6 +70,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "semdedup", _pool_and_embed("semdedup"), semdedup.semdedup_key, semdedup.run_semdedup, True
     ),
+    Stage("quality", quality.quality_upstream, quality.quality_key, quality.run_quality, True),
     Stage("decontam", _pool("decontam"), decontam.decontam_key, decontam.run_decontam, True),
     Stage("dsir", _pool("dsir"), dsir.dsir_key, dsir.run_dsir),
     Stage("betr", _pool("betr"), betr.betr_key, betr.run_betr),

@@ -18,7 +18,9 @@ autocast (weights, optimizer and loss in fp32), on CPU everything is fp32.
 Mixer hook: every ``update_every`` steps, ``hook(StepMetrics)`` gets the step, tokens,
 weights, per-domain losses on small per-domain micro-batches and, when
 ``hook.needs_gradients`` is true, each domain's and the target's flattened loss gradient;
-it may return new weights for the sampler. An online mixer (``curamix.mixers``) is itself a
+it may return new weights for the sampler. ``hook.needs_adam_moments`` adds the AdamW
+optimizer's bias-corrected second moments (TiKMiX's ``hessian="adam"``), ``hook.needs_kfac``
+K-FAC factors. An online mixer (``curamix.mixers``) is itself a
 hook: ``train_proxy(..., hook=DGAMixer(...).fit(stats))``. A hook with ``state_dict``/``load_state_dict``
 is checkpointed with the run.
 
@@ -191,6 +193,9 @@ class StepMetrics:
     """``(layout, {layer: (A, G)})``: the K-FAC factors of the linear layers from this call's
     domain micro-batches, each weighted by its domain's mixture weight (``hook.needs_kfac``;
     see :mod:`curamix.proxy.kfac`)."""
+    adam_v: torch.Tensor | None = field(default=None, repr=False)
+    """The optimizer's bias-corrected second moments ``exp_avg_sq / (1 - beta2^t)`` after this
+    step, flattened like the gradients (``hook.needs_adam_moments``; :func:`adam_second_moments`)."""
 
     def grad_dots(self) -> dict[str, float]:
         """``<g_domain, g_target>`` per domain (the DoGE / gradient-alignment score)."""
@@ -236,6 +241,29 @@ def hook_batches(
     }
     target = None if target_tokens is None else random_windows(target_tokens, rows, seq_len, rng)
     return per_domain, target
+
+
+def adam_second_moments(model: torch.nn.Module, opt: torch.optim.Optimizer) -> torch.Tensor:
+    """Adam's bias-corrected second moments ``v_hat = exp_avg_sq / (1 - beta2^t)``, flattened
+    in ``model.parameters()`` order (trainable parameters, as the hook's gradients), float32.
+
+    ``sqrt(v_hat) + eps`` is the denominator of the Adam(W) update (Kingma & Ba 2015,
+    arXiv:1412.6980), i.e. TiKMiX's ``hessian="adam"`` preconditioner. A parameter the
+    optimizer has not stepped yet has ``v_hat = 0`` (its state before any gradient).
+    """
+    beta2 = {id(p): g["betas"][1] for g in opt.param_groups for p in g["params"]}
+    parts = []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        st = opt.state.get(p, {})
+        if "exp_avg_sq" not in st:
+            parts.append(torch.zeros(p.numel(), dtype=torch.float32, device=p.device))
+            continue
+        t = float(st["step"])
+        v = st["exp_avg_sq"].float().reshape(-1)
+        parts.append(v / (1.0 - beta2[id(p)] ** t))
+    return torch.cat(parts)
 
 
 def _flat_grad(model: ProxyLM, loss: torch.Tensor) -> torch.Tensor:
@@ -589,6 +617,7 @@ def _train(
     )
     needs_grads = bool(getattr(hook, "needs_gradients", False))
     needs_kfac = needs_grads and bool(getattr(hook, "needs_kfac", False))
+    needs_adam = needs_grads and bool(getattr(hook, "needs_adam_moments", False))
 
     def wall() -> float:
         return prev_wall + time.perf_counter() - t_start
@@ -678,6 +707,7 @@ def _train(
             domain_grads=grads,
             target_grad=tgt_grad,
             kfac=kfac,
+            adam_v=adam_second_moments(model, opt) if needs_adam else None,
         )
         hook_loss_sum, hook_loss_n = 0.0, 0
         new = hook(metrics)

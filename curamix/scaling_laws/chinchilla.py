@@ -14,6 +14,7 @@ Besiroglu et al. 2024, "Chinchilla Scaling: A replication attempt", arXiv:2404.1
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -21,11 +22,18 @@ from numpy.typing import ArrayLike
 from curamix.scaling_laws._base import (
     Objective,
     ScalingLaw,
+    ScalingLawFitError,
     check_positive,
     check_same_length,
     grid_starts,
     huber,
 )
+
+PLAUSIBLE_EXPONENTS = (0.05, 1.5)
+"""alpha and beta outside this range are not believed: published approach-3 fits give
+0.28-0.37 (Hoffmann et al. 2022; Besiroglu et al. 2024)."""
+MIN_DISTINCT = 3
+"""Distinct model sizes (and token budgets) a fit needs before its terms are identified."""
 
 # Epoch's grid (arXiv:2404.10102, their code): alpha, beta in 0..2, e in -1..1, a, b in 0..25:
 # 4,500 starts, ~50 s on one core.
@@ -67,6 +75,33 @@ def chinchilla_loss(
     N = np.asarray(N, dtype=np.float64)
     D = np.asarray(D, dtype=np.float64)
     return E + A / N**alpha + B / D**beta
+
+
+def optimal_allocation(
+    C: ArrayLike, A: ArrayLike, B: ArrayLike, alpha: ArrayLike, beta: ArrayLike,
+    flops_per_param_token: float = 6.0,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Loss-minimising ``(N_opt, D_opt)`` for compute ``C = 6 N D`` (broadcast over arrays of
+    parameters, e.g. bootstrap draws).
+
+    ``N_opt = G (C/6)^(beta/(alpha+beta))``, ``D_opt = (C/6) / N_opt`` with
+    ``G = (alpha A / (beta B))^(1/(alpha+beta))`` (Hoffmann et al. 2022, eq. 4). ``E`` does
+    not enter. Needs ``alpha, beta > 0``.
+    """
+    A, B = np.asarray(A, dtype=np.float64), np.asarray(B, dtype=np.float64)
+    alpha, beta = np.asarray(alpha, dtype=np.float64), np.asarray(beta, dtype=np.float64)
+    c6 = np.asarray(C, dtype=np.float64) / flops_per_param_token
+    with np.errstate(all="ignore"):
+        G = (alpha * A / (beta * B)) ** (1 / (alpha + beta))
+        n_opt = G * c6 ** (beta / (alpha + beta))
+    return n_opt, c6 / n_opt
+
+
+def _lse3_predict(x: np.ndarray, logN: np.ndarray, logD: np.ndarray) -> np.ndarray:
+    a, b, e, alpha, beta = x
+    z = np.stack([a - alpha * logN, b - beta * logD, np.full_like(logN, e)])
+    m = z.max(axis=0)
+    return m + np.log(np.exp(z - m).sum(axis=0))
 
 
 def _lse3_objective(
@@ -115,18 +150,27 @@ class ChinchillaLaw(ScalingLaw):
     ----------
     params_ : dict
         ``E``, ``A``, ``B``, ``alpha``, ``beta``.
-    params_ci_ : dict
-        95% bootstrap intervals, after ``bootstrap()``.
+    params_ci_, params_boot_ : dict, ndarray
+        Bootstrap intervals (at ``ci_level_``) and draws, after ``bootstrap()``.
+    identification_ : Identification
+        After ``identify()``: whether the runs pin the parameters down, and why not.
+    fit_range_ : dict
+        ``[min, max]`` of the fitted runs' ``n_params``, ``tokens`` and ``compute`` (6ND):
+        what a decision extrapolates from.
     n_converged_, n_starts_ : int
         How many starts converged (the best converged one is kept).
 
     Notes
     -----
     ``N`` is the parameter count and ``D`` the training tokens; when only compute is known,
-    use ``D = C / (6 N)``. Points with ``N``, ``D`` or loss <= 0 are rejected (not dropped).
+    use ``D = C / (6 N)``. Points with ``N``, ``D`` or loss <= 0 or NaN are rejected (not
+    dropped), and so are runs with a single distinct ``N`` or ``D`` (a term that cannot be
+    fitted at all); with fewer than 3 distinct values the fit is made but not identified.
     """
 
     _names = ("a", "b", "e", "alpha", "beta")
+    _public: ClassVar[dict[str, str]] = {"a": "A", "b": "B", "e": "E"}
+    _log_scale = frozenset({"A", "B"})
 
     def __init__(
         self,
@@ -148,13 +192,67 @@ class ChinchillaLaw(ScalingLaw):
         law.params_ = {k: float(params[k]) for k in ("E", "A", "B", "alpha", "beta")}
         return law
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ChinchillaLaw:
+        """A law from :meth:`to_dict` output (``fits.json``): parameters, intervals,
+        bootstrap draws, identification and the fitted runs' range."""
+        law = cls.from_params(d["params"])
+        law.load_state(d)
+        if d.get("fit_range"):
+            law.fit_range_ = {k: (float(v[0]), float(v[1])) for k, v in d["fit_range"].items()}
+        return law
+
     def fit(self, N: ArrayLike, D: ArrayLike, loss: ArrayLike) -> ChinchillaLaw:
         N = check_positive("N", N)
         D = check_positive("D", D)
         loss = check_positive("loss", loss)
         check_same_length(N=N, D=D, loss=loss)
+        for name, v, term in (("N", N, "A/N^alpha"), ("D", D, "B/D^beta")):
+            if len(np.unique(v)) == 1:
+                raise ScalingLawFitError(
+                    f"{name} has one distinct value ({v[0]:.6g}) in all {v.size} runs: the "
+                    f"{term} term cannot be fitted; sweep at least {MIN_DISTINCT} values of {name}"
+                )
         self._fit_data({"logN": np.log(N), "logD": np.log(D), "logL": np.log(loss)})
+        C = 6.0 * N * D
+        self.fit_range_ = {
+            "n_params": (float(N.min()), float(N.max())),
+            "tokens": (float(D.min()), float(D.max())),
+            "compute": (float(C.min()), float(C.max())),
+        }
         return self
+
+    def _log_predict(self, x: np.ndarray, data: dict[str, np.ndarray]) -> np.ndarray:
+        return _lse3_predict(x, data["logN"], data["logD"])
+
+    def _distinct(self, data: dict[str, np.ndarray]) -> dict[str, int]:
+        return {"N": len(np.unique(data["logN"])), "D": len(np.unique(data["logD"]))}
+
+    def _checks(self, data: dict[str, np.ndarray]) -> list[str]:
+        out = []
+        for name, k, term in (("N", "logN", "A and alpha"), ("D", "logD", "B and beta")):
+            vals = np.unique(np.exp(data[k]))
+            if len(vals) < MIN_DISTINCT:
+                shown = ", ".join(f"{v:.4g}" for v in vals)
+                out.append(
+                    f"only {len(vals)} distinct {name} values ({shown}): {term} are not "
+                    f"identified (sweep at least {MIN_DISTINCT})"
+                )
+        lo, hi = PLAUSIBLE_EXPONENTS
+        for k, what in (("alpha", "model sizes"), ("beta", "token budgets")):
+            v = self.params_[k]
+            if not lo <= v <= hi:
+                out.append(
+                    f"{k} = {v:.3g} is outside {lo:g}-{hi:g} (published fits: 0.28-0.37); the "
+                    f"runs probably do not span enough {what} for this term"
+                )
+        return out
+
+    def to_dict(self, draws: bool = True) -> dict[str, Any]:
+        out = super().to_dict(draws)
+        if hasattr(self, "fit_range_"):
+            out["fit_range"] = {k: list(v) for k, v in self.fit_range_.items()}
+        return out
 
     def _objective(self, data: dict[str, np.ndarray]) -> Objective:
         return _lse3_objective(data["logN"], data["logD"], data["logL"], self.huber_delta)
@@ -199,13 +297,11 @@ class ChinchillaLaw(ScalingLaw):
         self._check_fitted()
         p = self.params_
         C = check_positive("C", C)
-        alpha, beta = p["alpha"], p["beta"]
-        if alpha <= 0 or beta <= 0:
+        if p["alpha"] <= 0 or p["beta"] <= 0:
             raise ValueError(f"compute-optimal allocation needs alpha, beta > 0; got {p}")
-        G = (alpha * p["A"] / (beta * p["B"])) ** (1 / (alpha + beta))
-        c6 = C / flops_per_param_token
-        n_opt = G * c6 ** (beta / (alpha + beta))
-        d_opt = c6 / n_opt
+        n_opt, d_opt = optimal_allocation(
+            C, p["A"], p["B"], p["alpha"], p["beta"], flops_per_param_token
+        )
         if n_opt.size == 1:
             return float(n_opt[0]), float(d_opt[0])
         return n_opt, d_opt

@@ -14,6 +14,7 @@ Muennighoff et al. 2023, "Scaling Data-Constrained Language Models", arXiv:2305.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -95,7 +96,14 @@ class DataConstrainedLaw(ScalingLaw):
         Huber threshold on log-loss residuals.
 
     Use ``DataConstrainedLaw.published()`` for the paper's fitted law without fitting.
+    ``bootstrap()`` and ``identify()`` as for every law: ``R_D*`` is only identified when some
+    runs repeat data (``D > U_D``), ``R_N*`` when some models exceed the compute-optimal size
+    for their unique data.
     """
+
+    _public: ClassVar[dict[str, str]] = {"a": "A", "b": "B", "e": "E", "log_R_D_star": "R_D_star",
+               "log_R_N_star": "R_N_star"}  # fmt: skip
+    _log_scale = frozenset({"A", "B", "R_D_star", "R_N_star"})
 
     def __init__(self, base: Mapping[str, float] | None = None, huber_delta: float = 1e-3,
                  maxiter: int = 1000):  # fmt: skip
@@ -137,18 +145,36 @@ class DataConstrainedLaw(ScalingLaw):
         b = self.base
         return np.r_[np.log(b["A"]), np.log(b["B"]), np.log(b["E"]), b["alpha"], b["beta"], x]
 
+    def _log_predict(self, x: np.ndarray, data: dict[str, np.ndarray]) -> np.ndarray:
+        a, b, e, alpha, beta, lrd, lrn = self._full(np.asarray(x))
+        N, D = data["N"], data["D"]
+        A, B, E = np.exp(a), np.exp(b), np.exp(e)
+        U = np.minimum(data["U"], D)
+        Dp = effective_data(D, U, np.exp(lrd))
+        Np = effective_params(N, U, np.exp(lrn), E, A, B, alpha, beta)
+        z = np.stack([a - alpha * np.log(Np), b - beta * np.log(Dp), np.full_like(Np, e)])
+        m = z.max(axis=0)
+        return m + np.log(np.exp(z - m).sum(axis=0))
+
+    def _distinct(self, data: dict[str, np.ndarray]) -> dict[str, int]:
+        return {k: len(np.unique(data[v])) for k, v in (("N", "N"), ("D", "D"), ("U_D", "U"))}
+
+    def _checks(self, data: dict[str, np.ndarray]) -> list[str]:
+        out = []
+        if not (data["D"] > data["U"]).any():
+            out.append("no run repeats data (D > U_D in none): R_D_star is not identified")
+        if self.base is None:
+            for k in ("N", "D"):
+                n = len(np.unique(data[k]))
+                if n < 3:
+                    out.append(f"only {n} distinct {k} values: the base law is not identified")
+        return out
+
     def _objective(self, data: dict[str, np.ndarray]) -> Objective:
-        N, D, logL, delta = data["N"], data["D"], data["logL"], self.huber_delta
+        logL, delta = data["logL"], self.huber_delta
 
         def f(x: np.ndarray) -> float:
-            a, b, e, alpha, beta, lrd, lrn = self._full(x)
-            A, B, E = np.exp(a), np.exp(b), np.exp(e)
-            U = np.minimum(data["U"], D)
-            Dp = effective_data(D, U, np.exp(lrd))
-            Np = effective_params(N, U, np.exp(lrn), E, A, B, alpha, beta)
-            z = np.stack([a - alpha * np.log(Np), b - beta * np.log(Dp), np.full_like(Np, e)])
-            m = z.max(axis=0)
-            pred = m + np.log(np.exp(z - m).sum(axis=0))
+            pred = self._log_predict(x, data)
             return float(huber(pred - logL, delta)[0].sum()) / delta
 
         f.has_grad = False  # type: ignore[attr-defined]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -132,6 +133,8 @@ class DataFilteringLaw(ScalingLaw):
     """
 
     _names = ("log_a", "b", "d", "log_tau")
+    _public: ClassVar[dict[str, str]] = {"log_a": "a", "log_tau": "tau"}
+    _log_scale = frozenset({"a", "tau"})
 
     def __init__(self, huber_delta: float = 1e-3, maxiter: int = 1000):
         self.huber_delta = huber_delta
@@ -145,16 +148,31 @@ class DataFilteringLaw(ScalingLaw):
         self._fit_data({"n": n, "size": size, "logy": np.log(error)})
         return self
 
+    def _log_predict(self, x: np.ndarray, data: dict[str, np.ndarray]) -> np.ndarray:
+        la, b, d, lt = x
+        n, size = data["n"], data["size"]
+        if not (np.isfinite(x).all() and 0 < np.exp(la) < np.inf and 0 < np.exp(lt) < np.inf):
+            return np.full_like(n, np.inf)  # under/overflow: no valid pool, an infinite loss
+        pred = np.empty_like(n)
+        for s in np.unique(size):
+            idx = np.flatnonzero(size == s)
+            pred[idx] = mixed_error(n[idx], [Pool(s, np.exp(la), b, max(d, 0.0), np.exp(lt))])
+        return np.log(pred)
+
+    def _distinct(self, data: dict[str, np.ndarray]) -> dict[str, int]:
+        return {"n": len(np.unique(data["n"])), "pool_size": len(np.unique(data["size"]))}
+
+    def _checks(self, data: dict[str, np.ndarray]) -> list[str]:
+        if not (data["n"] > data["size"]).any():
+            return ["no run passes one epoch of its pool (n > pool_size in none): tau is not "
+                    "identified"]  # fmt: skip
+        return []
+
     def _objective(self, data: dict[str, np.ndarray]) -> Objective:
-        n, size, logy, delta = data["n"], data["size"], data["logy"], self.huber_delta
-        groups = [(s, np.flatnonzero(size == s)) for s in np.unique(size)]
+        logy, delta = data["logy"], self.huber_delta
 
         def f(x: np.ndarray) -> float:
-            la, b, d, lt = x
-            pred = np.empty_like(n)
-            for s, idx in groups:
-                pred[idx] = mixed_error(n[idx], [Pool(s, np.exp(la), b, d, np.exp(lt))])
-            return float(huber(np.log(pred) - logy, delta)[0].sum()) / delta
+            return float(huber(self._log_predict(x, data) - logy, delta)[0].sum()) / delta
 
         f.has_grad = False  # type: ignore[attr-defined]
         return f

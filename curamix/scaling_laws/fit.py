@@ -18,6 +18,7 @@ percentage error.
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import numpy as np
 import polars as pl
 
 from curamix.io.store import write_json_atomic
-from curamix.scaling_laws._base import ScalingLawFitError
+from curamix.scaling_laws._base import Identification, ScalingLawFitError
 from curamix.scaling_laws.chinchilla import ChinchillaLaw
 from curamix.scaling_laws.data_constrained import DataConstrainedLaw
 from curamix.scaling_laws.data_filtering import DataFilteringLaw, Pool
@@ -60,53 +61,52 @@ def _mean_abs_rel_error(y: np.ndarray, pred: np.ndarray) -> float:
     return float(mean_absolute_percentage_error(y, pred))
 
 
-def identification_warnings(
-    law: ChinchillaLaw, N: np.ndarray | None = None, D: np.ndarray | None = None
-) -> list[str]:
-    """Flags for parameters the runs do not pin down (a fit can match its points and still
-    say little about the law): fewer than 3 distinct sizes or budgets, exponents outside
-    published ranges, bootstrap intervals over a decade."""
-    out = []
-    for name, vals, term in (("N", N, "alpha and A"), ("D", D, "beta and B")):
-        if vals is not None and len(np.unique(vals)) < 3:
-            out.append(
-                f"only {len(np.unique(vals))} distinct {name} value(s): {term} are not identified"
+def check_table(df: pl.DataFrame, columns: tuple[str, ...]) -> None:
+    """Refuse a results table whose ``columns`` hold a missing, NaN, infinite or non-positive
+    value, naming the row, the column and the value (a NaN loss is a diverged run, not a
+    point to fit)."""
+    for c in columns:
+        if c not in df.columns:
+            raise ValueError(f"the results table needs a {c!r} column; has {list(df.columns)}")
+        vals = df.get_column(c).cast(pl.Float64, strict=False).to_numpy()
+        bad = ~np.isfinite(vals) | (vals <= 0)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            row = {k: df[i, k] for k in ("model", "n_params", "tokens") if k in df.columns}
+            val = df[i, c]
+            shown = "NaN/missing" if val is None else repr(val)
+            raise ValueError(
+                f"results table row {i} ({row}): {c} = {shown} is not a finite number > 0 "
+                f"({int(bad.sum())} such rows); drop or rerun those runs"
             )
-    p = law.params_
-    for k in ("alpha", "beta"):
-        if not 0.05 <= p[k] <= 1.5:
-            out.append(
-                f"{k} = {p[k]:.3g} is outside 0.05-1.5 (published fits: 0.2-0.6); the runs "
-                f"probably do not span enough {'model sizes' if k == 'alpha' else 'token budgets'}"
-                " for this term"
-            )
-    for k, (lo, hi) in getattr(law, "params_ci_", {}).items():
-        if k in ("E", "A", "B") and lo > 0 and hi / lo > 10:
-            out.append(f"{k} is poorly identified: 95% interval {lo:.3g} - {hi:.3g}")
-        if k in ("alpha", "beta") and hi - lo > 1.0:
-            out.append(f"{k} is poorly identified: 95% interval {lo:.3g} - {hi:.3g}")
-    return out
 
 
 def fit_chinchilla(
-    df: Any, holdout: np.ndarray | None = None, n_boot: int = 200, random_state: int = 0
+    df: Any,
+    holdout: np.ndarray | None = None,
+    n_boot: int = 200,
+    random_state: int = 0,
+    ci_level: float = 0.9,
 ) -> tuple[ChinchillaLaw, dict[str, Any]]:
-    """Fit on the rows not held out; report the relative error on the held-out ones."""
+    """Fit on the rows not held out, bootstrap the runs (``n_boot`` resamples, seeded) for
+    intervals at ``ci_level``, decide identifiability; report the relative error on the
+    held-out rows."""
     df = as_polars(df)
-    for c in ("n_params", "tokens", "loss"):
-        if c not in df.columns:
-            raise ValueError(f"the results table needs a {c!r} column; has {list(df.columns)}")
+    check_table(df, ("n_params", "tokens", "loss"))
     held = None if holdout is None else np.asarray(holdout, dtype=bool)
     train = df if held is None else df.filter(pl.Series(~held))
     law = ChinchillaLaw().fit(_col(train, "n_params"), _col(train, "tokens"), _col(train, "loss"))
-    info: dict[str, Any] = law.to_dict()
+    boot_error = None
     if n_boot > 0:
         try:
-            law.bootstrap(n_boot=n_boot, random_state=random_state)
-            info["params_ci95"] = {k: list(v) for k, v in law.params_ci_.items()}
+            law.bootstrap(n_boot=n_boot, random_state=random_state, level=ci_level)
         except ScalingLawFitError as e:
-            info["bootstrap_error"] = str(e)
-    info["warnings"] = identification_warnings(law, _col(train, "n_params"), _col(train, "tokens"))
+            boot_error = str(e)
+    ident = law.identify()
+    info: dict[str, Any] = law.to_dict()
+    if boot_error:
+        info["bootstrap_error"] = boot_error
+    info["warnings"] = list(ident.reasons) + ([boot_error] if boot_error else [])
     pred = law.predict(_col(train, "n_params"), _col(train, "tokens"))
     info["train_mean_abs_rel_error"] = _mean_abs_rel_error(_col(train, "loss"), pred)
     if held is not None and held.any():
@@ -124,7 +124,8 @@ def fit_chinchilla(
 def plot_chinchilla(
     law: ChinchillaLaw, df: Any, path: Path, holdout: np.ndarray | None = None
 ) -> Path:
-    """Loss vs tokens per model size: points, fitted curves, and the extrapolation."""
+    """Loss vs tokens per model size: points, fitted curves with their bootstrap bands (the
+    law's ``ci_level_``), the extrapolation, the parameters with intervals and the verdict."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,33 +133,65 @@ def plot_chinchilla(
 
     df = as_polars(df)
     n, t, y = _col(df, "n_params"), _col(df, "tokens"), _col(df, "loss")
-    fig, ax = plt.subplots(figsize=(7, 4.8))
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
     sizes = np.unique(n)
     if len(sizes) > 6:  # many sizes (e.g. published points): curves for 6 quantiles only
         sizes = np.unique(np.quantile(sizes, np.linspace(0, 1, 6), method="nearest"))
-    norm = matplotlib.colors.LogNorm(n.min(), n.max())
+    norm = matplotlib.colors.LogNorm(n.min(), n.max() if n.max() > n.min() else n.min() * 1.01)
     cmap = plt.get_cmap("viridis")
     held = np.zeros(len(n), bool) if holdout is None else np.asarray(holdout, dtype=bool)
     sc = ax.scatter(t[~held], y[~held], c=n[~held], cmap=cmap, norm=norm, s=22,
-                    label="fitted runs")  # fmt: skip
+                    label="fitted runs", zorder=3)  # fmt: skip
     if held.any():
         ax.scatter(t[held], y[held], c=n[held], cmap=cmap, norm=norm, s=140, marker="*",
-                   edgecolor="red", label="held out")  # fmt: skip
+                   edgecolor="red", label="held out", zorder=3)  # fmt: skip
     t_hi = t.max()
     grid = np.geomspace(t.min() / 2, t_hi * 8, 100)
-    for n in sizes:
-        ax.plot(grid, law.predict(np.full_like(grid, n), grid), color=cmap(norm(n)), lw=1.2)
+    draws = getattr(law, "params_boot_", None)
+    level = getattr(law, "ci_level_", None)
+    for i, size in enumerate(sizes):
+        color = cmap(norm(size))
+        ax.plot(grid, law.predict(np.full_like(grid, size), grid), color=color, lw=1.2)
+        if draws is not None and len(draws):
+            E, A, B, al, be = (draws[:, j, None] for j in range(5))
+            with np.errstate(all="ignore"):
+                curves = E + A / size**al + B / grid[None, :] ** be
+            q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+            lo, hi = np.nanpercentile(curves, q, axis=0)
+            label = f"{level:.0%} bootstrap band" if i == 0 else None
+            ax.fill_between(grid, lo, hi, color=color, alpha=0.15, lw=0, label=label)
+    ax.set_ylim(min(y.min(), law.predict(n.max(), grid[-1])) * 0.9, y.max() * 1.1)
     ax.axvspan(t_hi, grid[-1], color="0.93", zorder=0, label="extrapolation")
     fig.colorbar(sc, ax=ax, label="parameters N")
     ax.set_xscale("log")
     ax.set_xlabel("training tokens D")
     ax.set_ylabel("loss")
     p = law.params_
-    ax.set_title(
-        f"E={p['E']:.3g} A={p['A']:.3g} B={p['B']:.3g} α={p['alpha']:.3g} β={p['beta']:.3g}",
-        fontsize=9,
+    ci = getattr(law, "params_ci_", {})
+
+    def show(k: str) -> str:
+        v = f"{k}={p[k]:.3g}"
+        return v + (f" [{ci[k][0]:.3g}, {ci[k][1]:.3g}]" if k in ci else "")
+
+    title = (
+        "  ".join(show(k) for k in ("E", "A", "B"))
+        + "\n"
+        + "  ".join(show(k) for k in ("alpha", "beta"))
     )
-    ax.legend(fontsize=7)
+    if ci:
+        title += f"   ({level:.0%} intervals, {getattr(law, 'n_boot_', 0)} bootstrap refits)"
+    ax.set_title(title, fontsize=8)
+    ident = getattr(law, "identification_", None)
+    if ident is not None:
+        text = (
+            "identified"
+            if ident.identified
+            else "NOT identified:\n" + "\n".join(textwrap.shorten(r, 70) for r in ident.reasons[:4])
+        )
+        ax.text(0.99, 0.98, text, transform=ax.transAxes, ha="right", va="top", fontsize=7,
+                color="darkgreen" if ident.identified else "darkred",
+                bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})  # fmt: skip
+    ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -174,26 +207,43 @@ def _mixtures(df: pl.DataFrame) -> np.ndarray:
     return df.select(mixture_columns(df)).cast(pl.Float64).to_numpy()
 
 
-def fit_mixing(df: Any, target: str = "loss", random_state: int = 0
-               ) -> tuple[MixingLaw, dict[str, Any]]:  # fmt: skip
+def fit_mixing(
+    df: Any, target: str = "loss", random_state: int = 0, n_boot: int = 200,
+    ci_level: float = 0.9,
+) -> tuple[MixingLaw, dict[str, Any]]:  # fmt: skip
+    """The data-mixing law of ``target`` over the ``w:<domain>`` columns, bootstrapped and
+    judged for identifiability."""
     df = as_polars(df)
     cols = mixture_columns(df)
     if not cols:
         raise ValueError("the mixing law needs mixture columns named 'w:<domain>'")
+    check_table(df, (target,))
     y = _col(df, target)
     law = MixingLaw(random_state=random_state).fit(
         _mixtures(df), y, domains=[c[2:] for c in cols], targets=[target],
     )  # fmt: skip
+    info: dict[str, Any] = {"law": "MixingLaw", "params": law.params_, "n_points": df.height}
+    if n_boot > 0:
+        try:
+            ci = law.bootstrap(n_boot=n_boot, random_state=random_state, level=ci_level)
+            info["ci_level"] = ci_level
+            info["params_ci"] = ci
+        except ScalingLawFitError as e:
+            info["bootstrap_error"] = str(e)
+    ident = law.identify()
+    info["identification"] = ident.to_dict()
+    info["warnings"] = list(ident.reasons)
     pred = law.predict(_mixtures(df))
-    info = {"law": "MixingLaw", "params": law.params_, "n_points": df.height,
-            "train_mean_abs_rel_error": _mean_abs_rel_error(y, pred)}  # fmt: skip
+    info["train_mean_abs_rel_error"] = _mean_abs_rel_error(y, pred)
     return law, info
 
 
 def fit_filtering(
-    df: Any, metric: str = "target_loss", model: str | None = None
-) -> tuple[dict[float, Pool], dict[str, Any]]:
-    """One data-filtering law per keep fraction, on one model size's runs.
+    df: Any, metric: str = "target_loss", model: str | None = None, n_boot: int = 200,
+    random_state: int = 0, ci_level: float = 0.9,
+) -> tuple[dict[float, Pool], dict[str, Any]]:  # fmt: skip
+    """One data-filtering law per keep fraction, on one model size's runs, each bootstrapped
+    (``n_boot`` resamples) and judged for identifiability.
 
     ``df`` is a keep-fraction sweep's table (``keep_fraction``, ``unique_tokens``, ``tokens``,
     ``metric``); ``model`` defaults to the largest model in it. Returns the fitted pools (size
@@ -215,10 +265,20 @@ def fit_filtering(
         "keep_fraction", as_dict=True, maintain_order=True
     )
     for (frac,), g in sorted(groups.items()):
+        check_table(g, ("tokens", "unique_tokens", metric))
         law = DataFilteringLaw().fit(_col(g, "tokens"), _col(g, "unique_tokens"), _col(g, metric))
         size = float(g.get_column("unique_tokens")[0])
         pools[float(frac)] = law.pool(size)
-        info["pools"][str(float(frac))] = {"size": size, **law.params_, "n_points": g.height}
+        entry = {"size": size, **law.params_, "n_points": g.height}
+        if n_boot > 0:
+            try:
+                law.bootstrap(n_boot=n_boot, random_state=random_state, level=ci_level)
+                entry["ci_level"] = ci_level
+                entry["params_ci"] = {k: list(v) for k, v in law.params_ci_.items()}
+            except ScalingLawFitError as e:
+                entry["bootstrap_error"] = str(e)
+        entry["identification"] = law.identify().to_dict()
+        info["pools"][str(float(frac))] = entry
     return pools, info
 
 
@@ -251,6 +311,18 @@ def plot_mixing(law: MixingLaw, df: Any, target: str, path: Path) -> Path:
     return path
 
 
+def _verdict_lines(ident: dict[str, Any]) -> list[str]:
+    if ident["identified"]:
+        return [f"**Identified** ({ident['n_boot']} bootstrap refits; distinct inputs "
+                f"{ident['distinct']})."]  # fmt: skip
+    return ["**Not identified** (decisions will not use this fit):", "",
+            *[f"- {r}" for r in ident["reasons"]]]  # fmt: skip
+
+
+def _ci_cell(ci: Any) -> str:
+    return f"{ci[0]:.4g} – {ci[1]:.4g}" if ci else "-"
+
+
 def fit_table(
     df: Any,
     out_dir: str | Path,
@@ -260,9 +332,22 @@ def fit_table(
     random_state: int = 0,
     mixing_target: str = "loss",
     filtering_metric: str = "target_loss",
+    ci_level: float = 0.9,
 ) -> dict[str, Any]:
     """Fit ``laws`` on ``df`` (a polars or pandas frame); write fits.json, PNGs and report.md
-    to ``out_dir``."""
+    to ``out_dir``.
+
+    Every law is bootstrapped over the runs (``n_boot`` resamples seeded by
+    ``random_state``; intervals at ``ci_level``) and judged for identifiability; fits.json
+    holds per law ``params``, ``params_ci``, ``bootstrap`` (with the draws for Chinchilla),
+    ``identification`` (``identified``, ``reasons``, distinct inputs, relative widths,
+    parameters at bounds) and ``warnings`` (the reasons). Bad input (a NaN or non-positive
+    value, one distinct N, fewer runs than parameters) raises, naming the value.
+    """
+    if not 0 < ci_level < 1:
+        raise ValueError(f"ci_level must be in (0, 1), got {ci_level!r}")
+    if n_boot < 0:
+        raise ValueError(f"n_boot must be >= 0, got {n_boot!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     known = {"chinchilla", "data_constrained", "mixing", "filtering"}
@@ -272,18 +357,23 @@ def fit_table(
     df = as_polars(df)
     fits: dict[str, Any] = {"n_rows": df.height}
     lines = ["# Scaling-law fits", "", f"{df.height} runs.", ""]
+    pct = f"{ci_level:.0%}"
     if "chinchilla" in laws:
         mask = holdout_largest(df) if holdout == "largest" else None
         if mask is not None and (df.height - int(mask.sum())) <= 5:
             mask = None
-        law, info = fit_chinchilla(df, mask, n_boot=n_boot, random_state=random_state)
+        law, info = fit_chinchilla(
+            df, mask, n_boot=n_boot, random_state=random_state, ci_level=ci_level
+        )
         plot_chinchilla(law, df, out / "chinchilla.png", mask)
         fits["chinchilla"] = info
-        lines += ["## Chinchilla (approach 3)", "", "| param | value | 95% interval |",
-                  "|---|---|---|"]  # fmt: skip
+        lines += ["## Chinchilla (approach 3)", "",
+                  f"| param | value | {pct} interval | relative width |", "|---|---|---|---|"]  # fmt: skip
+        rel = info["identification"]["rel_width"]
         for k, v in law.params_.items():
-            ci = info.get("params_ci95", {}).get(k)
-            lines.append(f"| {k} | {v:.4g} | {f'{ci[0]:.4g} – {ci[1]:.4g}' if ci else '-'} |")
+            ci = info.get("params_ci", {}).get(k)
+            w = f"{rel[k]:.3g}" if k in rel else "-"
+            lines.append(f"| {k} | {v:.4g} | {_ci_cell(ci)} | {w} |")
         lines += ["", f"Mean |relative error| on the fitted runs: "
                   f"{info['train_mean_abs_rel_error']:.2%}."]  # fmt: skip
         for h in info.get("heldout", []):
@@ -291,37 +381,59 @@ def fit_table(
                 f"Held out N={h['n_params']:.3g}, D={h['tokens']:.3g}: loss {h['loss']:.4f}, "
                 f"predicted {h['predicted']:.4f} (relative error {h['rel_error']:+.2%})."
             )
-        for w in info["warnings"]:
-            lines.append(f"**Warning:** {w}.")
+        lines += ["", *_verdict_lines(info["identification"])]
+        if info.get("bootstrap_error"):
+            lines.append(f"**Bootstrap failed:** {info['bootstrap_error']}.")
         lines += ["", "![fit](chinchilla.png)", ""]
     if "data_constrained" in laws:
-        if "unique_tokens" not in df.columns:
-            raise ValueError("the data-constrained law needs a 'unique_tokens' column")
+        check_table(df, ("n_params", "tokens", "unique_tokens", "loss"))
         base = fits.get("chinchilla", {}).get("params")
         dc = DataConstrainedLaw(base=base).fit(
             _col(df, "n_params"), _col(df, "tokens"), _col(df, "unique_tokens"), _col(df, "loss")
         )
-        fits["data_constrained"] = dc.to_dict()
-        lines += ["## Data-constrained", "", json.dumps(dc.params_, indent=1), ""]
+        if n_boot > 0:
+            try:
+                dc.bootstrap(n_boot=n_boot, random_state=random_state, level=ci_level)
+            except ScalingLawFitError as e:
+                fits["data_constrained_bootstrap_error"] = str(e)
+        ident = dc.identify().to_dict()
+        fits["data_constrained"] = {**dc.to_dict(draws=False), "warnings": ident["reasons"]}
+        lines += ["## Data-constrained", "", f"| param | value | {pct} interval |",
+                  "|---|---|---|"]  # fmt: skip
+        for k, v in dc.params_.items():
+            lines.append(f"| {k} | {v:.4g} | {_ci_cell(getattr(dc, 'params_ci_', {}).get(k))} |")
+        lines += ["", *_verdict_lines(ident), ""]
     if "mixing" in laws:
-        mlaw, info = fit_mixing(df, target=mixing_target, random_state=random_state)
+        mlaw, info = fit_mixing(
+            df, target=mixing_target, random_state=random_state, n_boot=n_boot,
+            ci_level=ci_level,
+        )  # fmt: skip
         plot_mixing(mlaw, df, mixing_target, out / "mixing.png")
         fits["mixing"] = info
         lines += ["## Data-mixing law", "",
                   f"Mean |relative error| on the runs: {info['train_mean_abs_rel_error']:.2%}.",
-                  "", "![mixing](mixing.png)", ""]  # fmt: skip
+                  "", *_verdict_lines(info["identification"]), "",
+                  "![mixing](mixing.png)", ""]  # fmt: skip
     if "filtering" in laws:
-        _pools, info = fit_filtering(df, metric=filtering_metric)
+        _pools, info = fit_filtering(
+            df, metric=filtering_metric, n_boot=n_boot, random_state=random_state,
+            ci_level=ci_level,
+        )  # fmt: skip
         fits["filtering"] = info
         lines += [
             "## Data filtering (per keep fraction)",
             "",
-            "| keep | pool tokens | a | b | d | tau |",
-            "|---|---|---|---|---|---|",
+            "| keep | pool tokens | a | b | d | tau | identified |",
+            "|---|---|---|---|---|---|---|",
         ]
         for k, p in info["pools"].items():
+            ok = (
+                "yes"
+                if p["identification"]["identified"]
+                else "no: " + "; ".join(p["identification"]["reasons"])
+            )
             lines.append(f"| {float(k):g} | {p['size']:.3g} | {p['a']:.4g} | {p['b']:.4g} | "
-                         f"{p['d']:.4g} | {p['tau']:.3g} |")  # fmt: skip
+                         f"{p['d']:.4g} | {p['tau']:.3g} | {ok} |")  # fmt: skip
         lines.append("")
     write_json_atomic(out / "fits.json", fits)
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -329,7 +441,9 @@ def fit_table(
 
 
 def load_fits(path: str | Path) -> dict[str, Any]:
-    """Law objects from a ``fits.json``: ``chinchilla``, ``mixing``, ``filtering_pools``."""
+    """Law objects from a ``fits.json``: ``chinchilla`` (with its intervals, bootstrap draws,
+    identification and runs' range), ``mixing`` (with its identification),
+    ``filtering_pools``."""
     path = Path(path)
     if path.is_dir():
         path = path / "fits.json"
@@ -337,10 +451,19 @@ def load_fits(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"no fits.json at {path}; run `curamix fit` first")
     raw = json.loads(path.read_text())
     out: dict[str, Any] = {}
+    missing = Identification(
+        False, (f"{path} has no identification record (refit with this curamix version)",), 0, 0
+    )
     if "chinchilla" in raw:
-        out["chinchilla"] = ChinchillaLaw.from_params(raw["chinchilla"]["params"])
+        law = ChinchillaLaw.from_dict(raw["chinchilla"])
+        if not hasattr(law, "identification_"):
+            law.identification_ = missing
+        out["chinchilla"] = law
     if "mixing" in raw:
-        out["mixing"] = mixing_from_params(raw["mixing"]["params"])
+        mlaw = mixing_from_params(raw["mixing"]["params"])
+        ident = raw["mixing"].get("identification")
+        mlaw.identification_ = Identification.from_dict(ident) if ident else missing
+        out["mixing"] = mlaw
     if "filtering" in raw:
         out["filtering_pools"] = {
             float(k): Pool(size=p["size"], a=p["a"], b=p["b"], d=p["d"], tau=p["tau"])

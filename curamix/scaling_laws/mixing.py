@@ -21,6 +21,9 @@ from numpy.typing import ArrayLike
 
 from curamix.optim import minimize_on_simplex
 from curamix.scaling_laws._base import (
+    MAX_DECADES,
+    MAX_REL_WIDTH,
+    Identification,
     NotFittedError,
     ScalingLawFitError,
     check_positive,
@@ -123,8 +126,9 @@ class MixingLaw:
         self.c_, self.k_, self.t_ = np.array(c), np.array(k), np.array(t)
         self.n_converged_ = conv
         self._fit_inputs_ = (R, L2)
-        if hasattr(self, "params_ci_"):
-            del self.params_ci_
+        for attr in ("params_ci_", "ci_level_", "n_boot_", "identification_"):
+            if hasattr(self, attr):
+                delattr(self, attr)
         return self
 
     def _fit_one(
@@ -155,11 +159,14 @@ class MixingLaw:
         return np.r_[x[0], x[1] + shift, x[2:] - shift], n_ok
 
     def bootstrap(
-        self, n_boot: int = 200, random_state: int | None = 0, level: float = 0.95
+        self, n_boot: int = 200, random_state: int | None = 0, level: float = 0.9
     ) -> dict[str, dict]:
         """Percentile intervals of ``c``, ``k`` and each ``t_j`` per target over refits to
-        resampled runs (each refit starts from the full fit). Sets ``params_ci_``."""
+        resampled runs (each refit starts from the full fit; seeded by ``random_state``).
+        Sets ``params_ci_`` and ``ci_level_``."""
         self._check_fitted()
+        if not 0 < level < 1:
+            raise ValueError(f"level must be in (0, 1), got {level!r}")
         R, L2 = self._fit_inputs_
         rng = np.random.default_rng(random_state)
         lo_q, hi_q = (1 - level) / 2 * 100, (1 + level) / 2 * 100
@@ -187,7 +194,72 @@ class MixingLaw:
                       for j, dom in enumerate(self.domains_)},
             }  # fmt: skip
         self.params_ci_ = out
+        self.ci_level_ = level
+        self.n_boot_ = n_boot
+        if hasattr(self, "identification_"):
+            del self.identification_
         return out
+
+    def identify(
+        self, max_rel_width: float = MAX_REL_WIDTH, max_decades: float = MAX_DECADES
+    ) -> Identification:
+        """Whether the runs pin the law down; sets and returns ``identification_``.
+
+        Per target: ``c`` within ``max_rel_width`` of its estimate, ``k`` within
+        ``max_decades``, and each ``t_j``'s interval narrower than ``max_rel_width`` times the
+        spread of the target's ``t`` (``t`` is centred, so a domain's own ``t_j`` may be 0);
+        no parameter on the optimiser's bounds (``c = 0``, ``|t| = 50``). Without
+        ``bootstrap()`` nothing is shown and the law is not identified.
+        """
+        self._check_fitted()
+        R, _ = self._fit_inputs_
+        reasons: list[str] = []
+        rel: dict[str, float] = {}
+        dec: dict[str, float] = {}
+        at_bounds = []
+        for i, tgt in enumerate(self.targets_):
+            if self.c_[i] <= 1e-9:
+                at_bounds.append(f"{tgt}.c")
+            for j, dom in enumerate(self.domains_):
+                if abs(self.t_[i, j] - self.t_[i].mean()) >= 49.0:
+                    at_bounds.append(f"{tgt}.t[{dom}]")
+        reasons += [f"{b} is on a bound of the optimiser's box" for b in at_bounds]
+        ci = getattr(self, "params_ci_", None)
+        if ci is None:
+            reasons.append("no bootstrap intervals (n_boot = 0): identifiability not shown")
+        else:
+            pct = f"{self.ci_level_:.0%}"
+            for i, tgt in enumerate(self.targets_):
+                lo, hi = ci[tgt]["c"]
+                rel[f"{tgt}.c"] = (hi - lo) / self.c_[i] if self.c_[i] > 0 else float("inf")
+                if rel[f"{tgt}.c"] > max_rel_width:
+                    reasons.append(f"{tgt}.c: {pct} interval {lo:.3g} - {hi:.3g} is "
+                                   f"{rel[f'{tgt}.c']:.3g} times the estimate {self.c_[i]:.3g}")  # fmt: skip
+                lo, hi = ci[tgt]["k"]
+                dec[f"{tgt}.k"] = float(np.log10(hi / lo)) if lo > 0 else float("inf")
+                if dec[f"{tgt}.k"] > max_decades:
+                    reasons.append(f"{tgt}.k: {pct} interval {lo:.3g} - {hi:.3g} spans "
+                                   f"{dec[f'{tgt}.k']:.2g} decades")  # fmt: skip
+                spread = float(np.ptp(self.t_[i]))
+                for dom, (lo, hi) in ci[tgt]["t"].items():
+                    key = f"{tgt}.t[{dom}]"
+                    rel[key] = (hi - lo) / spread if spread > 0 else float("inf")
+                    if rel[key] > max_rel_width:
+                        reasons.append(f"{key}: {pct} interval {lo:.3g} - {hi:.3g} is wider "
+                                       f"than {max_rel_width:g} x the spread of t ({spread:.3g})")  # fmt: skip
+        self.identification_ = Identification(
+            identified=not reasons,
+            reasons=tuple(reasons),
+            n_points=len(R),
+            n_params=len(self.targets_) * (len(self.domains_) + 2),
+            distinct={"mixtures": len(np.unique(np.round(R, 12), axis=0))},
+            rel_width=rel,
+            decades=dec,
+            at_bounds=tuple(at_bounds),
+            ci_level=getattr(self, "ci_level_", None),
+            n_boot=getattr(self, "n_boot_", 0),
+        )
+        return self.identification_
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "t_"):

@@ -305,3 +305,61 @@ def test_odd_domain_names_cannot_break_the_files():
         "web\nimport os",
         "code: x",
     }
+
+
+def _decided() -> Mixture:
+    """A recommended mixture: the decision (a published-constants fallback) in provenance."""
+    rec = {
+        "compute": 1e11, "n_params": 55_584.0, "n_tokens": 299_848.0, "predicted_loss": None,
+        "intervals": None, "ci_level": None, "max_epochs": 4.0,
+        "size_source": "published Chinchilla constants (Hoffmann et al. 2022, approach 3); "
+                       "fallback: fit not identified",
+        "identification": {"identified": False, "reasons": ["only 2 distinct N values"]},
+        "extrapolation": {"n_params": 0.056, "tokens": 2.9, "compute": 0.33},
+        "notes": ["epoch cap (4 per domain over D = 2.998e+05 tokens): code would be read 8.11 "
+                  "times"],
+    }  # fmt: skip
+    return Mixture(
+        dict(WEIGHTS), total_tokens=299_848.0,
+        domain_tokens={"web": 1e6, "code": 5e4, "math": 5e4, "books": 5e4},
+        provenance={"method": "dga", "max_epochs": 4.0, "recommendation": rec},
+    )  # fmt: skip
+
+
+def test_every_export_carries_the_decision():
+    """Headers (or, for files that cannot hold comments, the Markdown sidecar; for JSON the
+    provenance) name the sizes, their source, the verdict on the fit and the notes."""
+    m = _decided()
+    must = [
+        "recommended for C = 1e+11 FLOPs: N = 5.558e+04 parameters, D = 2.998e+05 tokens",
+        "size source: published Chinchilla constants (Hoffmann et al. 2022, approach 3); "
+        "fallback: fit not identified",
+        "fit NOT identified: only 2 distinct N values",
+        "note: epoch cap (4 per domain",
+        "max_epochs: 4 per domain (checked)",
+    ]
+    for fmt in FORMATS:
+        if fmt == "json":
+            prov = json.loads(render_json(m))["provenance"]
+            assert prov["recommendation"]["size_source"].startswith("published Chinchilla")
+            continue
+        texts = render(m, fmt, **OPTIONS[fmt])
+        if FORMATS[fmt].sidecar:  # megatron, csv: the notes file
+            text = render_notes(m, fmt, {k: f"f{k}" for k in texts})
+        else:
+            (text,) = texts.values()
+            text = "\n".join(x for x in text.splitlines() if x.startswith("#"))
+        for line in must:
+            assert line in text, (fmt, line)
+
+
+def test_a_mixture_over_its_epoch_cap_is_refused():
+    m = _decided()
+    over = Mixture(
+        dict(m.weights), total_tokens=3e6, domain_tokens=dict(m.domain_tokens),
+        provenance=dict(m.provenance),
+    )  # fmt: skip
+    for fmt in FORMATS:
+        with pytest.raises(MixtureError, match=r"domain 'code' would be read 15 times, over the "
+                           r"mixture's cap of max_epochs = 4"):  # fmt: skip
+            render(over, fmt, **OPTIONS[fmt])

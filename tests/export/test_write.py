@@ -34,6 +34,10 @@ def test_export_megatron_every_stage_plus_notes(tmp_path):
 
 def test_export_single_file_formats(tmp_path):
     assert [p.name for p in export_mixture(two_stage(), "json", tmp_path)] == ["mixture_json.json"]
+    # CSV cannot hold comments: its notes (and the decision behind the mixture) go beside it
+    csv_file, notes = export_mixture(two_stage(), "csv", tmp_path)
+    assert (csv_file.name, notes.name) == ("mixture_csv.csv", "mixture_csv.md")
+    assert csv_file.read_text().startswith("domain,weight,") and "epochs" in notes.read_text()
     assert load_mixture(tmp_path / "mixture_json.json") == two_stage()
     (p,) = export_mixture(two_stage(), "levanter", tmp_path, total_steps=100, stem="run7")
     assert p.name == "run7_levanter.yaml"

@@ -19,7 +19,7 @@ from tests.flows.conftest import tiny_overrides
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
-STAGES = ["ingest", "dedup", "embed", "semdedup", "decontam", "dsir", "betr", "select"]
+STAGES = ["ingest", "dedup", "embed", "semdedup", "quality", "decontam", "dsir", "betr", "select"]
 STEPS = [*STAGES, "mixture", "scaling", "recommend", "export"]
 
 
@@ -63,7 +63,7 @@ def tree_digest(folder: Path, parts=("data", "ledger", "quarantine", "scores")) 
 def test_flow_runs_every_step_and_writes_a_valid_mixture(first_run):
     import pyarrow.parquet as pq
 
-    from curamix.mixture import Mixture
+    from curamix.mixture import Mixture, cap_epochs
 
     summary, _, seconds = first_run
     print(f"first flow run: {seconds:.1f}s")
@@ -87,13 +87,20 @@ def test_flow_runs_every_step_and_writes_a_valid_mixture(first_run):
         assert sum(map(float, line.split(",")[2:])) == pytest.approx(1.0, abs=1e-6)
     assert [int(x.split(",")[0]) for x in traj[1:]] == [0, 10, 20, 30]
     assert (search / "weights.png").stat().st_size > 1000
-    assert Mixture.read_json(search / "mixture.json").weights == mix.weights
+    # the search's weights, capped at max_epochs per domain over the recommended budget
+    found = Mixture.read_json(search / "mixture.json")
+    expected, _ = cap_epochs(
+        Mixture(found.weights, total_tokens=mix.total_tokens, domain_tokens=found.domain_tokens),
+        rec["max_epochs"],
+    )
+    assert dict(mix.weights) == pytest.approx(dict(expected.weights))
+    assert max(mix.epochs().values()) <= rec["max_epochs"] * (1 + 1e-9)
     scaling = Path(summary["steps"]["scaling"]["path"])
     assert pq.read_table(scaling / "results.parquet").num_rows == 6
     assert (scaling / "fits" / "chinchilla.png").is_file()
     exports = sorted(Path(f).name for f in summary["exports"])
-    assert exports == ["mixture_csv.csv", "mixture_json.json", "mixture_megatron.md",
-                       "mixture_megatron.txt"]  # fmt: skip
+    assert exports == ["mixture_csv.csv", "mixture_csv.md", "mixture_json.json",
+                       "mixture_megatron.md", "mixture_megatron.txt"]  # fmt: skip
     megatron = (run / "export" / "mixture_megatron.txt").read_text()
     for d, w in mix.weights.items():
         assert f"data/{d}_text_document" in megatron and w > 0
@@ -155,6 +162,7 @@ def test_tasks_are_plain_functions_underneath(first_run, corpus):
     from curamix.config import load_config
     from curamix.flows.curate import export_task, recommend_task
     from curamix.io.store import latest_result
+    from curamix.mixture import Mixture
 
     summary, _, _ = first_run
     _, pipeline = corpus
@@ -165,7 +173,8 @@ def test_tasks_are_plain_functions_underneath(first_run, corpus):
     assert same and path == run / "mixture.json" and sum(mix.weights.values()) == pytest.approx(1)
     # without the scaling step the run's mixture is the mixer's, with no token budget
     mix2, _, same2 = recommend_task.fn(cfg, search, None)
-    assert not same2 and mix2.weights == mix.weights and mix2.total_tokens is None
+    found = Mixture.read_json(search.path / "mixture.json")
+    assert not same2 and mix2.weights == found.weights and mix2.total_tokens is None
     recommend_task.fn(cfg, search, scaling)  # back to the flow's mixture
     files, same3 = export_task.fn(cfg, path)
     assert same3 and {f.name for f in files} >= {"mixture_json.json", "mixture_megatron.txt"}

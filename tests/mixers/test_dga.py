@@ -1,10 +1,15 @@
-"""DGA: moves weight toward the domain aligned with the target; EMA, bases, checks, hook use."""
+"""DGA: moves weight toward the domain aligned with the target (synthetic, and on real data
+with a GSM8K target: math rises and the GSM8K loss falls); EMA, bases, checks."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -125,48 +130,143 @@ def test_state_dict_round_trip_through_torch_save(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# The mixer as the train_proxy hook
+# The mixer as the train_proxy hook, on real data: direction, not just motion
+
+DIRECTION_DOMAINS = ("math", "code", "wiki", "news", "reviews", "books", "tech")
+"""The real-data pool of the direction tests. GSM8K's aligned domain is math; the corpus's
+question/answer-format domains (qa, commonsense) and the broad web/science crawls are left
+out: at this scale their gradients align with GSM8K's as much as math's does (see
+docs/mixers.md, "Direction on real data"), so with them the test would be of a tie."""
 
 
-def _docs(path, n):
+@dataclass(frozen=True)
+class DirectionSetup:
+    """Real-data proxy setting shared by the DGA and TiKMiX direction tests."""
+
+    cfg: Any
+    train: dict[str, np.ndarray]
+    val: dict[str, np.ndarray]
+    """Held-out documents of every domain, and ``gsm8k_test`` (GSM8K's test split)."""
+    target: np.ndarray
+    """GSM8K train texts: the target the mixers see (hook gradient, in-sample loss)."""
+    uniform: Any
+    """The static uniform run with the same seed and budget (what the mixers must beat)."""
+
+    @property
+    def start(self) -> dict[str, float]:
+        return {d: 1.0 / len(self.train) for d in self.train}
+
+
+def _sample_docs(path, n: int, seed: int = 0, chars: int = 1500) -> list[str]:
+    """``n`` documents drawn at random (seeded) from a JSONL.gz file, cut to ``chars``."""
     with gzip.open(path, "rt") as fh:
-        return [json.loads(line)["text"][:1500] for _, line in zip(range(n), fh, strict=False)]
+        lines = fh.readlines()
+    idx = np.sort(np.random.default_rng(seed).choice(len(lines), n, replace=False))
+    return [json.loads(lines[i])["text"][:chars] for i in idx]
+
+
+@functools.lru_cache(maxsize=1)
+def direction_setup(data_dir: str) -> DirectionSetup:
+    """7 real domains (100 training + 10 held-out documents each), GSM8K as the target, a
+    nano proxy for 300 steps of 8 x 64 tokens (154k tokens), hook every 10 steps with 8 rows.
+
+    lr 1e-3 rather than the proxy default 3e-3: at 3e-3 this nano proxy's loss curve has
+    seed-dependent plateaus (uniform runs' GSM8K loss 4.53-4.73 over three seeds), larger than
+    any mixture effect at this budget; at 1e-3 uniform runs agree within 0.01, and the
+    mixture's effect on the target (about 0.05) is visible in one seeded run.
+    """
+    from curamix.proxy.tokenizer import encode_stream, train_tokenizer
+    from curamix.proxy.train import ProxyTrainConfig, train_proxy
+
+    root = Path(data_dir)
+    texts = {d: _sample_docs(root / "corpus" / f"{d}.jsonl.gz", 110) for d in DIRECTION_DOMAINS}
+    target = _sample_docs(root / "targets" / "gsm8k_train.jsonl.gz", 100)
+    held_out = _sample_docs(root / "targets" / "gsm8k_test.jsonl.gz", 40)
+    tok = train_tokenizer([t for ts in texts.values() for t in ts] + target, vocab_size=512)
+    train = {d: encode_stream(tok, ts[:100]) for d, ts in texts.items()}
+    val = {d: encode_stream(tok, ts[100:]) for d, ts in texts.items()}
+    val["gsm8k_test"] = encode_stream(tok, held_out)
+    cfg = ProxyTrainConfig(
+        model="nano", vocab_size=tok.get_vocab_size(), seq_len=64, batch_size=8,
+        total_tokens=8 * 64 * 300, lr=1e-3, update_every=10, hook_rows=8, eval_tokens=8192,
+        device="cpu", cpu_threads=1, seed=0,
+    )  # fmt: skip
+    target_tokens = encode_stream(tok, target)
+    start = {d: 1.0 / len(train) for d in train}
+    uniform = train_proxy(cfg, train, val, start, target_tokens=target_tokens, progress=False)
+    return DirectionSetup(cfg, train, val, target_tokens, uniform)
+
+
+def assert_moves_toward_math(setup: DirectionSetup, mixer: Any, res: Any) -> dict[str, float]:
+    """The direction checks shared by DGA and TiKMiX; returns the measured figures.
+
+    - the mixture the proxy trained on (each update's weights over the steps they were in
+      force, the start included) gives math at least start + 0.04 and one of the two largest
+      weights, and the sampler really drew that much more math (its token share);
+    - the held-out GSM8K loss (test split, never seen by the mixer) ends at least 0.01 below
+      the static uniform run's, and the in-sample target loss and math's own held-out loss
+      end below it too.
+
+    Margins from seeds 0-5 of this setting (docs/mixers.md, "Direction on real data"). The
+    last weights alone are not checked: online, they keep following the current alignment
+    (once math is learnt its alignment drops, and so does its weight), so they swing around
+    the trained-on mixture (math's last weight ranged 0.04-0.50 over those seeds).
+    """
+    domains = list(setup.train)
+    start = setup.start["math"]
+    in_force = [setup.start] + [w for _, _, w in mixer.history_[:-1]]
+    trained = {d: float(np.mean([w[d] for w in in_force])) for d in domains}
+    share = res.tokens_seen["math"] / sum(res.tokens_seen.values())
+    uni = setup.uniform
+    figures = {
+        "math_start": start,
+        "math_trained": trained["math"],
+        "math_last": mixer.weights_["math"],
+        "math_share": share,
+        "gsm8k_test_uniform": uni.val_losses["gsm8k_test"],
+        "gsm8k_test_mixer": res.val_losses["gsm8k_test"],
+        "target_uniform": uni.target_loss,
+        "target_mixer": res.target_loss,
+        "math_val_uniform": uni.val_losses["math"],
+        "math_val_mixer": res.val_losses["math"],
+    }
+    assert "math" in sorted(trained, key=trained.get)[-2:], (trained, figures)
+    assert trained["math"] > start + 0.04, figures
+    assert share > start + 0.04, figures
+    assert res.val_losses["gsm8k_test"] < uni.val_losses["gsm8k_test"] - 0.01, figures
+    assert res.target_loss < uni.target_loss, figures
+    assert res.val_losses["math"] < uni.val_losses["math"], figures
+    return figures
 
 
 @pytest.mark.slow
 @pytest.mark.realdata
-def test_dga_as_train_proxy_hook(shared_data):
-    from curamix.proxy.tokenizer import encode_stream, train_tokenizer
-    from curamix.proxy.train import ProxyTrainConfig, train_proxy
+def test_dga_moves_weight_to_math_and_lowers_gsm8k_loss(shared_data):
+    """DGA with the pipeline's settings (``mixers.search.DEFAULT_PARAMS``) as the hook of a
+    real-data proxy with a GSM8K target: it trains on more math than the uniform start, and
+    the GSM8K loss (held-out and in-sample) ends below the static uniform run's.
 
-    domains = {
-        d: _docs(shared_data / "corpus" / f"{d}.jsonl.gz", 80) for d in ("math", "wiki", "code")
-    }
-    target = _docs(shared_data / "targets" / "gsm8k_train.jsonl.gz", 80)
-    tok = train_tokenizer([t for ts in domains.values() for t in ts] + target, vocab_size=512)
-    train = {d: encode_stream(tok, ts[:70]) for d, ts in domains.items()}
-    val = {d: encode_stream(tok, ts[70:]) for d, ts in domains.items()}
-    target_tokens = encode_stream(tok, target)
-    cfg = ProxyTrainConfig(
-        model="nano", vocab_size=tok.get_vocab_size(), seq_len=64, batch_size=8,
-        total_tokens=8 * 64 * 60, lr=3e-3, update_every=10, hook_rows=4, eval_tokens=2048,
-        device="cpu", cpu_threads=1, seed=0,
-    )  # fmt: skip
-    mixer = DGAMixer(eta=2.0, ema=0.5, normalize="cosine", init="uniform").fit(
-        DomainStats.from_streams(train)
-    )
-    start = dict(mixer.weights_)
-    res = train_proxy(cfg, train, val, start, target_tokens=target_tokens, hook=mixer,
-                      progress=False)  # fmt: skip
-    assert mixer.n_updates_ == 6
+    Measured (seed 0): math 0.143 -> 0.322 trained-on (last 0.440, token share 0.335);
+    held-out GSM8K loss 4.785 (uniform) -> 4.726, in-sample 4.762 -> 4.697. Seeds 0-5: math
+    led the trained-on mixture in 5 of 6 (second to reviews in the other), the held-out GSM8K
+    loss fell by 0.029-0.067 in 6 of 6.
+    """
+    from curamix.mixers.search import DEFAULT_PARAMS
+    from curamix.proxy.train import train_proxy
+
+    setup = direction_setup(str(shared_data))
+    mixer = DGAMixer(**DEFAULT_PARAMS["dga"]).fit(DomainStats.from_streams(setup.train))
+    assert mixer.weights_ == pytest.approx(setup.start)
+    res = train_proxy(setup.cfg, setup.train, setup.val, setup.start,
+                      target_tokens=setup.target, hook=mixer, progress=False)  # fmt: skip
+    assert mixer.n_updates_ == 30
     assert res.weights == pytest.approx(mixer.weights_)  # the sampler took the mixer's weights
-    assert sum(abs(mixer.weights_[d] - start[d]) for d in start) > 0.01
     for _, _, w in mixer.history_:
-        assert_valid(w, list(train))
+        assert_valid(w, list(setup.train))
+    figures = assert_moves_toward_math(setup, mixer, res)
+    print("DGA direction:", {k: round(v, 4) for k, v in figures.items()})
     mix = mixer.mixture()
-    assert isinstance(mix, Mixture) and len(mix.provenance["history"]) == 6
-    # the logged weights changed during training
-    assert res.metrics["weight/math"].nunique() > 1
+    assert isinstance(mix, Mixture) and len(mix.provenance["history"]) == 30
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Mixture.from_dict(mix.to_dict())

@@ -304,3 +304,74 @@ def test_metrics_frame_and_files(data, tmp_path):
     )
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "metrics.parquet"), m)
     assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temporary files
+
+
+def test_adam_second_moments_are_the_optimizer_preconditioner():
+    """adam_second_moments = exp_avg_sq / (1 - beta2^t) in model.parameters() order, and
+    sqrt(it) + eps is exactly the denominator of AdamW's next update."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    params = list(model.parameters())  # w0, b0, w1, b1; groups below reorder them
+    opt = torch.optim.AdamW(
+        [{"params": [params[2], params[0]]}, {"params": [params[3], params[1]]}],
+        lr=0.1, betas=(0.0, 0.9), weight_decay=0.0,
+    )  # fmt: skip
+    x = torch.randn(5, 3)
+    for _ in range(3):
+        model(x).square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+    v = ptrain.adam_second_moments(model, opt)
+    want = torch.cat([opt.state[p]["exp_avg_sq"].reshape(-1) / (1 - 0.9**3) for p in params])
+    assert torch.allclose(v, want) and v.shape == (sum(p.numel() for p in params),)
+    # one more step with beta1 = 0: the update is -lr * g / (sqrt(v_hat) + eps)
+    before = torch.cat([p.detach().reshape(-1).clone() for p in params])
+    model(x).square().sum().backward()
+    g = torch.cat([p.grad.reshape(-1).clone() for p in params])
+    opt.step()
+    after = torch.cat([p.detach().reshape(-1) for p in params])
+    v4 = ptrain.adam_second_moments(model, opt)
+    assert torch.allclose(after - before, -0.1 * g / (v4.sqrt() + 1e-8), rtol=1e-5, atol=1e-7)
+    # a parameter the optimizer never stepped has v_hat = 0
+    fresh = torch.optim.AdamW(model.parameters())
+    assert torch.equal(ptrain.adam_second_moments(model, fresh), torch.zeros_like(v))
+
+
+def test_hook_gets_the_optimizer_second_moments_when_it_asks(data, tmp_path):
+    """``needs_adam_moments``: StepMetrics.adam_v is the AdamW state after that step (checked
+    against the checkpoint written at the same step); other hooks get None."""
+    train, val, target = data
+
+    class AdamHook(SetWeights):
+        needs_gradients = True
+        needs_adam_moments = True
+
+    hook = AdamHook()
+    c = cfg(total_tokens=8 * 32 * 12, update_every=6, hook_rows=2)
+    r = train_proxy(c, train, val, WEIGHTS, target, out_dir=tmp_path, hook=hook, progress=False)
+    assert [m.step for m in hook.seen] == [6, 12]  # (SetWeights acts at step 10 only)
+    v = hook.seen[-1].adam_v
+    n_params = sum(p.numel() for p in r.model.parameters())
+    assert v.shape == (n_params,) and v.dtype == torch.float32 and (v > 0).all()
+    assert not torch.equal(hook.seen[0].adam_v, v)  # the state at step 6, not a reference
+    # the final checkpoint holds the optimizer at step 12, the last hook call's state
+    ck = torch.load(tmp_path / ptrain.CHECKPOINT, weights_only=True)["optimizer"]
+    order = [i for g in ck["param_groups"] for i in g["params"]]
+    by_param = dict(zip(order, _optimizer_param_order(r.model), strict=True))
+    beta2 = c.betas[1]
+    want = {by_param[i]: s["exp_avg_sq"].reshape(-1) / (1 - beta2 ** float(s["step"]))
+            for i, s in ck["state"].items()}  # fmt: skip
+    assert torch.allclose(v, torch.cat([want[k] for k in range(len(want))]))
+    plain = SetWeights()  # needs neither gradients nor moments
+    train_proxy(cfg(total_tokens=8 * 32 * 6, update_every=6), train, val, WEIGHTS,
+                hook=plain, progress=False)  # fmt: skip
+    assert plain.seen[0].adam_v is None
+
+
+def _optimizer_param_order(model: ProxyLM) -> list[int]:
+    """Positions in ``model.parameters()`` of the optimizer's parameters, in its group order
+    (matrices first, then vectors: ``_make_optimizer``)."""
+    ps = list(model.parameters())
+    return [i for i, p in enumerate(ps) if p.ndim >= 2] + [
+        i for i, p in enumerate(ps) if p.ndim < 2
+    ]

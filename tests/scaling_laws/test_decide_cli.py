@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from curamix.cli import app
-from curamix.scaling_laws import MixingLaw, Pool
+from curamix.scaling_laws import MixingLaw, Pool, ScalingLawFitError
+from curamix.scaling_laws._base import UnidentifiedFitError
 from curamix.scaling_laws.chinchilla import chinchilla_loss
 from curamix.scaling_laws.decide import betr_keep_percent, recommend
 from curamix.scaling_laws.fit import fit_table, load_fits
@@ -30,6 +31,14 @@ def _sweep_table(seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _mixing_table(seed: int = 0, n: int = 40) -> pd.DataFrame:
+    """Runs at one size whose loss depends on the mixture: ``2 + exp(r . t)``."""
+    rng = np.random.default_rng(seed)
+    R = rng.dirichlet(np.ones(3), size=n)
+    loss = 2.0 + np.exp(R @ np.array([-2.0, 0.5, 0.3])) + rng.normal(0, 0.002, n)
+    return pd.DataFrame({"loss": loss, **{f"w:{k}": R[:, j] for j, k in enumerate("abc")}})
+
+
 def test_betr_rule_and_defaults():
     assert betr_keep_percent(1e21) == pytest.approx(4e-5 * 1e21**0.25)
     assert betr_keep_percent(1e40) == 100.0
@@ -46,6 +55,12 @@ def test_recommend_uses_filtering_and_mixing_laws_with_caps():
     R = rng.dirichlet(np.ones(3), size=80)
     t = np.array([-2.0, 0.5, 0.3])
     law = MixingLaw(random_state=0).fit(R, 2.0 + np.exp(R @ t), domains=["a", "b", "c"])
+    # Without a bootstrap nothing shows the law is identified: it is not used.
+    with pytest.raises(UnidentifiedFitError, match="mixing law is not identified: no bootstrap"):
+        recommend(1e17, mixing=law, allow_fallback=False)
+    assert recommend(1e17, mixing=law).mixture is None
+    law.bootstrap(n_boot=20, random_state=0)
+    assert law.identify().identified
     pools = {0.1: Pool(1e9, 3.0, -0.27, 0.1, 0.5), 0.4: Pool(4e9, 3.0, -0.25, 0.1, 0.5)}
     rec = recommend(1e17, filtering_pools=pools, mixing=law, upsample=["b"])
     assert rec.keep_fraction in (0.1, 0.4) and "data-filtering" in rec.keep_fraction_source
@@ -70,8 +85,12 @@ def test_fit_table_report_and_holdout(tmp_path):
     assert fits["chinchilla"]["warnings"] == []
     assert (tmp_path / "chinchilla.png").stat().st_size > 10_000
     assert (tmp_path / "mixing.png").stat().st_size > 10_000
+    # The loss does not depend on the mixture here: the mixing law is (rightly) not identified.
+    assert not fits["mixing"]["identification"]["identified"]
+    assert fits["mixing"]["warnings"] == fits["mixing"]["identification"]["reasons"] != []
     report = (tmp_path / "report.md").read_text()
-    assert "Held out" in report and "95% interval" in report
+    assert "Held out" in report and "90% interval" in report and "**Identified**" in report
+    assert "**Not identified**" in report  # the mixing law's verdict
     laws = load_fits(tmp_path)
     assert laws["chinchilla"].params_["alpha"] == pytest.approx(
         fits["chinchilla"]["params"]["alpha"]
@@ -103,49 +122,92 @@ def test_fit_table_takes_polars_and_reports_sklearn_errors(tmp_path):
     )
 
 
-def test_degenerate_fits_are_flagged(tmp_path):
-    # One token budget only: the data term cannot be identified, and the report says so.
+def test_degenerate_fits_are_refused_or_flagged(tmp_path):
     df = _sweep_table()
-    df = pd.concat([df[df["tokens"] == 1e9]] * 2, ignore_index=True)
-    df["tokens"] = 1e9
-    fits = fit_table(df, tmp_path, n_boot=30, holdout=None)
-    warnings = fits["chinchilla"]["warnings"]
-    assert any("distinct D" in w for w in warnings), warnings
-    assert "**Warning:**" in (tmp_path / "report.md").read_text()
+    # One token budget: the data term cannot be fitted at all; the error names the value.
+    one = df[df["tokens"] == 1e9]
+    with pytest.raises(ScalingLawFitError, match=r"D has one distinct value \(1e\+09\)"):
+        fit_table(one, tmp_path / "one", n_boot=10, holdout=None)
+    # Two budgets: fitted, but not identified, and the report says why.
+    two = df[df["tokens"].isin([1e8, 3e9])]
+    fits = fit_table(two, tmp_path / "two", n_boot=30, holdout=None)
+    ident = fits["chinchilla"]["identification"]
+    assert not ident["identified"] and ident["distinct"] == {"N": 4, "D": 2}
+    assert any("only 2 distinct D values" in r for r in ident["reasons"]), ident["reasons"]
+    assert "**Not identified**" in (tmp_path / "two" / "report.md").read_text()
 
 
 def test_cli_fit_and_recommend(tmp_path):
     table = tmp_path / "results.csv"
     _sweep_table().to_csv(table, index=False)
     runner = CliRunner()
-    res = runner.invoke(app, ["fit", str(table), "--law", "chinchilla", "--law", "mixing",
-                              "--n-boot", "20"])  # fmt: skip
+    res = runner.invoke(app, ["fit", str(table), "--n-boot", "30"])
     assert res.exit_code == 0, res.output
-    assert "held-out" in res.output
-    out = tmp_path / "rec.json"
+    out = " ".join(res.output.split())
+    assert "held-out" in out and "chinchilla: identified" in out and "90% bootstrap" in out
+    rec_path = tmp_path / "rec.json"
     res = runner.invoke(app, ["recommend", "--compute", "1e21", "--fits", str(tmp_path / "fits"),
-                              "--upsample", "b", "--out", str(out)])  # fmt: skip
+                              "--out", str(rec_path)])  # fmt: skip
     assert res.exit_code == 0, res.output
-    rec = json.loads(out.read_text())
-    assert rec["compute"] == 1e21
+    rec = json.loads(rec_path.read_text())
+    assert rec["compute"] == 1e21 and rec["identification"]["identified"]
+    assert "fitted ChinchillaLaw" in rec["size_source"] and rec["fallback_reason"] is None
+    lo, hi = rec["intervals"]["n_params"]
+    assert lo <= rec["n_params"] <= hi and f"[{lo:.4g} - {hi:.4g}]" in res.output
+    # The mixing law on runs whose loss depends on the mixture: the mixture, with upsampling.
+    mix_table = tmp_path / "mix.csv"
+    _mixing_table().to_csv(mix_table, index=False)
+    res = runner.invoke(app, ["fit", str(mix_table), "--law", "mixing", "-o",
+                              str(tmp_path / "mixfits"), "--n-boot", "20"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["recommend", "--compute", "1e21", "--fits",
+                              str(tmp_path / "mixfits"), "--upsample", "b", "--out",
+                              str(rec_path)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    rec = json.loads(rec_path.read_text())
     assert sum(rec["mixture"]["weights"].values()) == pytest.approx(1.0)
+    assert rec["mixture"]["weights"]["a"] > 0.9
     assert rec["mixture"]["schedule"][0]["name"] == "upsample"
+    assert "published" in rec["size_source"]  # no Chinchilla fit in these fits
     # Bad input: a clear message and exit code 2, not a traceback.
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"n_params": [1e6, -1], "tokens": [1e8, 1e8], "loss": [3.0, 3.0]}).to_csv(bad)
     res = runner.invoke(app, ["fit", str(bad)])
     assert res.exit_code == 2
-    assert "N must be finite and > 0; entry 1" in " ".join(res.output.split())
+    assert "row 1" in res.output and "n_params = -1" in " ".join(res.output.split())
+    nan = tmp_path / "nan.csv"
+    df = _sweep_table()
+    df.loc[5, "loss"] = float("nan")
+    df.to_csv(nan, index=False)
+    res = runner.invoke(app, ["fit", str(nan)])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2 and "row 5" in out and "loss = NaN/missing" in out
     res = runner.invoke(app, ["recommend", "--compute", "1e21", "--fits", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "run `curamix fit` first" in " ".join(res.output.split())
 
 
+def test_cli_recommend_refuses_an_unidentified_fit_without_fallback(tmp_path):
+    table = tmp_path / "results.csv"
+    df = _sweep_table()
+    df[df["n_params"].isin([1e6, 3e7])].to_csv(table, index=False)  # two sizes only
+    runner = CliRunner()
+    assert runner.invoke(app, ["fit", str(table), "--n-boot", "20"]).exit_code == 0
+    fits = str(tmp_path / "fits")
+    res = runner.invoke(app, ["recommend", "-c", "1e21", "--fits", fits, "--no-fallback"])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2 and "refusing to size a model" in out
+    assert "only 2 distinct N values" in out
+    res = runner.invoke(app, ["recommend", "-c", "1e21", "--fits", fits])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 0 and "NOT identified" in out and "published Chinchilla" in out
+
+
 def test_cli_recommend_to_run_then_export(tmp_path):
     table = tmp_path / "results.csv"
-    _sweep_table().to_csv(table, index=False)
+    _mixing_table().to_csv(table, index=False)
     runner = CliRunner()
-    assert runner.invoke(app, ["fit", str(table), "--law", "mixing", "--law", "chinchilla",
-                               "--n-boot", "0"]).exit_code == 0  # fmt: skip
+    assert runner.invoke(app, ["fit", str(table), "--law", "mixing", "--n-boot",
+                               "20"]).exit_code == 0  # fmt: skip
     run = tmp_path / "run"
     res = runner.invoke(app, ["recommend", "-c", "1e20", "--fits", str(tmp_path / "fits"),
                               "--upsample", "c", "--run-dir", str(run)])  # fmt: skip
@@ -164,6 +226,10 @@ def test_cli_recommend_to_run_then_export(tmp_path):
         assert all(p.startswith("/data/") for p in text[1::2])
     res = runner.invoke(app, ["export", "-f", "yaml", str(run)])
     assert res.exit_code == 0, res.output
+    # The YAML's header carries the decision: where the sizes came from, and why.
+    header = (run / "export" / "mixture_yaml.yaml").read_text().split("\nweights:")[0]
+    assert "# size source: published Chinchilla constants" in header
+    assert "# note: no fitted Chinchilla law was given" in header
     # A domain without a data location is refused, naming it.
     res = runner.invoke(app, ["export", "-f", "megatron", str(run), "--paths", '{"a": "/x"}',
                               "--stage", "0"])  # fmt: skip

@@ -101,7 +101,8 @@ def test_cli_sweep_from_an_ingested_run(spark, tmp_path, shared_data):
     res = runner.invoke(app, ["ingest", str(src), "--run-dir", str(run), "--master", "local[2]"])
     assert res.exit_code == 0, res.output
     args = ["sweep", str(run), "-m", "nano", "-m", "tiny", "-t", "4096", "-t", "8192", "-t",
-            "16384", "--vocab-size", "512", "--seq-len", "64", "--batch-size", "8"]  # fmt: skip
+            "16384", "--vocab-size", "512", "--seq-len", "64", "--batch-size", "8",
+            "--n-boot", "20"]  # fmt: skip
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     df = pd.read_parquet(run / "scaling" / "results.parquet")
@@ -113,7 +114,7 @@ def test_cli_sweep_from_an_ingested_run(spark, tmp_path, shared_data):
     assert res.exit_code == 0, res.output
     args = ["sweep", str(run), "-m", "nano", "--keep", "0.3", "--keep", "0.7",
             "--target", str(src / "code.jsonl"), "--vocab-size", "512", "--seq-len", "64",
-            "--batch-size", "8"]  # fmt: skip
+            "--batch-size", "8", "--n-boot", "20"]  # fmt: skip
     for t in (2048, 4096, 8192, 12288, 16384):
         args += ["-t", str(t)]
     res = runner.invoke(app, args)
@@ -123,6 +124,8 @@ def test_cli_sweep_from_an_ingested_run(spark, tmp_path, shared_data):
     fits = json.loads((run / "scaling" / "filter" / "fits" / "fits.json").read_text())
     assert set(fits["filtering"]["pools"]) == {"0.3", "0.7"}
     assert fits["filtering"]["metric"] == "target_loss"
+    for pool in fits["filtering"]["pools"].values():  # each pool's law has its verdict
+        assert pool["ci_level"] == 0.9 and isinstance(pool["identification"]["identified"], bool)
     res = runner.invoke(
         app, ["recommend", "-c", "1e15", "--fits", str(run / "scaling" / "filter" / "fits")]
     )
@@ -131,7 +134,8 @@ def test_cli_sweep_from_an_ingested_run(spark, tmp_path, shared_data):
     small = tmp_path / "small.csv"
     df.head(4).to_csv(small, index=False)
     res = runner.invoke(app, ["fit", str(small)])
-    assert res.exit_code == 2 and "needs more points" in " ".join(res.output.split())
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2 and "5 parameters (A, B, E, alpha, beta) and needs more runs" in out
 
 
 def test_top_fraction_is_order_independent_and_breaks_ties_by_id():
@@ -179,7 +183,7 @@ def test_keep_fraction_sweep_fits_filtering_laws_and_recommends(tmp_path, shared
     assert small["w:code"].eq(1.0).all()
     assert (tmp_path / "scaling" / "filter" / "results.parquet").is_file()
 
-    fits = fit_table(df, tmp_path / "fits", laws=("filtering",))
+    fits = fit_table(df, tmp_path / "fits", laws=("filtering",), n_boot=20)
     assert set(fits["filtering"]["pools"]) == {"0.2", "0.6"}
     pools = load_fits(tmp_path / "fits")["filtering_pools"]
     rec = recommend(1e12, filtering_pools=pools)
