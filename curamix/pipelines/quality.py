@@ -880,9 +880,11 @@ def _report(m: dict[str, Any]) -> str:
         "",
         "## Removals by rule",
         "",
-        "The ledger names the first rule a document failed (text-likeness, then the heuristic "
-        "filters, language ID, the classifiers, the bucket); *alone* counts every document a "
-        "heuristic filter fails, whatever else it fails.",
+        "The ledger names the first rule a document failed (text-likeness, language ID, the "
+        "heuristic filters, the classifiers, the bucket floor) with its value; *alone* counts "
+        "every document a heuristic filter fails, whatever else it fails. Exempt domains: "
+        + (", ".join(m["config"]["exempt_domains"]) or "none")
+        + ".",
         "",
         *md_table(
             ["rule", "removed (first rule)", "fails alone"],

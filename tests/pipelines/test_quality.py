@@ -242,3 +242,57 @@ def test_exempt_domains_skip_langid_and_heuristics(pool, tmp_path, spark):
     assert led["fr"]["reason"] == "langid:lang=fr"
     # counts are by rule; the ledger keeps the value
     assert all("=" not in r for r in res["quality"].counts["removed_reasons"])
+
+
+def test_embedding_head_scores_the_embed_stage_vectors(shared_data, tmp_path, spark):
+    """FineWeb-Edu's path: a linear head on the embed stage's vectors, trained on labelled
+    texts (DCLM's human labels here), keeps ``round(score) >= threshold``."""
+    with gzip.open(shared_data / "corpus" / "web.jsonl.gz", "rt") as f:
+        web = [json.loads(x) for x in f]
+    labelled = [r for r in web if "dclm_majority_label" in (r.get("meta") or {})]
+    write_jsonl(
+        tmp_path / "labels.jsonl",
+        [
+            {"id": r["id"], "text": r["text"], "edu": 5 * r["meta"]["dclm_majority_label"]}
+            for r in labelled[:320]
+        ],
+    )
+    write_jsonl(
+        tmp_path / "raw" / "web.jsonl",
+        [{"id": r["id"], "text": r["text"]} for r in labelled[320:420]],
+    )
+    cfg = build_config(
+        {
+            "run_dir": str(tmp_path / "run"),
+            "stages": ["ingest", "embed", "quality"],
+            "ingest": {"inputs": [{"path": str(tmp_path / "raw")}]},
+            "embed": {"max_seq_length": 128},
+            "quality": {
+                "heuristics": {},
+                "langid": None,
+                "classifiers": [
+                    {
+                        "name": "edu",
+                        "kind": "embedding_head",
+                        "label_inputs": [{"path": str(tmp_path / "labels.jsonl")}],
+                        "label_field": "edu",
+                        "threshold": 3,
+                    }
+                ],
+            },
+        },
+        use_env=False,
+    )
+    res = run_pipeline(cfg, spark=spark)["quality"]
+    m = json.loads((res.path / "manifest.json").read_text())
+    assert m["classifiers"]["edu"]["labels"] == 320 and m["classifiers"]["edu"]["threshold"] == 3
+    led = {r["id"]: r for r in pq.read_table(res.path / "ledger").to_pylist()}
+    scores = {r["id"]: r["score_edu"] for r in pq.read_table(res.path / "scores").to_pylist()}
+    assert len(scores) == 100 and all(0 <= s <= 5 for s in scores.values())
+    for i, s in scores.items():  # FineWeb-Edu's rule on every document
+        assert (led[i]["decision"] == "kept") == (round(s) >= 3), (i, s)
+    # the head ranks the held-out human labels better than chance
+    from sklearn.metrics import roc_auc_score
+
+    truth = {r["id"]: r["meta"]["dclm_majority_label"] for r in labelled[320:420]}
+    assert roc_auc_score([truth[i] for i in scores], [scores[i] for i in scores]) > 0.6
