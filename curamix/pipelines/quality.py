@@ -38,7 +38,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curamix.config import PipelineConfig, QualityClassifierConfig, QualityConfig, config_hash
+from curamix.config import (
+    PipelineConfig,
+    QualityClassifierConfig,
+    QualityConfig,
+    config_hash,
+    pool_stage,
+)
 from curamix.filters.heuristics import HeuristicFilters
 from curamix.filters.langid import default_lid_model, identify, langid_reason
 from curamix.filters.quality import (
@@ -82,12 +88,8 @@ UNSCORED = "unscored"
 
 def quality_upstream(cfg: PipelineConfig) -> dict[str, str]:
     """The pool before quality, and the embed stage when an embedding head scores."""
-    from curamix.config import pool_stage
-
     up = {"pool": pool_stage(cfg, before=STAGE)}
-    if _section(cfg).classifiers and any(
-        c.kind == "embedding_head" for c in _section(cfg).classifiers
-    ):
+    if any(c.kind == "embedding_head" for c in _section(cfg).classifiers):
         up["embed"] = "embed"
     return up
 
