@@ -29,6 +29,7 @@ KNOWN_STAGES: tuple[str, ...] = (
     "decontam",
     "dsir",
     "betr",
+    "rds",
     "select",
     "coreset",
 )
@@ -514,6 +515,61 @@ class ProxyScoreConfig(CuramixModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+class RDSConfig(CuramixModel):
+    """RDS+ (Ivison et al. 2025): each pool document's score for a task is its largest cosine
+    similarity to the task's query examples, in a causal LM's position-weighted mean-pooled
+    last hidden layer; the budget is filled round-robin over the tasks (docs/rds.md)."""
+
+    query_inputs: list[InputSpec] = Field(min_length=1)
+    """Query examples, read like ingest inputs (each record one example); task = the input's
+    domain, by default the file stem. Tasks keep the order of their first example."""
+    representation: str = "proxy"
+    """``proxy``: a small proxy LM (``proxy``) trained on a seeded pool sample; ``hf:<path>``: a
+    Hugging Face causal LM folder on this machine (and the executors); ``embed``: the embed
+    stage's sentence-transformers vectors, queries embedded with the same model."""
+    aggregation: Literal["round_robin", "max"] = "round_robin"
+    """``round_robin``: the reference's multi-task rule (each task in turn adds its next best
+    document); ``max``: plain top-k of the best score over the tasks."""
+    budget_fraction: float | None = Field(default=None, gt=0, le=1)
+    """Share of the pool (documents or tokens, ``budget_unit``) to keep; default 0.1 unless
+    ``budget`` is set."""
+    budget: int | None = Field(default=None, ge=1)
+    """Absolute budget in ``budget_unit``."""
+    budget_unit: Literal["documents", "tokens"] = "documents"
+    """Tokens are whitespace words (the ``n_words`` column), as in the other stages."""
+    max_tokens: int | None = Field(default=None, ge=1)
+    """Model tokens per text; default the proxy's ``seq_len``, 2048 for ``hf:`` (the
+    reference's)."""
+    batch_size: int = Field(default=16, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the representation model runs (the proxy trains on ``proxy.device``)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """``hf:`` weights: ``auto`` = bfloat16 on CUDA (the reference's), float32 on CPU."""
+    proxy: ProxyScoreConfig = Field(default_factory=ProxyScoreConfig)
+    """The proxy LM of ``representation: proxy``."""
+    engine: Literal["auto", "spark", "local"] = "auto"
+    """Where the pool is encoded: ``local`` in this process, ``spark`` one task per part;
+    ``auto``: local up to ``local_max_docs`` documents. The output is the same."""
+    local_max_docs: int = Field(default=50_000, ge=0)
+
+    @field_validator("representation")
+    @classmethod
+    def _representation(cls, v: str) -> str:
+        if v in ("proxy", "embed") or (v.startswith("hf:") and len(v) > 3):
+            return v
+        raise ValueError(
+            f"unknown representation {v!r}: use 'proxy', 'embed' or 'hf:<path to a causal LM>'"
+        )
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> RDSConfig:
+        if self.budget is not None and self.budget_fraction is not None:
+            raise ValueError(
+                f"set budget ({self.budget}) or budget_fraction ({self.budget_fraction}), not both"
+            )
+        return self
+
+
 class CoresetConfig(CuramixModel):
     """Coreset selection over the embed stage's vectors (see docs/embeddings.md)."""
 
@@ -549,6 +605,21 @@ class CoresetConfig(CuramixModel):
         if (self.k is None) == (self.fraction is None):
             raise ValueError(f"set exactly one of k ({self.k}) or fraction ({self.fraction})")
         return self
+
+
+class ScheduleConfig(CuramixModel):
+    """How the search's weight trajectory leaves the proxy (``mixture.schedule``): compressed to
+    stages (:func:`curamix.mixers.compress_trajectory`), and which weights ``mixture.json``
+    holds. Online methods only (a static method has one stage)."""
+
+    stages: int | None = Field(default=None, ge=1)
+    """K, the number of stages; None: as many as ``epsilon`` needs."""
+    epsilon: float = Field(default=0.05, ge=0)
+    """Without ``stages``: merge updates while every one is within this L1 of its stage."""
+    export: Literal["staged", "final"] = "final"
+    """``final``: the mixer's last weights (the staged schedule only in provenance);
+    ``staged``: the staged schedule (an opt-in until the transfer bench shows it beats the
+    final weights, docs/mixers.md). Provenance records both either way."""
 
 
 class MixtureSearchConfig(CuramixModel):
@@ -589,6 +660,8 @@ class MixtureSearchConfig(CuramixModel):
     """Domains upweighted for the last ``upsample_last`` of training (a schedule stage)."""
     upsample_factor: float = Field(default=2.0, gt=0)
     upsample_last: float = Field(default=0.15, gt=0, lt=1)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    """The weight trajectory as stages, and whether ``mixture.json`` holds them."""
     device: str = "auto"
     cpu_threads: int | None = Field(default=1, ge=1)
     """Torch threads on CPU (one keeps its speed on a busy machine; None: torch's default)."""
@@ -707,6 +780,7 @@ class PipelineConfig(CuramixModel):
     decontam: DecontamConfig | None = None
     dsir: DSIRConfig | None = None
     betr: BETRConfig | None = None
+    rds: RDSConfig | None = None
     select: SelectConfig | None = None
     coreset: CoresetConfig | None = None
     mixture: MixtureSearchConfig | None = None
@@ -817,8 +891,16 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         (data.get("decontam"), "test_inputs"),
         (data.get("dsir"), "target_inputs"),
         (data.get("betr"), "benchmark_inputs"),
+        (data.get("rds"), "query_inputs"),
         (data.get("mixture"), "target_inputs"),
     ]
+    rds = data.get("rds")
+    if isinstance(rds, dict) and str(rds.get("representation", "")).startswith("hf:"):
+        # A relative folder resolves like the inputs; a hub name ("org/name", loaded from the
+        # local cache) is left alone when nothing exists at that path.
+        candidate = absolute(rds["representation"][3:])
+        if Path(candidate).exists():
+            rds["representation"] = "hf:" + candidate
     quality = data.get("quality")
     if isinstance(quality, dict):
         if isinstance(quality.get("langid"), dict) and quality["langid"].get("model"):

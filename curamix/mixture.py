@@ -11,6 +11,9 @@ Provenance is free-form JSON, with these fields read by curamix (``RUN/mixture.j
 - ``method``, ``seed``, ``curamix``: who made the weights;
 - ``max_epochs``: the repetition cap the weights respect (exports refuse a mixture whose
   epochs exceed it, :func:`check_epoch_cap`);
+- ``schedule``: how a staged schedule was compressed from a mixer's weight trajectory (K,
+  epsilon, the L1 error to the continuous weights; :func:`curamix.mixers.compress_trajectory`),
+  which of the staged and the final weights the mixture holds (``export``), and both;
 - ``recommendation``: the compute-aware decision (``curamix.scaling_laws.decide``): compute,
   ``n_params``, ``n_tokens``, ``predicted_loss``, their ``intervals`` (bootstrap, at
   ``ci_level``), ``size_source`` and ``fallback_reason``, the fit's ``identification``
@@ -26,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 SUM_TOLERANCE = 1e-6
 
@@ -90,6 +93,9 @@ class Mixture:
         Unique tokens available per domain.
     provenance : mapping
         Method, parameters, seed, code version, inputs (free-form, JSON-serialisable).
+    notes : sequence of str
+        What a person should know before training on it, e.g. which stage asked for more of
+        a domain than exists and how it was capped (:func:`cap_epochs`). Exports print them.
     """
 
     weights: Mapping[str, float]
@@ -97,6 +103,7 @@ class Mixture:
     total_tokens: float | None = None
     domain_tokens: Mapping[str, float] | None = None
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    notes: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         w = check_weights(self.weights)
@@ -133,6 +140,9 @@ class Mixture:
                 raise MixtureError(f"domain_tokens must be >= 0, got {bad}")
             object.__setattr__(self, "domain_tokens", MappingProxyType(dt))
         object.__setattr__(self, "provenance", MappingProxyType(dict(self.provenance)))
+        if isinstance(self.notes, str) or not all(isinstance(n, str) for n in self.notes):
+            raise MixtureError(f"notes must be a list of strings, got {self.notes!r}")
+        object.__setattr__(self, "notes", tuple(self.notes))
 
     @property
     def domains(self) -> list[str]:
@@ -176,6 +186,8 @@ class Mixture:
             "domain_tokens": dict(self.domain_tokens) if self.domain_tokens else None,
             "provenance": dict(self.provenance),
         }
+        if self.notes:
+            out["notes"] = list(self.notes)
         if self.total_tokens is not None:
             out["tokens_per_domain"] = self.tokens_per_domain()
             if self.domain_tokens is not None:
@@ -194,6 +206,7 @@ class Mixture:
             total_tokens=d.get("total_tokens"),
             domain_tokens=d.get("domain_tokens"),
             provenance=d.get("provenance", {}),
+            notes=d.get("notes", ()),
         )
 
     def write_json(self, path: str | Path) -> Path:
@@ -242,41 +255,129 @@ def cap_weights(weights: Mapping[str, float], caps: Mapping[str, float]) -> dict
     return {d: v / s for d, v in out.items()}
 
 
-def cap_epochs(mixture: Mixture, max_epochs: float) -> tuple[Mixture, dict[str, float]]:
+def cap_epochs(
+    mixture: Mixture, max_epochs: float, budget: Literal["stage", "schedule"] = "stage"
+) -> tuple[Mixture, dict[str, float]]:
     """The mixture with no domain read more than ``max_epochs`` times over its schedule.
 
-    Every stage's weights are capped at ``unique_tokens * max_epochs / total_tokens`` per domain
-    (:func:`cap_weights`), so the whole schedule stays within the cap too. Returns the capped
-    mixture (``provenance`` gains ``max_epochs``) and, for each domain that was over the cap,
-    its epochs before.
-    Needs ``total_tokens`` and ``domain_tokens``; raises :class:`MixtureError` when the unique
-    tokens of the mixture's domains, ``max_epochs`` times, are fewer than ``total_tokens``.
+    ``budget="stage"`` (the default): every stage's weights are capped at
+    ``unique_tokens * max_epochs / total_tokens`` per domain (:func:`cap_weights`), as if the
+    stage lasted the whole run, so the whole schedule stays within the cap too. Safe and
+    simple, but it also caps a short stage that draws little (a 10% stage at weight 0.5 is
+    capped like a whole run at 0.5), which flattens a staged schedule.
+
+    ``budget="schedule"``: the cap is on what the whole schedule draws,
+    ``total_tokens * sum_s len_s * w_sd <= unique_tokens_d * max_epochs``. A domain over it is
+    scaled down by the same factor in every stage that draws it (its schedule keeps its
+    shape), each stage's excess spread over that stage's other domains in proportion to their
+    weights (:func:`cap_weights`), repeated until no domain is over. Every capped domain gets
+    a line in ``notes`` naming it, the epochs it asked for and what each stage asked.
+
+    Returns the capped mixture (``provenance`` gains ``max_epochs``) and, for each domain that
+    was over the cap, its epochs before. Needs ``total_tokens`` and ``domain_tokens``; raises
+    :class:`MixtureError` when the unique tokens of the mixture's domains, ``max_epochs``
+    times, are fewer than ``total_tokens``, or (``"schedule"``) when a stage gives all its
+    weight to capped domains, naming the stage.
     """
     if not (math.isfinite(max_epochs) and max_epochs > 0):
         raise MixtureError(f"max_epochs must be > 0, got {max_epochs!r}")
+    if budget not in ("stage", "schedule"):
+        raise MixtureError(f"budget must be 'stage' or 'schedule', got {budget!r}")
     if mixture.total_tokens is None or mixture.domain_tokens is None:
         raise MixtureError("cap_epochs needs total_tokens and domain_tokens")
     before = mixture.epochs()
-    caps = {
-        d: mixture.domain_tokens[d] * max_epochs / mixture.total_tokens for d in mixture.weights
-    }
+    total, unique = mixture.total_tokens, mixture.domain_tokens
+    caps = {d: unique[d] * max_epochs / total for d in mixture.weights}
+    notes: list[str] = []
     try:
-        stages = [cap_weights(s.weights, caps) for s in mixture.stages()]
+        if budget == "stage":
+            stages = [cap_weights(s.weights, caps) for s in mixture.stages()]
+        else:
+            stages = _cap_schedule(mixture, max_epochs, notes)
     except MixtureError as e:
         raise MixtureError(
-            f"{mixture.total_tokens:.4g} tokens cannot be drawn within {max_epochs:g} epochs "
-            f"per domain: {e}"
+            f"{total:.4g} tokens cannot be drawn within {max_epochs:g} epochs per domain: {e}"
         ) from None
     later = zip(mixture.schedule, stages[1:], strict=True)
     out = Mixture(
         weights=stages[0],
         schedule=[Stage(s.start, w, s.name) for s, w in later],
-        total_tokens=mixture.total_tokens,
-        domain_tokens=mixture.domain_tokens,
+        total_tokens=total,
+        domain_tokens=unique,
         provenance={**mixture.provenance, "max_epochs": max_epochs},
+        notes=[*mixture.notes, *notes],
     )
     changed = {d: e for d, e in before.items() if e > max_epochs * (1 + 1e-9)}
     return out, changed
+
+
+def _cap_schedule(mixture: Mixture, max_epochs: float, notes: list[str]) -> list[dict[str, float]]:
+    """Stage weights within ``max_epochs`` over the whole schedule (``cap_epochs``' "schedule")."""
+    assert mixture.total_tokens is not None and mixture.domain_tokens is not None
+    total, unique = mixture.total_tokens, mixture.domain_tokens
+    domains = mixture.domains
+    if sum(unique[d] for d in domains) * max_epochs < total * (1 - 1e-12):
+        raise MixtureError(
+            f"the domains hold {sum(unique.values()):.4g} unique tokens in all, "
+            f"{max_epochs:g} times that is below {total:.4g}"
+        )
+    stages = mixture.stages()
+    starts = [s.start for s in stages]
+    lens = [e - s for s, e in zip(starts, [*starts[1:], 1.0], strict=True)]
+    labels = [s.name or ("main" if i == 0 else f"stage{i}") for i, s in enumerate(stages)]
+    weights = [{d: float(s.weights.get(d, 0.0)) for d in domains} for s in stages]
+    asked = [dict(w) for w in weights]
+    stage_caps: list[dict[str, float]] = [{} for _ in stages]
+
+    def epochs(ws: list[dict[str, float]], d: str) -> float:
+        drawn = total * sum(n * w[d] for n, w in zip(lens, ws, strict=True))
+        return drawn / unique[d] if unique[d] > 0 else (0.0 if drawn == 0 else math.inf)
+
+    capped: dict[str, float] = {}
+    spread: set[str] = set()  # domains pushed over the cap by the others' excess
+    for round_ in range(len(domains) + 1):
+        over = {d: e for d in domains if (e := epochs(weights, d)) > max_epochs * (1 + 1e-12)}
+        if not over:
+            break
+        for d, e in over.items():
+            factor = max_epochs / e if math.isfinite(e) else 0.0
+            capped.setdefault(d, e)
+            if round_:
+                spread.add(d)
+            for i, w in enumerate(weights):
+                if w[d] > 0:
+                    stage_caps[i][d] = w[d] * factor
+        for i, w in enumerate(weights):
+            if not any(d in stage_caps[i] for d in domains if w[d] > 0):
+                continue
+            try:
+                weights[i] = cap_weights(w, stage_caps[i])
+            except MixtureError as e:
+                raise MixtureError(
+                    f"stage {labels[i]!r} [{starts[i]:g}, {starts[i] + lens[i]:g}) gives its "
+                    f"weight only to domains over the cap ({sorted(stage_caps[i])}): {e}"
+                ) from None
+    for d, e in capped.items():
+        per_stage = []
+        for i, w in enumerate(asked):
+            if w[d] <= 0:
+                continue
+            got = total * lens[i] * w[d] / unique[d] if unique[d] > 0 else math.inf
+            alone = " (alone over the cap)" if got > max_epochs * (1 + 1e-12) else ""
+            per_stage.append(
+                f"{labels[i]} [{starts[i]:g}, {starts[i] + lens[i]:g}) {got:.3g}{alone}"
+            )
+        now = [f"{labels[i]} {w[d]:.4g}" for i, w in enumerate(weights) if asked[i][d] > 0]
+        how = ", with the other domains' excess spread, drew" if d in spread else " asked for"
+        notes.append(
+            f"epoch cap: the schedule{how} {e:.3g} epochs of {d!r} ({unique[d]:.4g} unique "
+            f"tokens), over max_epochs = {max_epochs:g}; epochs asked per stage: "
+            + ", ".join(per_stage)
+            + f"; capped to {max_epochs:g} epochs (weight now "
+            + ", ".join(now)
+            + "), the excess spread over each stage's other domains in proportion"
+        )
+    return weights
 
 
 def check_epoch_cap(mixture: Mixture, tolerance: float = 1e-6) -> None:

@@ -1,15 +1,119 @@
-"""Shared fixtures: the real-data folder, a session-wide local[2] SparkSession, tiny corpora."""
+"""Shared fixtures: the real-data folder, a session-wide local[2] SparkSession, tiny corpora;
+the ``gpu`` marker; the device tolerances of the embedding tests."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# --- devices ----------------------------------------------------------------------------------
+#
+# ``@pytest.mark.gpu`` needs a CUDA device torch can use; ``@pytest.mark.gpu("faiss")`` needs
+# one that FAISS sees too (a faiss-gpu build). Where it is missing such a test is deselected at
+# collection ("N deselected"), never skipped; CURAMIX_REQUIRE_GPU=1 keeps them, so a GPU job
+# on a machine that lost its GPU fails instead of passing with the GPU tests left out.
+
+GPU_NEEDS = {
+    "cuda": "a CUDA device (torch.cuda.is_available())",
+    "faiss": "a CUDA device that FAISS sees (a faiss-gpu build, faiss.get_num_gpus() > 0)",
+}
+REQUIRE_GPU_ENV = "CURAMIX_REQUIRE_GPU"
+
+
+@functools.cache
+def gpu_capabilities() -> dict[str, bool]:
+    """What this machine offers the ``gpu`` tests (probed once, at the first GPU test)."""
+    import torch
+
+    cuda = bool(torch.cuda.is_available())
+    faiss_gpu = False
+    if cuda:
+        from curamix.embeddings.index import faiss_gpus
+
+        faiss_gpu = faiss_gpus() > 0
+    return {"cuda": cuda, "faiss": faiss_gpu}
+
+
+def gpu_need(item: pytest.Item) -> str | None:
+    """What a test's ``gpu`` marker asks for: ``"cuda"`` (no argument), ``"faiss"``, or None."""
+    mark = item.get_closest_marker("gpu")
+    if mark is None:
+        return None
+    need = mark.args[0] if mark.args else "cuda"
+    if need not in GPU_NEEDS:
+        raise pytest.UsageError(
+            f"{item.nodeid}: @pytest.mark.gpu({need!r}); use no argument or one of "
+            f"{sorted(GPU_NEEDS)}"
+        )
+    return need
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the ``gpu`` tests this machine cannot run (unless CURAMIX_REQUIRE_GPU=1)."""
+    needs = {item.nodeid: need for item in items if (need := gpu_need(item)) is not None}
+    if not needs or os.environ.get(REQUIRE_GPU_ENV) == "1":
+        return
+    have = gpu_capabilities()
+    drop = [item for item in items if item.nodeid in needs and not have[needs[item.nodeid]]]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        gone = {id(item) for item in drop}
+        items[:] = [item for item in items if id(item) not in gone]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A ``gpu`` test kept on a machine without the device (CURAMIX_REQUIRE_GPU=1) fails here,
+    naming what is missing."""
+    need = gpu_need(item)
+    if need is not None and not gpu_capabilities()[need]:
+        pytest.fail(
+            f"{item.nodeid} needs {GPU_NEEDS[need]}, which this machine lacks "
+            f"({REQUIRE_GPU_ENV}=1 keeps the GPU tests instead of deselecting them)",
+            pytrace=False,
+        )
+
+
+CPU_BATCH_ATOL = 2e-5
+"""fp32 on the CPU: the same texts encoded alone or in batches of other sizes (the padding
+changes the kernels' shapes, hence the summation order) agree within this per component.
+Measured: below 1e-5 for all-MiniLM-L6-v2."""
+CUDA_FP32_ATOL = 1e-4
+"""fp32 on CUDA (``fp16=False``) against fp32 on the CPU, per component: the same arithmetic in
+another summation order (torch keeps TF32 off for matmuls by default); ~1e-6 expected, and a
+TF32 or half-precision slip (~1e-3) would fail."""
+FP16_COSINE_MIN = 0.999
+"""fp16 on CUDA (the default ``fp16=True``) against fp32 on the CPU, per vector: the cosine of
+the two unit vectors. fp16 weights and activations (10-bit mantissa) measured on the CPU give
+1 - cos <= 1.5e-6 for this model and bf16 (7-bit) <= 1.1e-4; CUDA may also reduce fp16
+matmuls in reduced precision. 1e-3 is ~10x the bf16 figure; a wrong vector has cos < 0.9."""
+FP16_ATOL = 5e-3
+"""The same comparison per component (the components of a 384-d unit vector are ~0.05):
+measured fp16 2.8e-4, bf16 3.6e-3 on the CPU."""
+
+
+def assert_embeddings_close(
+    got: np.ndarray, want: np.ndarray, fp16: bool, fp32_atol: float
+) -> None:
+    """``got`` matches ``want`` row for row: within ``fp32_atol`` per component, or, when one of
+    them is fp16 CUDA output, a per-vector cosine of at least :data:`FP16_COSINE_MIN` and
+    :data:`FP16_ATOL` per component."""
+    assert got.shape == want.shape and got.dtype == want.dtype == np.float32
+    if not fp16:
+        np.testing.assert_allclose(got, want, rtol=0, atol=fp32_atol)
+        return
+    cos = np.einsum("ij,ij->i", got.astype(np.float64), want.astype(np.float64))
+    norms = np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1)
+    cos = np.divide(cos, norms, out=np.ones_like(cos), where=norms > 0)
+    assert cos.min() >= FP16_COSINE_MIN, f"fp16 vs reference: min cosine {cos.min():.6f}"
+    np.testing.assert_allclose(got, want, rtol=0, atol=FP16_ATOL)
 
 
 def _shared_data() -> Path:

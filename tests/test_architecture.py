@@ -242,6 +242,7 @@ def test_registry_upstreams_point_to_earlier_stages():
         "decontam": {"test_inputs": [{"path": "t.jsonl"}]},
         "dsir": {"target_domains": ["a"]},
         "betr": {"benchmark_inputs": [{"path": "b.jsonl"}]},
+        "rds": {"query_inputs": [{"path": "q.jsonl"}], "representation": "embed"},
         "select": {"fraction": 0.1},
         "coreset": {"fraction": 0.1, "score": "dsir"},
     }
@@ -259,6 +260,7 @@ def test_registry_upstreams_point_to_earlier_stages():
         "decontam": "quality",
         "dsir": "decontam",
         "betr": "decontam",
+        "rds": "decontam",
         "select": "decontam",
         "coreset": "decontam",
     }

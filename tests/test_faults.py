@@ -1,13 +1,20 @@
 """Faults injected mid-stage: a full disk, a driver killed while publishing, an input deleted
-between listing and reading. Nothing is half-published; a rerun gives identical outputs."""
+between listing and reading; and a read-only run folder. Nothing is half-published; a rerun
+gives identical outputs."""
 
 from __future__ import annotations
 
+import builtins
 import errno
+import io
 import json
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -143,3 +150,148 @@ def test_an_input_deleted_between_listing_and_reading_is_quarantined(tmp_path, m
     q = pq.read_table(res.quarantine_path).to_pylist()
     assert [(Path(r["source"]).name, r["reason"]) for r in q] == [("gone.jsonl", "unreadable_file")]
     assert "FileNotFoundError" in q[0]["detail"]
+
+
+# --- a read-only run folder -------------------------------------------------------------------
+
+
+def _chmod_binds(tmp: Path) -> bool:
+    """Whether a folder's mode stops this process from writing in it (not for root, or any
+    process with ``CAP_DAC_OVERRIDE``): tried on a 0o555 folder in ``tmp``."""
+    probe = tmp / "mode-probe"
+    probe.mkdir()
+    probe.chmod(0o555)
+    try:
+        (probe / "x").touch()
+    except PermissionError:
+        return True
+    finally:
+        probe.chmod(0o755)
+        shutil.rmtree(probe)
+    return False
+
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+@contextmanager
+def read_only(folder: Path) -> Iterator[str]:
+    """``folder`` (and everything in it) read-only while the block runs; yields the reason the
+    OS gives. Where modes bind (not root): chmod, folders 0o555 and files 0o444 (``Permission
+    denied``). Where they do not (root, as on this project's test machines): what a read-only
+    mount does, ``OSError(EROFS)`` from every Python call that creates, writes, renames or
+    removes a path under ``folder`` (``open`` and ``os.open`` for writing, ``mkdir``,
+    ``rename``, ``replace``, ``unlink``, ``rmdir``; by path: calls relative to a ``dir_fd``
+    pass)."""
+    if _chmod_binds(folder.parent):
+        modes = {p: p.stat().st_mode for p in [folder, *folder.rglob("*")]}
+        for p in sorted(modes, key=lambda p: -len(p.parts)):
+            p.chmod(0o555 if p.is_dir() else 0o444)
+        try:
+            yield os.strerror(errno.EACCES)
+        finally:
+            for p, mode in modes.items():
+                p.chmod(mode)
+        return
+    monkeypatch = pytest.MonkeyPatch()
+    base = os.path.realpath(folder)
+
+    def under(path) -> bool:
+        if isinstance(path, int):
+            return False
+        p = os.path.realpath(os.fsdecode(path))
+        return p == base or p.startswith(base + os.sep)
+
+    def refuse(path):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
+
+    def guard(real, is_write=lambda *a, **k: True):
+        def call(path, *args, **kwargs):
+            if under(path) and is_write(*args, **kwargs):
+                refuse(path)
+            return real(path, *args, **kwargs)
+
+        return call
+
+    def opens_for_writing(mode="r", *a, **k) -> bool:
+        return any(c in mode for c in "wax+")
+
+    def os_open_writes(flags, *a, **k) -> bool:
+        return bool(flags & _WRITE_FLAGS)
+
+    for mod in (builtins, io):
+        monkeypatch.setattr(mod, "open", guard(io.open, opens_for_writing))
+    monkeypatch.setattr(os, "open", guard(os.open, os_open_writes))
+    for name in ("mkdir", "unlink", "remove", "rmdir"):
+        monkeypatch.setattr(os, name, guard(getattr(os, name)))
+    for name in ("rename", "replace"):
+        real2 = getattr(os, name)
+
+        def two(src, dst, *a, _real=real2, **k):
+            for p in (src, dst):
+                if under(p):
+                    refuse(p)
+            return _real(src, dst, *a, **k)
+
+        monkeypatch.setattr(os, name, two)
+    try:
+        yield os.strerror(errno.EROFS)
+    finally:
+        monkeypatch.undo()
+
+
+def _files(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` and its sha256."""
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_a_read_only_run_folder_is_refused_before_any_stage_and_stays_readable(
+    tmp_path, monkeypatch
+):
+    """A completed run on a read-only folder: a rerun (which would only skip) and a fresh run
+    below it stop at once with one line naming the folder; nothing is written or lost, the
+    outputs stay readable (``curamix status``), and once writable the rerun skips."""
+    from typer.testing import CliRunner
+
+    from curamix.cli import app
+    from curamix.io.store import RunFolderNotWritableError, latest_result
+
+    raw = _corpus(tmp_path / "raw")
+    run = tmp_path / "run"
+    cfg = _cfg(run, raw)
+    done = run_pipeline(cfg, spark=NO_SPARK)
+    (tmp_path / "p.yaml").write_text(json.dumps(cfg.model_dump(mode="json")))
+    before, outputs = _files(run), _outputs(run)
+    started = []
+    monkeypatch.setattr("curamix.pipelines.session.get_spark", lambda *a: started.append(a))
+    monkeypatch.setattr("curamix.runner.run_stage", lambda *a, **k: started.append(a))
+    with read_only(run) as reason:
+        with pytest.raises(RunFolderNotWritableError) as err:
+            run_pipeline(cfg, spark=NO_SPARK)
+        msg = str(err.value)
+        assert "\n" not in msg and f"run folder {run} is not writable ({reason}); " in msg
+        fresh = run / "new-run"
+        with pytest.raises(RunFolderNotWritableError, match=f"run folder {fresh} is not writable"):
+            run_pipeline(cfg.model_copy(update={"run_dir": str(fresh)}), spark=NO_SPARK)
+        out = CliRunner().invoke(app, ["run", str(tmp_path / "p.yaml")])
+        said = "".join(out.output.split())  # as the console wrapped it, without the spaces
+        assert out.exit_code == 2 and f"error:runfolder{run}isnotwritable" in said
+        assert "Traceback" not in out.output and isinstance(out.exception, SystemExit)
+        status = CliRunner().invoke(app, ["status", str(run), "--json"])
+        assert status.exit_code == 0, status.output
+        assert {r["stage"]: r["state"] for r in json.loads(status.output)} == {
+            "ingest": "done",
+            "dedup": "done",
+        }
+        assert latest_result(run, "dedup").path == done["dedup"].path
+        assert _files(run) == before and not fresh.exists()
+    assert not started  # neither Spark nor any stage
+    monkeypatch.undo()
+    again = run_pipeline(cfg, spark=NO_SPARK)  # writable again
+    assert all(r.skipped for r in again.values()) and _outputs(run) == outputs

@@ -128,3 +128,84 @@ def test_decision_lines_render_the_recommendation():
         "extrapolation from the largest proxy run: N x25, D x6.7, C x170",
         "note: epoch cap: code capped",
     ]
+
+
+def test_notes_are_validated_and_round_trip(tmp_path):
+    m = Mixture({"a": 0.5, "b": 0.5}, notes=["stage 'x' capped"])
+    assert m.notes == ("stage 'x' capped",)
+    back = Mixture.read_json(m.write_json(tmp_path / "m.json"))
+    assert back == m and back.to_dict()["notes"] == ["stage 'x' capped"]
+    assert "notes" not in Mixture({"a": 1.0}).to_dict()  # absent when there are none
+    with pytest.raises(MixtureError, match="notes must be a list of strings"):
+        Mixture({"a": 1.0}, notes="one string")
+
+
+def staged_over_cap() -> Mixture:
+    """Three stages; math asks for 3.2 epochs over the run, most of them in the short middle
+    stage; code's share stays within its cap."""
+    from curamix.mixture import Stage
+
+    return Mixture(
+        {"web": 0.7, "code": 0.2, "math": 0.1},
+        schedule=[Stage(0.5, {"web": 0.3, "code": 0.2, "math": 0.5}, "stage1"),
+                  Stage(0.7, {"web": 0.6, "code": 0.3, "math": 0.1}, "stage2")],
+        total_tokens=1000.0,
+        domain_tokens={"web": 10_000.0, "code": 200.0, "math": 50.0},
+        provenance={"method": "dga"},
+    )  # fmt: skip
+
+
+def test_cap_epochs_over_the_whole_schedule_keeps_the_shape_and_names_the_stages():
+    from curamix.mixture import cap_epochs, check_epoch_cap
+
+    m = staged_over_cap()
+    before = m.epochs()
+    assert before["math"] == pytest.approx((0.5 * 0.1 + 0.2 * 0.5 + 0.3 * 0.1) * 1000 / 50)
+    capped, over = cap_epochs(m, 2.0, budget="schedule")
+    assert over == {"math": pytest.approx(before["math"])}
+    after = capped.epochs()
+    assert after["math"] == pytest.approx(2.0) and max(after.values()) <= 2.0 + 1e-9
+    # math is scaled by the same factor in every stage: its schedule keeps its shape
+    factor = 2.0 / before["math"]
+    for s0, s1 in zip(m.stages(), capped.stages(), strict=True):
+        assert s1.weights["math"] == pytest.approx(s0.weights["math"] * factor)
+        # the stage's excess goes to its other domains in proportion to their weights
+        rest0 = {d: w for d, w in s0.weights.items() if d != "math"}
+        rest1 = {d: w for d, w in s1.weights.items() if d != "math"}
+        scale = (1 - s1.weights["math"]) / (1 - s0.weights["math"])
+        assert rest1 == pytest.approx({d: w * scale for d, w in rest0.items()})
+    (note,) = capped.notes
+    assert note.startswith("epoch cap: the schedule asked for 3.6 epochs of 'math'")
+    assert "stage1 [0.5, 0.7) 2 " not in note and "stage1 [0.5, 0.7) 2" in note
+    assert "max_epochs = 2" in note and capped.provenance["max_epochs"] == 2.0
+    check_epoch_cap(capped)
+    # the per-stage budget caps the short stage as if it lasted the whole run: flatter
+    flat, _ = cap_epochs(m, 2.0)
+    assert flat.schedule[0].weights["math"] == pytest.approx(0.1)
+    assert capped.schedule[0].weights["math"] > 0.25 and not flat.notes
+
+
+def test_cap_epochs_schedule_budget_spreads_and_refuses_what_cannot_fit():
+    from curamix.mixture import Stage, cap_epochs
+
+    m = staged_over_cap()
+    # spreading math's excess pushes code over its own cap too: both capped, both named
+    assert m.epochs()["code"] == pytest.approx(1.15)
+    capped, over = cap_epochs(m, 1.2, budget="schedule")
+    assert set(over) == {"math"} and max(capped.epochs().values()) <= 1.2 + 1e-9
+    assert capped.epochs()["code"] == pytest.approx(1.2)
+    math_note, code_note = capped.notes
+    assert math_note.startswith("epoch cap: the schedule asked for 3.6 epochs of 'math'")
+    assert code_note.startswith("epoch cap: the schedule, with the other domains' excess spread, "
+                                "drew 1.35 epochs of 'code'")  # fmt: skip
+    with pytest.raises(MixtureError, match="budget must be 'stage' or 'schedule', got 'run'"):
+        cap_epochs(m, 2.0, budget="run")
+    with pytest.raises(MixtureError, match=r"cannot be drawn within 2 epochs"):
+        cap_epochs(Mixture(dict(m.weights), total_tokens=1e6,
+                           domain_tokens=dict(m.domain_tokens)), 2.0, budget="schedule")  # fmt: skip
+    only = Mixture(
+        {"web": 0.5, "math": 0.5}, schedule=[Stage(0.5, {"math": 1.0}, "math-only")],
+        total_tokens=1000.0, domain_tokens={"web": 1e4, "math": 100.0},
+    )  # fmt: skip
+    with pytest.raises(MixtureError, match=r"stage 'math-only' \[0\.5, 1\) gives its weight only"):
+        cap_epochs(only, 2.0, budget="schedule")

@@ -19,14 +19,14 @@ err_console = Console(stderr=True, highlight=False)
 
 @contextmanager
 def _friendly_errors() -> Iterator[None]:
-    from curamix.io.store import RunLockedError
+    from curamix.io.store import RunFolderNotWritableError, RunLockedError
     from curamix.pipelines.dedup import DedupGateError
     from curamix.pipelines.ingest import QuarantineRateError
     from curamix.pipelines.session import JavaMissingError
 
     try:
         yield
-    except (ConfigError, JavaMissingError) as err:
+    except (ConfigError, JavaMissingError, RunFolderNotWritableError) as err:
         err_console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(2) from None
     except RunLockedError as err:
@@ -94,12 +94,14 @@ def _results_table(results: dict) -> None:
 
 
 def _run(cfg: PipelineConfig, only: list[str] | None = None) -> dict:
+    from curamix.io.store import check_writable
     from curamix.pipelines.session import get_spark
     from curamix.progress import spark_progress
     from curamix.runner import run_pipeline
 
     with _steps() as say:
         say(f"run folder: {cfg.run_dir}")
+        check_writable(cfg.run_dir)  # a read-only folder: exit 2 before Spark starts
         say(f"starting Spark ({cfg.spark.master})")
         spark = get_spark(cfg.spark)
         with spark_progress(spark, console):

@@ -40,6 +40,14 @@ def export_cmd(
     seed: Annotated[
         int | None, typer.Option(help="Seed written into formats that take one.")
     ] = None,
+    total_tokens: Annotated[
+        float | None,
+        typer.Option(help="The real run's tokens (stage boundaries are fractions of them)."),
+    ] = None,
+    max_epochs: Annotated[
+        float | None,
+        typer.Option(help="Cap every domain at this many epochs over the whole schedule."),
+    ] = None,
 ) -> None:
     """Render a mixture for a trainer (validated first; nothing written on error)."""
     from curamix.export import export_command
@@ -49,7 +57,7 @@ def export_cmd(
     try:
         written = export_command(
             source, fmt, out_dir, prefix_template=prefix_template, paths_json=paths, stage=stage,
-            total_steps=total_steps, seed=seed,
+            total_tokens=total_tokens, max_epochs=max_epochs, total_steps=total_steps, seed=seed,
         )  # fmt: skip
     except (MixtureError, ValueError, FileNotFoundError, KeyError) as err:
         err_console.print(f"[bold red]error:[/] {err}")

@@ -1,5 +1,5 @@
 """The pipeline stage commands: ``ingest``, ``run``, ``dedup``, ``quality``, ``decontam``, ``embed``,
-``semdedup``, ``coreset``, ``select``, ``score dsir`` / ``score betr``, and ``status``.
+``semdedup``, ``coreset``, ``select``, ``rds``, ``score dsir`` / ``score betr``, and ``status``.
 
 Each stage command adds its section to the run's config
 (:func:`curamix.runner.extend_run_config`) and runs that one stage on Spark; ``status``
@@ -447,6 +447,48 @@ def select_cmd(
         results = _run(cfg, only=["select"])
         report = results["select"].path / "report.md"
         console.print(f"report: [cyan]{report}[/]")
+
+
+def rds_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder with a completed ingest.")],
+    query: Annotated[
+        list[str],
+        typer.Option(
+            "--query", "-q", help="A task's query examples: file, folder or glob (repeatable)."
+        ),
+    ],
+    representation: Annotated[
+        str,
+        typer.Option(help="proxy (a proxy LM trained on a pool sample), hf:<path> or embed."),
+    ] = "proxy",
+    aggregation: Annotated[str, typer.Option(help="round_robin or max.")] = "round_robin",
+    budget_fraction: Annotated[
+        float | None, typer.Option(help="Share of the pool to keep (default 0.1).")
+    ] = None,
+    budget: Annotated[int | None, typer.Option(help="Absolute budget in --budget-unit.")] = None,
+    budget_unit: Annotated[str, typer.Option(help="documents or tokens (words).")] = "documents",
+    engine: Annotated[str, typer.Option(help="auto, local or spark.")] = "auto",
+) -> None:
+    """Keep the pool documents nearest to several tasks' query examples, round-robin over the
+    tasks (RDS+, Ivison et al. 2025)."""
+    from curamix.runner import extend_run_config
+
+    with _friendly_errors():
+        section = {
+            "query_inputs": [{"path": str(Path(p).resolve())} for p in query],
+            "representation": representation,
+            "aggregation": aggregation,
+            "budget_fraction": budget_fraction,
+            "budget": budget,
+            "budget_unit": budget_unit,
+            "engine": engine,
+        }
+        results = _run(extend_run_config(run_dir, "rds", section), only=["rds"])
+        r = results["rds"].manifest.get("rds", {})
+        if r:
+            per = ", ".join(f"{t} {v['contributed']}" for t, v in r["tasks"].items())
+            console.print(f"kept {r['selected']} documents ({per})")
+        console.print(f"report: [cyan]{results['rds'].path / 'report.md'}[/]")
 
 
 _COUNTS = ("in", "kept", "removed", "quarantined", "out")

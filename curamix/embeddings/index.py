@@ -7,7 +7,7 @@ All the FAISS use of curamix goes through this module (Johnson, Douze & Jégou 2
   Yashunin 2018, arXiv:1603.09320) over float32 vectors, with string ids, saved as
   ``faiss.write_index`` + Parquet ids + JSON meta (no pickle), on the GPU when FAISS sees one.
 - :func:`check_fits`: the index's memory estimate against a ceiling, checked before anything
-  is allocated.
+  is allocated: host memory for a CPU index, the free memory of GPU 0 for a GPU one.
 - :func:`spherical_kmeans`: ``faiss.Kmeans(spherical=True)``, the clustering of SemDeDup
   (Abbas et al. 2023, arXiv:2303.09540) and SSL prototypes (Sorscher et al. 2022,
   arXiv:2206.14486).
@@ -24,6 +24,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,8 +44,13 @@ PQ_NBITS = 8
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 64
 MEMORY_SHARE = 0.8
-"""Default ceiling: this share of the available memory."""
+"""Default ceiling: this share of the available memory (host, or free GPU memory)."""
 INDEX_FILE, IDS_FILE, META_FILE = "index.faiss", "ids.parquet", "meta.json"
+GIB = 1 << 30
+FAISS_GPU_SCRATCH = ((4 * GIB, GIB // 2), (8 * GIB, GIB), (None, 3 * GIB // 2))
+"""The temporary memory a ``faiss.StandardGpuResources`` reserves on a GPU of at most this
+much total memory (faiss/gpu/StandardGpuResources.cpp: 512 MiB up to 4 GiB, 1 GiB up to
+8 GiB, 1.5 GiB above). It comes out of the free GPU memory before the index."""
 
 
 class IndexTooLargeError(MemoryError):
@@ -59,7 +65,7 @@ class GPUUnavailableError(RuntimeError):
 
 
 def available_memory_bytes() -> int:
-    """Available memory: psutil when importable, else ``MemAvailable`` of /proc/meminfo."""
+    """Available host memory: psutil when importable, else ``MemAvailable`` of /proc/meminfo."""
     try:
         import psutil
 
@@ -78,11 +84,87 @@ def available_memory_bytes() -> int:
     )
 
 
-def memory_limit_bytes(cfg: IndexConfig) -> int:
-    """``cfg.max_memory_gb`` (GB = 1e9 bytes), else 80% of the available memory."""
+def gpu_memory_bytes(device: int = 0) -> tuple[int, int]:
+    """``(free, total)`` bytes of CUDA device ``device`` (``torch.cuda.mem_get_info``).
+
+    Raises ``RuntimeError`` when torch sees no CUDA device (a CPU build of torch next to
+    faiss-gpu): the free GPU memory cannot be told then.
+    """
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        torch = None
+    if torch is None or not torch.cuda.is_available():
+        raise RuntimeError(
+            "cannot tell the free GPU memory (torch sees no CUDA device); set "
+            "index.max_memory_gb, or index.gpu=off to build the index in host memory"
+        )
+    free, total = torch.cuda.mem_get_info(device)
+    return int(free), int(total)
+
+
+def faiss_scratch_bytes(total: int) -> int:
+    """GPU memory FAISS's resources reserve for scratch space on a GPU of ``total`` bytes
+    (:data:`FAISS_GPU_SCRATCH`); 0 once this process's resources exist (already allocated,
+    so already out of the free memory)."""
+    if _GPU_RES:
+        return 0
+    for cap, scratch in FAISS_GPU_SCRATCH:
+        if cap is None or total <= cap:
+            return scratch
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """What an index may take: ``limit`` bytes of host or GPU memory (``on_gpu``); ``source``
+    says where the limit comes from, for error messages."""
+
+    limit: int
+    source: str
+    on_gpu: bool
+
+
+def memory_budget(cfg: IndexConfig, gpu: bool = False) -> MemoryBudget:
+    """The memory ceiling of an index of ``cfg``.
+
+    On the host: ``cfg.max_memory_gb`` (GB = 1e9 bytes), else 80% of the available memory.
+    On the GPU (``gpu=True``): 80% of the free memory of GPU 0 less FAISS's scratch space
+    (:func:`faiss_scratch_bytes`), and at most ``cfg.max_memory_gb`` when set; host memory is
+    not consulted. When the free GPU memory cannot be told, ``cfg.max_memory_gb`` alone
+    (a ``RuntimeError`` without it).
+    """
+    cap = None
     if cfg.max_memory_gb is not None:
-        return int(cfg.max_memory_gb * 1e9)
-    return int(MEMORY_SHARE * available_memory_bytes())
+        cap = MemoryBudget(
+            int(cfg.max_memory_gb * 1e9), f"index.max_memory_gb={cfg.max_memory_gb}", gpu
+        )
+    if not gpu:
+        if cap is not None:
+            return cap
+        avail = available_memory_bytes()
+        return MemoryBudget(
+            int(MEMORY_SHARE * avail), f"{MEMORY_SHARE:.0%} of the {_gb(avail)} available", False
+        )
+    try:
+        free, total = gpu_memory_bytes(0)
+    except RuntimeError:
+        if cap is not None:
+            return cap
+        raise
+    scratch = faiss_scratch_bytes(total)
+    usable = MemoryBudget(
+        max(0, int(MEMORY_SHARE * free) - scratch),
+        f"{MEMORY_SHARE:.0%} of the {_gb(free)} ({free:,} bytes) free on GPU 0, less "
+        f"{_gb(scratch)} of FAISS scratch memory",
+        True,
+    )
+    return cap if cap is not None and cap.limit <= usable.limit else usable
+
+
+def memory_limit_bytes(cfg: IndexConfig, gpu: bool = False) -> int:
+    """The ceiling of :func:`memory_budget` in bytes."""
+    return memory_budget(cfg, gpu).limit
 
 
 def default_nlist(n: int) -> int:
@@ -118,52 +200,90 @@ def _bytes_for(kind: str, n: int, dim: int, cfg: IndexConfig) -> int:
     raise ValueError(f"index kind must be one of {KINDS}, got {kind!r}")
 
 
-def choose_kind(n: int, dim: int, cfg: IndexConfig) -> str:
-    """The index kind for ``n`` vectors: ``cfg.kind``, or for ``auto`` Flat up to
-    ``cfg.flat_max`` vectors, IVF above, IVF-PQ when IVF would not fit the memory ceiling."""
-    if cfg.kind != "auto":
-        return cfg.kind
-    if n <= cfg.flat_max:
-        return "flat"
-    if _bytes_for("ivf", n, dim, cfg) <= memory_limit_bytes(cfg) or dim % cfg.pq_m:
+def _auto_kind(n: int, dim: int, cfg: IndexConfig, limit: int) -> str:
+    if _bytes_for("ivf", n, dim, cfg) <= limit or dim % cfg.pq_m:
         return "ivf"
     return "ivfpq"
 
 
-def estimate_index_bytes(n: int, dim: int, cfg: IndexConfig) -> int:
-    """Estimated host memory of the index :func:`choose_kind` picks (vectors or codes, ids,
-    links, centroids, the training sample copy)."""
-    return _bytes_for(choose_kind(n, dim, cfg), n, dim, cfg)
+def choose_kind(n: int, dim: int, cfg: IndexConfig, gpu: bool | None = None) -> str:
+    """The index kind for ``n`` vectors: ``cfg.kind``, or for ``auto`` Flat up to
+    ``cfg.flat_max`` vectors, IVF above, IVF-PQ when IVF would not fit the memory ceiling
+    (of the GPU when the index goes there: ``gpu``, default :func:`builds_on_gpu`)."""
+    if cfg.kind != "auto":
+        return cfg.kind
+    if n <= cfg.flat_max:
+        return "flat"
+    on_gpu = builds_on_gpu(cfg) if gpu is None else bool(gpu)
+    return _auto_kind(n, dim, cfg, memory_budget(cfg, on_gpu).limit)
+
+
+def estimate_index_bytes(n: int, dim: int, cfg: IndexConfig, gpu: bool | None = None) -> int:
+    """Estimated memory of the index :func:`choose_kind` picks (vectors or codes, ids,
+    links, centroids, the training sample copy); a GPU index takes about the same."""
+    return _bytes_for(choose_kind(n, dim, cfg, gpu), n, dim, cfg)
 
 
 def _gb(b: float) -> str:
     return f"{b / 1e9:.3g} GB"
 
 
-def check_fits(n: int, dim: int, cfg: IndexConfig) -> int:
-    """The estimate in bytes; raises :class:`IndexTooLargeError` (before any allocation) when
-    it exceeds ``cfg.max_memory_gb`` or 80% of the available memory."""
-    kind = choose_kind(n, dim, cfg)
+@dataclass(frozen=True)
+class IndexPlan:
+    """The index :meth:`VectorIndex.build` makes for ``n`` vectors: its ``kind``, whether it
+    goes to the GPU (``on_gpu``) and its estimated size ``need`` in bytes."""
+
+    kind: str
+    on_gpu: bool
+    need: int
+
+
+def plan_index(n: int, dim: int, cfg: IndexConfig, gpu: bool | None = None) -> IndexPlan:
+    """The kind, device and size of an index of ``n`` x ``dim`` vectors, after the memory
+    gate: :class:`IndexTooLargeError` before any allocation when the estimate exceeds the
+    ceiling of :func:`memory_budget` (the free GPU memory when the index goes there, host
+    memory otherwise; one reading of it decides both the kind and the gate).
+
+    ``gpu`` defaults to :func:`builds_on_gpu` (which raises :class:`GPUUnavailableError` for
+    ``gpu: on`` without a GPU).
+    """
+    on_gpu = builds_on_gpu(cfg) if gpu is None else bool(gpu)
+    budget = memory_budget(cfg, on_gpu)
+    kind = cfg.kind
+    if kind == "auto":
+        kind = "flat" if n <= cfg.flat_max else _auto_kind(n, dim, cfg, budget.limit)
     need = _bytes_for(kind, n, dim, cfg)
-    limit = memory_limit_bytes(cfg)
-    if need > limit:
-        source = (
-            f"index.max_memory_gb={cfg.max_memory_gb}"
-            if cfg.max_memory_gb is not None
-            else f"{MEMORY_SHARE:.0%} of the {_gb(available_memory_bytes())} available"
-        )
-        hint = []
-        if kind != "ivfpq":
-            pq = _bytes_for("ivfpq", n, dim, cfg) if dim % cfg.pq_m == 0 else None
-            hint.append("index.kind=ivfpq" + (f" (about {_gb(pq)})" if pq is not None else ""))
-        else:
-            hint.append("a smaller index.pq_m")
-        hint += ["a larger index.max_memory_gb", "embed.sample to embed fewer documents"]
-        raise IndexTooLargeError(
-            f"{'an' if kind.startswith('i') else 'a'} {kind} index of {n} x {dim} vectors needs about {_gb(need)}, over the limit of "
-            f"{_gb(limit)} ({source}); use " + ", or ".join(hint)
-        )
-    return need
+    if need > budget.limit:
+        raise IndexTooLargeError(_too_large(kind, n, dim, need, budget, cfg))
+    return IndexPlan(kind, on_gpu, need)
+
+
+def _too_large(
+    kind: str, n: int, dim: int, need: int, budget: MemoryBudget, cfg: IndexConfig
+) -> str:
+    article = "an" if kind.startswith("i") else "a"
+    hint = ["index.gpu=off to build it in host memory"] if budget.on_gpu else []
+    if kind != "ivfpq":
+        pq = _bytes_for("ivfpq", n, dim, cfg) if dim % cfg.pq_m == 0 else None
+        hint.append("index.kind=ivfpq" + (f" (about {_gb(pq)})" if pq is not None else ""))
+    else:
+        hint.append("a smaller index.pq_m")
+    if not budget.on_gpu or cfg.max_memory_gb is not None:
+        hint.append("a larger index.max_memory_gb")
+    hint.append("embed.sample to embed fewer documents")
+    size = f"{_gb(need)} ({need:,} bytes) of GPU memory" if budget.on_gpu else _gb(need)
+    return (
+        f"{article} {kind} index of {n} x {dim} vectors needs about {size}, over the limit of "
+        f"{_gb(budget.limit)} ({budget.source}); use " + ", or ".join(hint)
+    )
+
+
+def check_fits(n: int, dim: int, cfg: IndexConfig, gpu: bool | None = None) -> int:
+    """The estimate in bytes; raises :class:`IndexTooLargeError` (before any allocation) when
+    it exceeds the memory ceiling (:func:`memory_budget`): ``cfg.max_memory_gb`` or 80% of
+    the available host memory, or for an index that goes to the GPU 80% of the free GPU
+    memory less FAISS's scratch space."""
+    return plan_index(n, dim, cfg, gpu).need
 
 
 # --- GPU --------------------------------------------------------------------------------------
@@ -177,6 +297,26 @@ def faiss_gpus() -> int:
     if get is None or not hasattr(faiss, "StandardGpuResources"):
         return 0
     return int(get())
+
+
+def builds_on_gpu(cfg: IndexConfig) -> bool:
+    """Whether :meth:`VectorIndex.build` puts an index of ``cfg`` on the GPU: :func:`use_gpu`
+    of ``cfg.gpu``, never for HNSW (no FAISS GPU version; ``gpu: on`` with HNSW is an error
+    of ``build``)."""
+    return cfg.kind != "hnsw" and use_gpu(cfg.gpu)
+
+
+def gpu_setting(gpu: str | bool, kind: str = "auto") -> str:
+    """``gpu`` resolved for a cache key: ``"on"`` or ``"off"``. ``auto`` is ``"on"`` when FAISS
+    sees a GPU (and ``kind`` is not HNSW); ``on`` stays ``"on"`` even without one (never
+    raises: building is what fails)."""
+    if gpu is True or gpu == "on":
+        return "on"
+    if gpu is False or gpu == "off":
+        return "off"
+    if gpu == "auto":
+        return "on" if kind != "hnsw" and faiss_gpus() > 0 else "off"
+    raise ValueError(f"gpu must be 'auto', 'on' or 'off', got {gpu!r}")
 
 
 def use_gpu(gpu: str | bool) -> bool:
@@ -265,7 +405,8 @@ class VectorIndex:
     ) -> VectorIndex:
         """Build an index of ``vectors`` (n, dim); ``ids`` default to the positions as strings.
 
-        The memory estimate is checked first (:func:`check_fits`). IVF trains on the vectors
+        The memory estimate is checked first (:func:`check_fits`; on the GPU against its free
+        memory, see :func:`memory_budget`). IVF trains on the vectors
         with ``seed``; ``nlist`` defaults to :func:`default_nlist`. IVF-PQ needs ``pq_m`` to
         divide ``dim`` and at least 256 vectors. HNSW: ``M = hnsw_m``, efConstruction 80.
         """
@@ -285,16 +426,15 @@ class VectorIndex:
         )
         if len(ids_arr) != n:
             raise ValueError(f"got {len(ids_arr)} ids for {n} vectors")
-        check_fits(n, dim, cfg)
-        kind = choose_kind(n, dim, cfg)
         gpu = use_gpu(cfg.gpu)
-        if kind == "hnsw" and gpu:
+        if cfg.kind == "hnsw" and gpu:
             if cfg.gpu == "on":
                 raise GPUUnavailableError(
                     "index.kind=hnsw has no FAISS GPU version; use gpu='auto' or 'off', or "
                     "kind flat/ivf/ivfpq"
                 )
             gpu = False
+        kind = plan_index(n, dim, cfg, gpu).kind  # the memory gate of that device, first
         mt = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
         meta: dict[str, Any] = {"seed": seed}
         if kind == "flat":

@@ -26,12 +26,13 @@ from curamix.export.render import (
     render_levanter,
     render_llm_foundry,
     render_megatron,
+    render_megatron_script,
     render_nanotron,
     render_notes,
     render_olmo_core,
     render_yaml,
 )
-from curamix.export.write import export_command, export_file_name, export_mixture
+from curamix.export.write import export_command, export_file_name, export_mixture, scale_mixture
 
 __all__ = [
     "ALIASES",
@@ -52,8 +53,10 @@ __all__ = [
     "render_levanter",
     "render_llm_foundry",
     "render_megatron",
+    "render_megatron_script",
     "render_nanotron",
     "render_notes",
     "render_olmo_core",
     "render_yaml",
+    "scale_mixture",
 ]

@@ -213,6 +213,19 @@ def notes_lines(mixture: Mixture, fmt: str, view: StageView | None = None) -> li
     lines = [head, *decision_lines(prov)]
     if mixture.provenance.get("max_epochs") is not None:
         lines.append(f"max_epochs: {float(prov['max_epochs']):g} per domain (checked)")
+    sched = prov.get("schedule")
+    if isinstance(sched, Mapping) and sched.get("source") == "trajectory":
+        held = (
+            "these stages"
+            if sched.get("export") == "staged"
+            else "the mixer's final weights (the staged schedule is in provenance)"
+        )
+        lines.append(
+            f"schedule from the mixer's trajectory: {sched.get('n_stages')} stages from "
+            f"{sched.get('n_points')} points, max L1 {float(sched.get('max_l1', 0)):.3g} to the "
+            f"continuous weights; the mixture holds {held}"
+        )
+    lines += [f"note: {n}" for n in mixture.notes]
     if len(views) > 1:
         lines.append(
             f"schedule: {len(views)} stages, as fractions of training: "

@@ -18,9 +18,16 @@ Schedules (never silently the first stage only):
 - ``nanotron`` and ``levanter`` have a native schedule (``data_stages`` with
   ``start_training_step``; ``train_weights`` as ``[step, weights]`` pairs): a multi-stage
   mixture needs ``total_steps`` to place the boundaries, or ``stage=`` for one stage.
-- ``megatron``, ``olmo-core``, ``llm-foundry``, ``hf`` hold one stage: a multi-stage
-  mixture needs ``stage=`` (a label such as ``"main"``/``"upsample"``, or an index), and
-  :func:`render` / :func:`export_mixture` render every stage, one file each.
+- ``hf``: one snippet runs every stage: a seeded sampler that draws each example's domain
+  with the probabilities of the stage in force and switches at the token boundaries
+  (``interleave_datasets`` takes one probability vector); ``stage=`` renders one stage as
+  ``interleave_datasets``.
+- ``megatron``, ``olmo-core``, ``llm-foundry`` hold one stage: a multi-stage mixture needs
+  ``stage=`` (a label such as ``"main"``/``"upsample"``, or an index), and :func:`render` /
+  :func:`export_mixture` render every stage, one file each, plus a README of the token
+  boundaries and how to resume from one stage to the next (:func:`render_notes`); for
+  Megatron also a run script that trains the phases in order
+  (:func:`render_megatron_script`).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from curamix.export._common import (
     StageView,
     comment_block,
     dropped_note,
+    fmt_tokens,
     notes_lines,
     plain,
     positive,
@@ -337,7 +345,141 @@ def render_llm_foundry(
     return comment_block(lines) + _yaml({"streams": streams})
 
 
+def render_megatron_script(mixture: MixtureLike, files: Mapping[str, str]) -> str:
+    """A bash script that trains a multi-stage mixture with Megatron-LM, one phase per stage.
+
+    ``files`` maps each stage label to its ``--data-args-path`` file (as
+    :func:`export_mixture` names them, in the script's folder). Every phase runs
+    ``$LAUNCH $MEGATRON $MEGATRON_ARGS`` with its blend, ``--train-samples`` = the samples
+    at the phase's end (counted from the start of the run: Megatron resumes its iteration and
+    consumed-sample counters from the checkpoint), ``--lr-decay-samples`` = the whole run's
+    samples (one LR schedule across phases), and ``--load``/``--save`` on ``$CKPT_DIR``.
+    The run's samples are ``TRAIN_SAMPLES``, by default ``TOTAL_TOKENS / SEQ_LENGTH`` with
+    ``TOTAL_TOKENS`` the mixture's ``total_tokens`` (when it has one).
+    """
+    m = as_mixture(mixture)
+    views = stage_views(m)
+    missing = [v.label for v in views if v.label not in files]
+    if missing:
+        raise MixtureError(f"megatron: no blend file for stage(s) {missing}")
+    total = (
+        f'TOTAL_TOKENS="${{TOTAL_TOKENS:-{round(m.total_tokens)}}}"'
+        if m.total_tokens is not None
+        else ': "${TOTAL_TOKENS:?set TOTAL_TOKENS (the run\'s tokens; the mixture has none)}"'
+    )
+    head = [
+        *notes_lines(m, "megatron"),
+        f"Megatron-LM has no blend schedule: {len(views)} phases, one blend each, each resuming "
+        "from the previous phase's checkpoint.",
+        "usage: SEQ_LENGTH=2048 CKPT_DIR=/ckpt MEGATRON_ARGS='--num-layers ... "
+        "--lr-warmup-samples ...' bash this-script",
+        "env: TOTAL_TOKENS or TRAIN_SAMPLES (the run), LAUNCH (default torchrun), "
+        "MEGATRON (default pretrain_gpt.py)",
+    ]
+    lines = [
+        "#!/usr/bin/env bash",
+        comment_block(head).rstrip("\n"),
+        "set -euo pipefail",
+        'HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"',
+        ': "${SEQ_LENGTH:?set SEQ_LENGTH (tokens per sample)}"',
+        ': "${CKPT_DIR:?set CKPT_DIR (one checkpoint folder for every phase)}"',
+        total,
+        'TRAIN_SAMPLES="${TRAIN_SAMPLES:-$((TOTAL_TOKENS / SEQ_LENGTH))}"',
+        'LAUNCH="${LAUNCH:-torchrun --nproc-per-node=${GPUS_PER_NODE:-1}}"',
+        'MEGATRON="${MEGATRON:-pretrain_gpt.py}"',
+        "",
+        "phase() {  # label, blend file, end of the phase as a fraction of the run",
+        "  local end",
+        '  end="$(awk -v n="$TRAIN_SAMPLES" -v f="$3" \'BEGIN { printf "%.0f", n * f }\')"',
+        '  echo "curamix: phase $1 until sample $end of $TRAIN_SAMPLES ($2)"',
+        "  # shellcheck disable=SC2086  # LAUNCH and MEGATRON_ARGS are word lists",
+        '  $LAUNCH "$MEGATRON" ${MEGATRON_ARGS:-} \\',
+        '    --seq-length "$SEQ_LENGTH" \\',
+        '    --data-args-path "$HERE/$2" \\',
+        '    --train-samples "$end" \\',
+        '    --lr-decay-samples "$TRAIN_SAMPLES" \\',
+        '    --load "$CKPT_DIR" --save "$CKPT_DIR"',
+        "}",
+        "",
+    ]
+    for v in views:
+        lines.append(f"phase {shlex.quote(v.label)} {shlex.quote(files[v.label])} {v.end!r}")
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------- Hugging Face datasets
+
+
+def _hf_staged(
+    m: Mixture, locs: Mapping[str, list[str]], builder: str | None, seed: int, split: str,
+    streaming: bool,
+) -> str:  # fmt: skip
+    """The multi-stage snippet of :func:`render_hf`: a stage-switching sampler."""
+    views = stage_views(m)
+    used = [d for d in m.domains if any(v.weights[d] > 0 for v in views)]
+    path_map = {d: (locs[d][0] if builder is None else locs[d]) for d in used}
+    if builder is None:
+        load = "load_dataset(PATHS[d], split=SPLIT, streaming=STREAMING)"
+    else:
+        load = f"load_dataset({builder!r}, data_files=PATHS[d], split=SPLIT, streaming=STREAMING)"
+    lines = notes_lines(m, "hf")
+    zero = [d for d in m.domains if d not in used]
+    if zero:
+        lines.append(f"left out (weight 0 in every stage): {', '.join(zero)}")
+    lines.append(
+        "interleave_datasets takes one probability vector: the sampler below draws each "
+        "example's domain with the probabilities of the stage in force instead"
+    )
+    stages = "".join(
+        f"    ({v.label!r}, {v.start!r}, [{', '.join(repr(v.weights[d]) for d in used)}]),\n"
+        for v in views
+    )
+    total = (
+        f"TOTAL = {round(m.total_tokens)!r}  # tokens over the whole run\n"
+        if m.total_tokens is not None
+        else "TOTAL = None  # set it: the run's tokens (the mixture has no total_tokens)\n"
+    )
+    return (
+        comment_block(lines)
+        + "import random\n\n"
+        + "from datasets import load_dataset\n\n"
+        + f"DOMAINS = {json.dumps(used)}\n"
+        + f"PATHS = {json.dumps(path_map, indent=4)}\n"
+        + "# (label, start as a fraction of TOTAL, probabilities in DOMAINS order)\n"
+        + f"STAGES = [\n{stages}]\n"
+        + total
+        + f"SEED = {seed!r}\n"
+        + f"SPLIT = {split!r}\n"
+        + f"STREAMING = {bool(streaming)!r}\n\n\n"
+        + "def size(example):\n"
+        + '    """Tokens one example adds to the budget (tokenize first: input_ids)."""\n'
+        + '    return len(example["input_ids"])\n\n\n'
+        + "def staged_examples(datasets, stages=STAGES, total=TOTAL, seed=SEED, size=size):\n"
+        + '    """Examples of ``datasets`` (DOMAINS order), each from a domain drawn with the\n'
+        + "    probabilities of the stage in force; a stage is in force from ``start * total``\n"
+        + "    tokens on. A domain that runs out starts over (like interleave_datasets'\n"
+        + '    "all_exhausted"); the stream ends after ``total`` tokens."""\n'
+        + "    if total is None:\n"
+        + '        raise ValueError("set TOTAL: the stage boundaries are fractions of it")\n'
+        + "    return _draw(datasets, stages, total, random.Random(seed), size)\n\n\n"
+        + "def _draw(datasets, stages, total, rng, size):\n"
+        + "    iters = [iter(d) for d in datasets]\n"
+        + "    ends = [start * total for _, start, _ in stages[1:]] + [total]\n"
+        + "    drawn, stage = 0, 0\n"
+        + "    while drawn < total:\n"
+        + "        while drawn >= ends[stage]:\n"
+        + "            stage += 1\n"
+        + "        i = rng.choices(range(len(iters)), weights=stages[stage][2])[0]\n"
+        + "        try:\n"
+        + "            example = next(iters[i])\n"
+        + "        except StopIteration:\n"
+        + "            iters[i] = iter(datasets[i])\n"
+        + "            example = next(iters[i])\n"
+        + "        drawn += size(example)\n"
+        + "        yield example\n\n\n"
+        + f"datasets = [{load} for d in DOMAINS]\n"
+        + "mixed = staged_examples(datasets)  # a generator of examples for the training loop\n"
+    )
 
 
 def render_hf(
@@ -351,22 +493,30 @@ def render_hf(
     streaming: bool = True,
     builder: str | None = None,
 ) -> str:
-    """A Python snippet: ``datasets.interleave_datasets`` over the domains, for one stage.
+    """A Python snippet: ``datasets.interleave_datasets`` over the domains, for one stage, or
+    a stage-switching sampler for every stage of a multi-stage mixture.
 
-    The domains (weight > 0) are in the mixture's order in ``DOMAINS``, their probabilities
-    in ``PROBABILITIES``; ``stopping_strategy="all_exhausted"``. Each domain is loaded with
-    ``load_dataset(PATHS[d], split=..., streaming=...)`` (a Hub id or a local folder), or,
-    with ``builder`` (``"parquet"``, ``"json"``, ...), ``load_dataset(builder,
-    data_files=PATHS[d], ...)``. ``seed`` defaults to the mixture's provenance seed, else 0.
-    Probabilities pick examples, not tokens: with documents of very different lengths per
-    domain, pack or chunk to fixed lengths first to keep token shares.
+    One stage (or ``stage=``): the domains (weight > 0) are in the mixture's order in
+    ``DOMAINS``, their probabilities in ``PROBABILITIES``; ``stopping_strategy=
+    "all_exhausted"``. Several stages: ``STAGES`` lists ``(label, start, probabilities)``,
+    ``TOTAL`` the run's tokens (the mixture's ``total_tokens``), and ``staged_examples``
+    draws each example's domain with the probabilities of the stage in force (seeded
+    ``random.Random``), switching when the tokens drawn (``len(input_ids)``) pass the next
+    start; ``mixed`` is its generator. Each domain is loaded with ``load_dataset(PATHS[d],
+    split=..., streaming=...)`` (a Hub id or a local folder), or, with ``builder``
+    (``"parquet"``, ``"json"``, ...), ``load_dataset(builder, data_files=PATHS[d], ...)``.
+    ``seed`` defaults to the mixture's provenance seed, else 0. Probabilities pick examples,
+    not tokens: with documents of very different lengths per domain, pack or chunk to fixed
+    lengths first to keep token shares.
     """
     m = as_mixture(mixture)
-    view = select_stage(m, stage, "hf")
     locs = resolve_locations(m, "hf", paths, template, single=builder is None)
     assert locs is not None
-    pos = positive(view)
     seed = _seed(m, seed)
+    if stage is None and len(m.stages()) > 1:
+        return _hf_staged(m, locs, builder, seed, split, streaming)
+    view = select_stage(m, stage, "hf")
+    pos = positive(view)
     path_map = {d: (locs[d][0] if builder is None else locs[d]) for d in pos}
     if builder is None:
         load = "load_dataset(PATHS[d], split=SPLIT, streaming=STREAMING)"
@@ -447,9 +597,11 @@ def _seed(m: Mixture, seed: int | None) -> int:
 class ExportFormat(NamedTuple):
     """A trainer format: its renderer, file extension and how it holds a schedule.
 
-    ``schedule``: ``"whole"`` (one file, every stage), ``"native"`` (one file, the format's
-    own schedule; needs ``total_steps`` for several stages) or ``"per-stage"`` (one file per
-    stage). ``sidecar``: the format cannot hold comments, so the notes go to a ``.md`` file.
+    ``schedule``: ``"whole"`` (one file, every stage), ``"native"`` (one file that runs the
+    stages: the trainer's own schedule, needing ``total_steps`` for nanotron and Levanter; the
+    ``hf`` snippet's sampler) or ``"per-stage"`` (one file per stage, plus a README of the
+    boundaries). ``sidecar``: the format cannot hold comments, so the notes go to a ``.md``
+    file.
     """
 
     render: Callable[..., str]
@@ -466,7 +618,7 @@ FORMATS: dict[str, ExportFormat] = {
     "olmo-core": ExportFormat(render_olmo_core, "yaml", "per-stage"),
     "nanotron": ExportFormat(render_nanotron, "yaml", "native"),
     "llm-foundry": ExportFormat(render_llm_foundry, "yaml", "per-stage"),
-    "hf": ExportFormat(render_hf, "py", "per-stage"),
+    "hf": ExportFormat(render_hf, "py", "native"),
     "levanter": ExportFormat(render_levanter, "yaml", "native"),
 }
 
@@ -522,19 +674,71 @@ def render(mixture: MixtureLike, fmt: str, **options: Any) -> dict[str, str]:
     return {label: spec.render(m, **{**options, "stage": label}) for label in stage_labels(m)}
 
 
-def render_notes(mixture: MixtureLike, fmt: str, files: Mapping[str, str] | None = None) -> str:
-    """Markdown notes for ``fmt``'s files: the decision, schedule, per-domain tokens and
-    epochs, usage.
+RESUME: dict[str, str] = {
+    "megatron": (
+        "Megatron-LM has no blend schedule: train each stage with its own file, resuming from "
+        "the previous stage's checkpoint at the stage boundary. `{script}` does it: phase by "
+        "phase, `--data-args-path` the phase's blend, `--train-samples` the samples at the "
+        "phase's end counted from the start of the run (Megatron resumes its iteration and "
+        "consumed-sample counters from the checkpoint), `--lr-decay-samples` the whole run's "
+        "samples (one LR schedule), `--load`/`--save` one folder. Megatron resumes the data by "
+        "one consumed-samples index into the rebuilt blend: a phase skips that many samples of "
+        "its own blend's order, and may draw documents an earlier phase drew (at most the "
+        "epochs above)."
+    ),
+    "olmo-core": (
+        "OLMo-core reads one source mixture per run: train the stages in order, each with its "
+        "file as the dataset's source mixture, from the previous stage's checkpoint "
+        "(`trainer.load_path`), until the stage's end in tokens counted from the start of the "
+        "run (`trainer.max_duration`); `requested_tokens` is the stage's own share. Keep one LR "
+        "schedule over the whole run, and do not restore the previous stage's data-loader "
+        "position (its mixture differs)."
+    ),
+    "llm-foundry": (
+        "llm-foundry (Composer) takes one set of streams per run: train the stages in order, "
+        "each with its `streams` under `train_loader.dataset`, from the previous stage's "
+        "checkpoint (`load_path`), until the stage's end in tokens counted from the start of "
+        "the run (`max_duration: <end>tok`). Keep one LR schedule over the whole run (its "
+        "`t_max` the run's duration), and do not restore the previous stage's data-loader "
+        "state (its streams differ)."
+    ),
+}
+"""How to train a per-stage export's files in order (:func:`render_notes`)."""
 
-    ``files`` maps a :func:`render` key to the file name written for it. Megatron's and CSV
-    files cannot hold comments, so :func:`~curamix.export.export_mixture` writes this next to
-    them.
+
+def render_notes(
+    mixture: MixtureLike,
+    fmt: str,
+    files: Mapping[str, str] | None = None,
+    script: str | None = None,
+) -> str:
+    """Markdown notes for ``fmt``'s files: the decision, schedule, per-domain tokens and
+    epochs, usage, and for several stage files the token boundaries and how to go from one
+    stage to the next.
+
+    ``files`` maps a :func:`render` key to the file name written for it; ``script`` names a
+    run script that trains the stages (Megatron). Megatron's and CSV files cannot hold
+    comments, so :func:`~curamix.export.export_mixture` writes this next to them, and next to
+    the stage files of every per-stage format.
     """
     name = format_name(fmt)
     m = as_mixture(mixture)
     views = {v.label: v for v in stage_views(m)}
     out = [f"# curamix mixture: {name} export", ""]
     out += ["```", *notes_lines(m, name), "```", ""]
+    staged = [k for k in (files or {}) if k in views]
+    if len(staged) > 1:
+        out += ["## Stages", "", "| stage | file | from | to | tokens from | tokens to |"]
+        out.append("|---|---|---:|---:|---:|---:|")
+        for key in staged:
+            v = views[key]
+            t = m.total_tokens
+            lo = fmt_tokens(v.start * t) if t is not None else "-"
+            hi = fmt_tokens(v.end * t) if t is not None else "-"
+            out.append(f"| {key} | `{files[key]}` | {v.start:g} | {v.end:g} | {lo} | {hi} |")
+        out.append("")
+        if name in RESUME:
+            out += [RESUME[name].format(script=script or "the run script"), ""]
     for key, fname in (files or {}).items():
         view = views.get(key) if key else (next(iter(views.values())) if len(views) == 1 else None)
         title = f"## `{fname}`" + (f": stage {key!r}" if key else "")
@@ -554,10 +758,6 @@ def render_notes(mixture: MixtureLike, fmt: str, files: Mapping[str, str] | None
         if view is not None:
             zero = dropped_note(view)
             out += [*zero, ""] if zero else []
-    if name == "megatron" and len(views) > 1:
-        out += [
-            "Megatron-LM has no blend schedule: train each stage with its own file, resuming "
-            "from the previous stage's checkpoint at the stage boundary.",
-            "",
-        ]
+    if script is not None:
+        out += [f"## `{script}`", "", "Trains every phase in order (see its header).", ""]
     return "\n".join(out).rstrip() + "\n"

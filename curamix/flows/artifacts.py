@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PLOTS = ("component_sizes.png", "scores_hist.png", "weights.png", "fits/chinchilla.png",
-         "fits/mixing.png")  # fmt: skip
+PLOTS = ("component_sizes.png", "scores_hist.png", "weights.png", "schedule.png",
+         "fits/chinchilla.png", "fits/mixing.png")  # fmt: skip
 """Plot files a step folder may hold (relative to it)."""
 MAX_EMBED_BYTES = 400_000
 """Larger PNGs are linked, not embedded."""
@@ -153,6 +153,17 @@ def mixture_markdown(mixture: Mixture, path: str | Path) -> str:
         "|---|" + "---:|" * (len(cols) - 1),
     ]
     lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    sched = prov.get("schedule")
+    if isinstance(sched, Mapping) and sched.get("stages"):
+        held = "these stages" if sched.get("export") == "staged" else "the final weights"
+        lines += [
+            "",
+            f"Staged schedule from the mixer's trajectory: {sched['n_stages']} stages, max L1 "
+            f"{sched['max_l1']:.3g} to the continuous weights (plot: the search's "
+            f"`schedule.png`); the mixture holds {held} (`mixture.schedule.export`).",
+        ]
+    if mixture.notes:
+        lines += ["", *(f"- note: {n}" for n in mixture.notes)]
     decision = decision_lines(prov)
     if decision:
         lines += ["", "## Decision", "", *[f"- {line}" for line in decision]]

@@ -107,9 +107,12 @@ def check_plan(cfg: PipelineConfig) -> None:
 
 
 def scaling_key(cfg: ScalingConfig, seed: int, search: JobResult) -> str:
-    """Sweep + fit settings (not the device or threads), seed and the search's manifest."""
+    """Sweep + fit settings (the device resolved, not the threads), seed and the search's
+    manifest: a CPU and a GPU sweep never share a folder."""
+    from curamix.device import device_name
+
     settings = cfg.model_dump(mode="json", exclude={"device", "cpu_threads"})
-    return config_hash(SCALING, settings, seed, search.manifest_hash)
+    return config_hash(SCALING, settings, seed, search.manifest_hash, device_name(cfg.device))
 
 
 def run_scaling_step(

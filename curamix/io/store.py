@@ -19,6 +19,7 @@ readers never see half an output; a rerun whose key has a completed folder is sk
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
@@ -226,6 +227,40 @@ class RunLockedError(RuntimeError):
     """Another live process is writing the run folder."""
 
 
+class RunFolderNotWritableError(RuntimeError):
+    """The run folder cannot be written (a read-only filesystem, or no permission); the CLI
+    prints it and exits 2."""
+
+
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def check_writable(run_dir: str | Path) -> None:
+    """Refuse a run folder this process cannot write, before any work starts: create it if
+    needed, then create and remove a probe file in it. A read-only filesystem (``EROFS``) or
+    missing permissions (``EACCES``, ``EPERM``) raise :class:`RunFolderNotWritableError`, one
+    line naming the folder and the reason; other errors (``ENOSPC``...) propagate as they are.
+
+    A run that would only skip completed stages is refused too (it writes the lock,
+    ``pipeline.yaml`` and ``last_run.json``); completed outputs stay readable in place
+    (``curamix status``, :func:`latest_result`)."""
+    run_dir = Path(run_dir)
+    probe = run_dir / f".write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as err:
+        if err.errno not in _NOT_WRITABLE:
+            raise
+        where = "" if err.filename in (str(run_dir), str(probe)) else f": {err.filename}"
+        raise RunFolderNotWritableError(
+            f"run folder {run_dir} is not writable ({os.strerror(err.errno)}{where}); "
+            f"its completed outputs can still be read (curamix status {run_dir}); make it "
+            "writable, or set run_dir to another folder"
+        ) from None
+
+
 _HELD: dict[str, list[Any]] = {}
 """Run folders this process holds: real path -> [open lock file, depth] (the lock is
 re-entrant within a process: a flow's tasks and the stages they run share it)."""
@@ -249,7 +284,10 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
     system releases it when the owner exits or is killed, so a stale lock left by a dead
     process is taken over by the next run, and the file then names the new owner. ``flock``
     holds between processes that see the same local filesystem (a cluster's driver machine);
-    it is not a lock across machines on a network filesystem or object store."""
+    it is not a lock across machines on a network filesystem or object store.
+
+    A folder that cannot be written is refused first, with
+    :class:`RunFolderNotWritableError` (:func:`check_writable`)."""
     import fcntl
 
     path = Path(run_dir).resolve() / LOCK
@@ -261,7 +299,7 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
         else:
             held = False
     if not held:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        check_writable(path.parent)
         fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held until released below
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -16,7 +16,9 @@ mixer itself is the :func:`curamix.proxy.train.train_proxy` hook), ``weights_``,
 - :func:`choose_regressor` and :func:`fit_mixture_regressor` (:mod:`~curamix.mixers.regressor`):
   the mixture regressor RegMix and TiKMiX-M fit, chosen by run count and cross-validated.
 - :class:`DoReMiMixer` (:mod:`~curamix.mixers.doremi`): excess loss over a reference model.
-- :func:`with_upsampling` (:mod:`~curamix.mixers.schedule`): end-of-training upsampling.
+- :func:`compress_trajectory`, :func:`staged_mixture`, :class:`ScheduleReplay`
+  (:mod:`~curamix.mixers.schedule`): an online mixer's weight trajectory as K stages, as a
+  Mixture, and replayed on a proxy; :func:`with_upsampling`: end-of-training upsampling.
 
 Names are imported on first use, so ``import curamix.mixers`` stays light (torch, scipy and
 scikit-learn load only inside the functions that need them).
@@ -58,6 +60,13 @@ _EXPORTS = {
     "DoReMiMixer": "doremi",
     "doremi_step": "doremi",
     "with_upsampling": "schedule",
+    "compress_trajectory": "schedule",
+    "staged_mixture": "schedule",
+    "StagedSchedule": "schedule",
+    "ScheduleReplay": "schedule",
+    "schedule_stages": "schedule",
+    "time_averaged_weights": "schedule",
+    "trajectory_segments": "schedule",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -8,6 +8,10 @@ with a mixer choosing the domain weights, and writes ``RUN/mixture-<key>/``:
   validation and target losses);
 - ``trajectory.csv`` / ``trajectory.parquet``: the weights after every update (step, tokens,
   ``w:<domain>``), ``weights.png`` the same as a plot, ``metrics.parquet`` the proxy's log;
+- online methods: the trajectory compressed to stages (``mixture.schedule``:
+  :func:`curamix.mixers.compress_trajectory`), recorded in the mixture's provenance
+  (``schedule``) and drawn over the trajectory in ``schedule.png``; ``mixture.json`` holds
+  the staged schedule with ``export: staged``, the final weights otherwise (the default);
 - ``tokenizer.json`` and ``target.npy``: what the scaling step reuses;
 - ``report.md``, ``manifest.json`` and ``_COMPLETE`` (written last).
 
@@ -171,8 +175,19 @@ def search_key(
     target_sha256: str,
     target_domains: Sequence[str] = (),
 ) -> str:
-    """The output key: search settings (not the checkpoint interval), seed, pool, target."""
-    settings = cfg.model_dump(mode="json", exclude={"checkpoint_every", "target_inputs"})
+    """The output key: search settings (not the checkpoint interval), seed, pool, target.
+
+    The ``schedule`` section counts only when it differs from the default, so searches from
+    before it existed keep their key."""
+    from curamix.config import ScheduleConfig
+    from curamix.device import device_name
+
+    exclude = {"checkpoint_every", "target_inputs"}
+    if cfg.schedule == ScheduleConfig():
+        exclude.add("schedule")
+    settings = cfg.model_dump(mode="json", exclude=exclude)
+    if "device" in settings:  # a CPU and a GPU search never share a folder
+        settings["device"] = device_name(settings["device"])
     return config_hash(
         STEP, settings, seed, pool.stage, pool.manifest_hash, target_sha256, list(target_domains)
     )
@@ -222,6 +237,50 @@ def plot_trajectory(traj: pl.DataFrame, path: str | Path, title: str = "") -> Pa
     for col in [c for c in traj.columns if c.startswith("w:")]:
         ax.plot(traj["tokens"], traj[col], marker="o", ms=2.5, lw=1.2, label=col[2:])
     ax.set_xlabel("proxy training tokens")
+    ax.set_ylabel("domain weight")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, ncol=2, frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def plot_schedule(
+    traj: pl.DataFrame,
+    stages: Sequence[tuple[float, Mapping[str, float]]],
+    total_tokens: float,
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """The staged schedule (thick steps) over the continuous trajectory (thin steps), per
+    domain in one colour, against the fraction of training; dotted lines at the boundaries.
+
+    ``stages`` are ``(start fraction, weights)`` pairs (:func:`curamix.mixers.schedule_stages`),
+    ``total_tokens`` the tokens of the run the trajectory comes from.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    x = np.append(np.asarray(traj["tokens"], dtype=np.float64), total_tokens) / total_tokens
+    starts = [float(s) for s, _ in stages]
+    sx = np.array([*starts, 1.0])
+    cols = [c for c in traj.columns if c.startswith("w:")]
+    for i, col in enumerate(cols):
+        color = f"C{i % 10}"
+        y = np.asarray(traj[col], dtype=np.float64)
+        ax.step(x, np.append(y, y[-1]), where="post", color=color, lw=0.8, alpha=0.45)
+        sy = [float(w.get(col[2:], 0.0)) for _, w in stages]
+        ax.step(sx, [*sy, sy[-1]], where="post", color=color, lw=2.2, label=col[2:])
+    for s in starts[1:]:
+        ax.axvline(s, color="0.6", lw=0.6, ls=":")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("fraction of training tokens")
     ax.set_ylabel("domain weight")
     ax.set_ylim(bottom=0)
     ax.set_title(title, fontsize=9)
@@ -423,6 +482,18 @@ def run_mixture_search(
         cfg, seed, train, val, target, tok.get_vocab_size(), work, inputs, say
     )
     mix = mixer.mixture()
+    staged = None
+    if cfg.method in ONLINE:
+        from curamix.mixers.schedule import compress_trajectory, staged_mixture
+
+        sc = cfg.schedule
+        staged = compress_trajectory(rows, res.tokens_trained, sc.stages, sc.epsilon)
+        mix = staged_mixture(staged, mix, sc.export)
+        say(
+            f"mixture: the trajectory ({staged.n_points} points) as {staged.n_stages} stages, "
+            f"max L1 {staged.max_l1:.3f} to the continuous weights; mixture.json holds the "
+            f"{sc.export} weights"
+        )
     if cfg.upsample:
         from curamix.mixers import with_upsampling
 
@@ -462,6 +533,15 @@ def run_mixture_search(
         plot_trajectory(
             traj, w.path("weights.png"), f"{cfg.method} on the {cfg.model} proxy ({pool.stage})"
         )
+        if staged is not None:
+            plot_schedule(
+                traj,
+                list(zip(staged.starts, staged.weights, strict=True)),
+                res.tokens_trained,
+                w.path("schedule.png"),
+                f"{cfg.method}: {staged.n_stages} stages over {staged.n_points} updates "
+                f"(max L1 {staged.max_l1:.3f}, mean {staged.mean_l1:.3f})",
+            )
         counts = {
             "in": int(sum(n_docs.values())),
             "out": len(domains),
@@ -492,6 +572,7 @@ def run_mixture_search(
                 "plot": "weights.png",
                 "metrics": "metrics.parquet",
                 "report": "report.md",
+                **({"schedule_plot": "schedule.png"} if staged is not None else {}),
             },
         }
         w.path("report.md").write_text(_report(manifest, mixture), encoding="utf-8")
@@ -563,6 +644,17 @@ def _report(manifest: Mapping[str, Any], mixture: Mixture) -> str:
             + ", ".join(f"{d} {v:.3f}" for d, v in s.weights.items())
         )
     lines += ["", "![weights](weights.png)", ""]
+    sched = mixture.provenance.get("schedule")
+    if isinstance(sched, Mapping) and sched.get("stages"):
+        held = "holds this schedule" if sched["export"] == "staged" else "holds the final weights"
+        lines += [
+            f"The trajectory as {sched['n_stages']} stages ({sched['how']}): max L1 "
+            f"{sched['max_l1']:.3f}, token-weighted mean L1 {sched['mean_l1']:.3f} to the "
+            f"continuous weights; `mixture.json` {held} (`mixture.schedule.export`).",
+            "",
+            "![schedule](schedule.png)",
+            "",
+        ]
     return "\n".join(lines)
 
 

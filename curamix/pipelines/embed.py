@@ -78,7 +78,11 @@ def embeddings_schema(dim: int) -> pa.Schema:
 
 
 def embed_key(cfg: PipelineConfig, inputs: Mapping[str, JobResult]) -> str:
-    """Stage key: the embed section, the pool's manifest hash, and the seed when sampling."""
+    """Stage key: the embed section, the pool's manifest hash, and the seed when sampling.
+
+    The registry's key (:mod:`curamix.pipelines.registry`) calls this with the section's
+    ``device: auto`` and ``index.gpu: auto`` resolved to this machine's devices, so CPU and GPU
+    outputs never share a key; :func:`run_embed` checks that the tasks ran on that device."""
     ec = _section(cfg)
     seed = cfg.seed if ec.sample is not None else None
     return config_hash(STAGE, ec, inputs["pool"].manifest_hash, seed)
@@ -255,8 +259,9 @@ def run_embed(
     say: Callable[[str], None],
 ) -> JobResult:
     """Embed the pool's documents (or a seeded sample), and index them with FAISS."""
+    from curamix.device import device_name
     from curamix.embeddings.embed import check_model_available
-    from curamix.embeddings.index import VectorIndex, check_fits, choose_kind, use_gpu
+    from curamix.embeddings.index import VectorIndex, plan_index, use_gpu
 
     ec = _section(cfg)
     t0 = time.perf_counter()
@@ -295,6 +300,17 @@ def run_embed(
         if len(dims) != 1:
             raise RuntimeError(f"embed: tasks disagree on the embedding dimension: {dims}")
         dim = dims.pop()
+        # The stage key names the device `device: auto` resolves to on the driver; tasks that
+        # ran elsewhere (a cluster whose executors have GPUs the driver lacks) would store
+        # their vectors under the wrong key.
+        want = device_name(ec.device).split(":")[0]
+        if {d.split(":")[0] for d in devices} != {want}:
+            raise RuntimeError(
+                f"embed: the tasks ran on {devices}, but the stage key was computed for "
+                f"{want!r} (embed.device={ec.device} resolved on the driver); set embed.device "
+                "to the executors' device (cpu or cuda) so the key names it"
+            )
+        half = bool(ec.fp16 and want == "cuda")
         per_domain: dict[str, dict[str, int]] = {}
         for r in res:
             if r["domain"] is not None:
@@ -318,9 +334,12 @@ def run_embed(
         index_info: dict[str, Any] | None = None
         if n_emb:
             t = time.perf_counter()
-            estimate = check_fits(n_emb, dim, ec.index)  # before reading the vectors
-            kind = choose_kind(n_emb, dim, ec.index)
-            say(f"embed: building a {kind} index of {n_emb} vectors (~{estimate / 1e6:.1f} MB)")
+            plan = plan_index(n_emb, dim, ec.index)  # the memory gate, before reading vectors
+            estimate = plan.need
+            say(
+                f"embed: building a {plan.kind} index of {n_emb} vectors in "
+                f"{'GPU' if plan.on_gpu else 'host'} memory (~{estimate / 1e6:.1f} MB)"
+            )
             emb = table_to_embeddings(read_embeddings_table(w.path(EMBEDDINGS)))
             vi = VectorIndex.build(emb.vectors, emb.ids, cfg=ec.index, seed=0)
             vi.save(w.path(INDEX))
@@ -346,6 +365,7 @@ def run_embed(
             "model_path": model_path,
             "dim": dim,
             "device": devices[0] if len(devices) == 1 else devices,
+            "precision": "fp16" if half else "fp32",
             "counts": {
                 "in": n_in,
                 "embedded": n_emb,
@@ -376,7 +396,8 @@ def _report(m: dict[str, Any]) -> str:
         "# Embedding report",
         "",
         f"{c['embedded']} of {c['in']} documents embedded with `{m['model']}` "
-        f"({m['dim']} dimensions, max {cf['max_seq_length']} tokens, device {m['device']})"
+        f"({m['dim']} dimensions, max {cf['max_seq_length']} tokens, device {m['device']}, "
+        f"{m['precision']})"
         + (f"; a seeded sample of {cf['sample']} (seed {m['seed']})" if c["not_sampled"] else "")
         + f". Throughput: {m['docs_per_s']} docs/s over {m['timings']['embed_s']} s.",
         "",

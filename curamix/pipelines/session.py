@@ -33,6 +33,13 @@ LOG4J = Path(__file__).with_name("log4j2.properties")
 CONNECT_TIMEOUT_S = 5.0
 """How long :func:`check_master_reachable` waits for a cluster master to accept a connection."""
 
+SPARK_SECRET_ENV = "CURAMIX_SPARK_SECRET"
+"""Environment variable with the shared secret of a cluster that authenticates its drivers
+(``spark.authenticate``; infra/spark/start-cluster.sh and the compose file's master and workers
+read the same variable). Not used in local mode."""
+
+SECRET_KEY = "spark.authenticate.secret"
+
 
 class JavaMissingError(RuntimeError):
     """No usable Java runtime for Spark."""
@@ -168,13 +175,27 @@ def local_cores(master: str) -> int:
     return int(m.group(1))
 
 
+def _start_jvm_without_secret(options: dict[str, str]) -> None:
+    """Start the driver JVM (spark-submit) now with ``options`` but not the secret: spark-submit
+    gets its settings as ``--conf`` arguments, which any local user can read (``ps``). The
+    session's settings, the secret included, then reach the running JVM through py4j."""
+    from pyspark import SparkConf, SparkContext
+
+    if SparkContext._gateway is None:
+        conf = SparkConf(loadDefaults=False)
+        conf.setAll([(k, str(v)) for k, v in options.items() if k != SECRET_KEY])
+        SparkContext._ensure_initialized(conf=conf)
+
+
 def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
     """Build (or return the active) SparkSession from ``cfg``.
 
     Local mode by default, any master URL for a cluster; a cluster master that does not answer
     fails within seconds (:class:`ClusterUnreachableError`, naming the URL). Arrow on; UI off
     unless asked for, and then bound to 127.0.0.1; local and loopback clusters keep the driver
-    on 127.0.0.1 too; workers run this interpreter (so they find pandas and pyarrow).
+    on 127.0.0.1 too; workers run this interpreter (so they find pandas and pyarrow). With
+    ``CURAMIX_SPARK_SECRET`` set, the driver authenticates to the cluster with that secret
+    (``spark.authenticate``), which stays off the JVM's command line.
     """
     cfg = cfg or SparkConfig()
     check_java()
@@ -220,8 +241,15 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
         b = b.config("spark.sql.shuffle.partitions", str(shuffle))
     if cfg.local_dir:
         b = b.config("spark.local.dir", cfg.local_dir)
+    secret = "" if is_local else os.environ.get(SPARK_SECRET_ENV, "")
+    if secret:
+        b = b.config("spark.authenticate", "true")
     for k, v in cfg.conf.items():
         b = b.config(k, v)
+    if secret or SECRET_KEY in cfg.conf:
+        _start_jvm_without_secret(b._options)
+    if secret:
+        b = b.config(SECRET_KEY, secret)
     spark = b.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     if not is_local:

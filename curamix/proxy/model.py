@@ -235,17 +235,23 @@ class ProxyLM(nn.Module):
             else:
                 nn.init.normal_(p, 0.0, 0.02, generator=g)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, T, vocab_size)`` for token ids ``idx`` ``(B, T)``, ``T <= seq_len``."""
+    def last_hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        """The last layer's hidden states ``(B, T, d_model)`` after the final RMSNorm, i.e. what
+        the LM head reads (Hugging Face's ``hidden_states[-1]`` of a causal LM is the same
+        point). ``idx`` ``(B, T)``, ``T <= seq_len``; causal, so right padding leaves the
+        states of the earlier positions unchanged."""
         t = idx.shape[1]
         if t > self.cfg.seq_len:
             raise ValueError(f"sequence length {t} exceeds the model's seq_len {self.cfg.seq_len}")
         x = self.embed(idx)
         for block in self.blocks:
             x = block(x, self.rope_cos, self.rope_sin)
-        x = self.norm(x)
+        return self.norm(x)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, T, vocab_size)`` for token ids ``idx`` ``(B, T)``, ``T <= seq_len``."""
         weight = self.embed.weight if self.head is None else self.head.weight
-        return F.linear(x, weight)
+        return F.linear(self.last_hidden(idx), weight)
 
     def loss(self, batch: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         """Next-token cross-entropy of rows ``batch`` ``(B, T + 1)`` (inputs ``[:, :-1]``,

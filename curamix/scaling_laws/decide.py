@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from curamix.mixture import Mixture, cap_epochs, upsampling_stage
+from curamix.mixture import Mixture, MixtureError, cap_epochs, upsampling_stage
 from curamix.scaling_laws._base import UnidentifiedFitError
 from curamix.scaling_laws.chinchilla import ChinchillaLaw, chinchilla_loss, optimal_allocation
 from curamix.scaling_laws.data_filtering import Pool, best_keep_fraction
@@ -407,7 +407,13 @@ def recommend(
         )
         mixture_source = f"{method} weights"
         if mixture.domain_tokens is not None:
-            mixture, changed = cap_epochs(mixture, max_epochs)
+            # a staged schedule is capped on what the whole schedule reads, so its short
+            # stages keep their shape (issue 23); a single stage is the same either way
+            try:
+                mixture, changed = cap_epochs(mixture, max_epochs, budget="schedule")
+            except MixtureError as err:  # a stage drawing only on capped domains
+                notes.append(f"epochs capped stage by stage: {err}")
+                mixture, changed = cap_epochs(mixture, max_epochs)
             _epoch_notes(changed, max_epochs, d_opt, notes)
             if changed:
                 mixture_source += f", re-spread within {max_epochs:g} epochs per domain"

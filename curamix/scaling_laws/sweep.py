@@ -35,6 +35,7 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from curamix.config import CuramixModel
+from curamix.device import device_name
 from curamix.io.store import write_json_atomic
 
 if TYPE_CHECKING:
@@ -138,7 +139,7 @@ def _cell_key(cfg: SweepConfig, model: str, budget: int, weights: Mapping[str, f
               data_key: str) -> str:  # fmt: skip
     spec = {
         "model": model, "budget": budget, "weights": sorted(weights.items()),
-        "data": data_key,
+        "data": data_key, "device": device_name(cfg.device),
         **cfg.model_dump(exclude={"models", "token_budgets", "mixtures", "device",
                                   "cpu_threads", "checkpoint_every"}),
     }  # fmt: skip

@@ -4,6 +4,8 @@
   2023), bit-compatible with the reference ``data-selection``.
 - :mod:`~curamix.selectors.betr`: BETR, benchmark-targeted ranking and its cheap text
   classifier (Mizrahi et al. 2025).
+- :mod:`~curamix.selectors.rds`: RDS+, position-weighted pooled LM states, max cosine to
+  each task's queries, round-robin over tasks (Ivison et al. 2025).
 - :mod:`~curamix.selectors.coreset`: CCS, SSL prototypes, k-center greedy, facility location,
   density-based pruning and random coresets over embeddings.
 

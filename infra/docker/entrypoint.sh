@@ -5,9 +5,34 @@
 #   spark-master     a Spark standalone master (REST submission off)
 #   spark-worker URL a Spark standalone worker of the master at URL
 #   anything else    run as given (curamix run ..., curamix serve ..., prefect ...)
+# The standalone master and workers authenticate every connection (spark.authenticate) with the
+# shared secret CURAMIX_SPARK_SECRET, and refuse to start without it; the drivers (curamix)
+# read the same variable.
 set -euo pipefail
 
 spark_home=${SPARK_HOME:-/opt/spark}
+
+# spark.authenticate and the secret in a conf folder that only this user can read, so that the
+# secret is on no command line; the settings of an existing spark-defaults.conf are kept.
+spark_auth() {
+  if [ -z "${CURAMIX_SPARK_SECRET:-}" ]; then
+    echo "entrypoint: $1 needs CURAMIX_SPARK_SECRET, the cluster's shared secret" \
+      "(openssl rand -hex 32; see docs/deploy.md)" >&2
+    exit 2
+  fi
+  local conf_dir defaults
+  defaults=${SPARK_CONF_DIR:-$spark_home/conf}/spark-defaults.conf
+  conf_dir=$(mktemp -d)
+  (
+    umask 077
+    {
+      if [ -f "$defaults" ]; then grep -v '^spark\.authenticate' "$defaults" || true; fi
+      printf 'spark.authenticate true\nspark.authenticate.secret %s\n' "$CURAMIX_SPARK_SECRET"
+    } >"$conf_dir/spark-defaults.conf"
+  )
+  export SPARK_CONF_DIR=$conf_dir
+  unset CURAMIX_SPARK_SECRET
+}
 
 case "${1:-}" in
   executor)
@@ -32,11 +57,13 @@ case "${1:-}" in
     ;;
   spark-master)
     shift
+    spark_auth spark-master
     export SPARK_MASTER_OPTS="${SPARK_MASTER_OPTS:-} -Dspark.master.rest.enabled=false"
     exec "$spark_home/bin/spark-class" org.apache.spark.deploy.master.Master "$@"
     ;;
   spark-worker)
     shift
+    spark_auth spark-worker
     exec "$spark_home/bin/spark-class" org.apache.spark.deploy.worker.Worker "$@"
     ;;
   *)

@@ -11,7 +11,9 @@
 # Everything listens on 127.0.0.1 only, and the REST submission server (port 6066) is off.
 # Environment: PYTHON (the interpreter whose pyspark is used and that executors run; default
 # .venv/bin/python of this checkout, else python3), CURAMIX_SPARK_STATE (default state folder),
-# SPARK_DAEMON_MEMORY (heap of the master and worker JVMs, default 512m).
+# SPARK_DAEMON_MEMORY (heap of the master and worker JVMs, default 512m), CURAMIX_SPARK_SECRET
+# (turns on spark.authenticate with this shared secret: only drivers with the same
+# CURAMIX_SPARK_SECRET can use the cluster; make one with: openssl rand -hex 32).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -26,7 +28,7 @@ worker_webui_port=8081
 state_dir=${CURAMIX_SPARK_STATE:-${TMPDIR:-/tmp}/curamix-spark-$(id -u)}
 timeout_s=120
 
-usage() { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 die() {
   echo "start-cluster: $1" >&2
   exit "${2:-1}"
@@ -57,6 +59,10 @@ for p in "$port" "$webui_port" "$worker_webui_port"; do
 done
 [ "$port" -ge 1 ] && [ "$webui_port" -ge 1 ] || die "--port and --webui-port must be fixed ports (not 0)" 2
 is_int "$timeout_s" || die "--timeout must be a number of seconds, got '$timeout_s'" 2
+if [ -n "${CURAMIX_SPARK_SECRET:-}" ]; then
+  [[ $CURAMIX_SPARK_SECRET =~ ^[A-Za-z0-9._+/=-]{16,}$ ]] ||
+    die "CURAMIX_SPARK_SECRET must be 16 or more letters, digits or ._+/=- (openssl rand -hex 32)" 2
+fi
 
 bash "$repo/infra/check_java.sh"
 
@@ -82,11 +88,21 @@ fi
 rm -f "$state_dir"/*.pid "$state_dir/cluster.env"
 mkdir -p "$state_dir/conf" "$state_dir/logs"
 
-# Own conf folder: nothing from the pyspark package's conf/, REST submission off.
-cat >"$state_dir/conf/spark-defaults.conf" <<EOF
+# Own conf folder: nothing from the pyspark package's conf/, REST submission off. The secret
+# goes into this file (readable by this user only), not onto the JVMs' command lines.
+chmod 700 "$state_dir/conf"
+(
+  umask 077
+  cat >"$state_dir/conf/spark-defaults.conf" <<EOF
 spark.master.rest.enabled false
 spark.worker.cleanup.enabled true
 EOF
+  if [ -n "${CURAMIX_SPARK_SECRET:-}" ]; then
+    printf 'spark.authenticate true\nspark.authenticate.secret %s\n' "$CURAMIX_SPARK_SECRET" \
+      >>"$state_dir/conf/spark-defaults.conf"
+  fi
+)
+chmod 600 "$state_dir/conf/spark-defaults.conf"
 
 export SPARK_HOME=$spark_home
 export SPARK_CONF_DIR=$state_dir/conf
@@ -159,9 +175,15 @@ PY
 fi
 trap - ERR
 
+if [ -n "${CURAMIX_SPARK_SECRET:-}" ]; then
+  auth="on (spark.authenticate: drivers need the same CURAMIX_SPARK_SECRET)"
+else
+  auth="OFF: any local user can run code on it; set CURAMIX_SPARK_SECRET (infra/README.md)"
+fi
 cat <<EOF
 Spark master: $master_url ($workers worker(s) alive, $cores core(s) and $memory each)
 web UI:       $master_ui
+auth:         $auth
 state:        $state_dir (pids, logs/, work/, cluster.env)
 
 Send curamix jobs to it, in the pipeline YAML:

@@ -100,7 +100,12 @@ def parse_stages(fmt: str, texts: dict[str, str]) -> list[dict[str, float]]:
             v = _hf_assignments(text)
             assert list(v["PATHS"]) == v["DOMAINS"]
             assert v["PATHS"] == {d: TEMPLATE.format(domain=d) for d in v["DOMAINS"]}
-            out.append(dict(zip(v["DOMAINS"], v["PROBABILITIES"], strict=True)))
+            if "STAGES" in v:  # every stage in one snippet, its sampler switching
+                starts = [start for _, start, _ in v["STAGES"]]
+                assert starts[0] == 0.0 and starts == sorted(starts)
+                out += [dict(zip(v["DOMAINS"], p, strict=True)) for _, _, p in v["STAGES"]]
+            else:
+                out.append(dict(zip(v["DOMAINS"], v["PROBABILITIES"], strict=True)))
         else:
             raise AssertionError(f"no parser for {fmt}")
     return out
@@ -137,17 +142,18 @@ def test_three_stages_all_exported_with_zero_weights_handled(fmt):
         want = {d: stage.weights.get(d, 0.0) for d in m.domains}
         if fmt in ("json", "yaml"):
             want = dict(stage.weights)  # the artifact as stored
-        elif fmt in ("megatron", "olmo-core", "nanotron", "llm-foundry", "hf"):
+        elif fmt in ("megatron", "olmo-core", "nanotron", "llm-foundry"):
             want = {
                 d: w for d, w in want.items() if w > 0
             }  # trainers: zero-weight domains left out
+        # hf: one sampler over the domains some stage uses (every one here), zeros kept
         assert got == want
         assert abs(sum(got.values()) - 1.0) < 1e-9
     if FORMATS[fmt].schedule == "per-stage":
         assert list(texts) == ["main", "stage1", "anneal"]
 
 
-@pytest.mark.parametrize("fmt", ["megatron", "olmo-core", "llm-foundry", "hf"])
+@pytest.mark.parametrize("fmt", ["megatron", "olmo-core", "llm-foundry"])
 def test_single_stage_formats_refuse_a_multi_stage_mixture_without_stage(fmt):
     renderer = FORMATS[fmt].render
     with pytest.raises(MixtureError, match=r"2 stages .*'main' from 0, 'upsample' from 0\.85"):

@@ -18,6 +18,7 @@ def test_export_megatron_every_stage_plus_notes(tmp_path):
     assert [p.name for p in paths] == [
         "mixture_megatron_main.txt",
         "mixture_megatron_upsample.txt",
+        "mixture_megatron_run.sh",
         "mixture_megatron.md",
     ]
     main = paths[0].read_text()
@@ -26,7 +27,7 @@ def test_export_megatron_every_stage_plus_notes(tmp_path):
     assert [float(w) for w in tokens[0::2]] == list(WEIGHTS.values())
     up = paths[1].read_text().split()
     assert [float(w) for w in up[0::2]] == list(two_stage().schedule[0].weights.values())
-    notes = paths[2].read_text()
+    notes = paths[3].read_text()
     assert "--data-args-path mixture_megatron_upsample.txt" in notes
     assert "epochs" in notes and "unique_tokens" in notes
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths)  # no temp files
@@ -92,7 +93,11 @@ def test_export_command_from_run_folder(tmp_path):
         tmp_path / "out3",
         paths_json=json.dumps({d: f"/l/{d}" for d in WEIGHTS}),
     )
-    assert len(inline) == 2
+    assert [f.name for f in inline] == [
+        "mixture_llm_foundry_main.yaml",
+        "mixture_llm_foundry_upsample.yaml",
+        "mixture_llm_foundry.md",  # the stages' token boundaries and how to resume
+    ]
 
 
 def test_export_command_errors_name_the_input(tmp_path):

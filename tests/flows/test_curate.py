@@ -180,12 +180,38 @@ def test_tasks_are_plain_functions_underneath(first_run, corpus):
     assert same3 and {f.name for f in files} >= {"mixture_json.json", "mixture_megatron.txt"}
 
 
-def test_killed_flow_resumes_with_identical_outputs(first_run, corpus, prefect_harness):
-    """SIGKILL the flow (and its Spark JVM) once dedup is complete; run it again: the finished
-    stages are skipped and the outputs equal an uninterrupted run's, byte for byte."""
+KILL_AT_CHECKPOINT = """
+import os, signal, sys
+from pathlib import Path
+from curamix.flows.curate import curate_flow
+from curamix.proxy import train
+
+real = train._atomic
+
+def write_then_die(path, write):
+    real(path, write)
+    if Path(path).name == train.CHECKPOINT and "search-" in str(path):
+        os.killpg(os.getpgrp(), signal.SIGKILL)  # mid-search: a checkpoint, no output
+
+train._atomic = write_then_die
+curate_flow(sys.argv[1], sys.argv[2:])
+"""
+"""The flow, SIGKILLed (with anything it started) once the mixture search has written its
+first proxy checkpoint: a driver-side step interrupted before it publishes anything."""
+
+
+def test_killed_flow_resumes_with_identical_outputs(first_run, corpus, prefect_harness, caplog):
+    """SIGKILL the flow (and its Spark JVM) once dedup is complete; run it again and SIGKILL it
+    in the middle of the mixture search (a driver-side step); run it a third time: each
+    restart takes the dead process's run-folder lock over, skips the finished steps, redoes
+    the interrupted one (the search resumes from its checkpoint), and the outputs equal an
+    uninterrupted run's, byte for byte."""
+    import logging
+
     from prefect.settings import PREFECT_API_URL
 
     from curamix.flows.curate import curate_flow
+    from curamix.io.store import lock_owner, read_stages_index
 
     summary_a, _, _ = first_run
     root, pipeline = corpus
@@ -213,11 +239,35 @@ def test_killed_flow_resumes_with_identical_outputs(first_run, corpus, prefect_h
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (run_b / "mixture.json").exists()
+    assert lock_owner(run_b)["pid"] == proc.pid  # the dead process's lock, left behind
+    after_dedup = read_stages_index(run_b)
 
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", KILL_AT_CHECKPOINT, str(pipeline), *tiny_overrides(run_b)],
+            env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    assert lock_owner(run_b)["pid"] == proc.pid  # it took the first lock over
+    index = read_stages_index(run_b)
+    assert list(index) == STAGES  # every stage completed ...
+    assert {s: index[s] for s in after_dedup} == after_dedup  # ... ingest and dedup not redone
+    assert list(run_b.glob("proxy/search-*/proxy/checkpoint.pt"))  # killed mid-search
+    assert not list(run_b.glob("mixture-*/_COMPLETE")) and not (run_b / "mixture.json").exists()
+
+    caplog.set_level(logging.INFO, logger="curamix.proxy.train")
     summary_b = curate_flow(str(pipeline), tiny_overrides(run_b))
+    assert lock_owner(run_b)["pid"] == os.getpid()  # the second lock taken over
     steps = summary_b["steps"]
-    assert steps["ingest"]["skipped"] and steps["dedup"]["skipped"]
-    assert not steps["mixture"]["skipped"] and not steps["recommend"]["skipped"]
+    assert all(steps[s]["skipped"] for s in STAGES), steps
+    assert not any(steps[s]["skipped"] for s in ("mixture", "scaling", "recommend", "export"))
+    assert "proxy: resumed from" in caplog.text and "at step 10 of 30" in caplog.text
     for stage in STAGES:
         a, b = Path(summary_a["steps"][stage]["path"]), Path(steps[stage]["path"])
         da, db = tree_digest(a), tree_digest(b)
@@ -363,3 +413,19 @@ def test_explore_notebook_executes_on_the_flow_run(first_run, monkeypatch, tmp_p
     weights = dict(Mixture.read_json(run / "mixture.json").weights)
     assert seen["weights"] == pytest.approx(weights)
     assert "data/math_text_document" in text  # the megatron blend printed by the export cell
+
+
+def test_a_read_only_run_folder_fails_the_flow_before_any_step(corpus, prefect_harness, tmp_path):
+    """The flow stops on its first step, the run-folder lock, naming the folder (no Spark, no
+    stage, nothing written); see tests/test_faults.py for the runner and the CLI."""
+    from curamix.flows.curate import curate_flow
+    from tests.test_faults import read_only
+
+    _, pipeline = corpus
+    run = tmp_path / "read-only"
+    run.mkdir()
+    with read_only(run) as reason:
+        state = curate_flow(str(pipeline), tiny_overrides(run), return_state=True)
+    assert state.is_failed()
+    assert f"run folder {run} is not writable ({reason}); " in state.message, state.message
+    assert not list(run.iterdir())

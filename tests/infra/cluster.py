@@ -106,11 +106,21 @@ class Cluster:
 
     @classmethod
     def start(
-        cls, state_dir: Path, workers: int = 2, cores: int = 1, memory: str = "1536m"
+        cls,
+        state_dir: Path,
+        workers: int = 2,
+        cores: int = 1,
+        memory: str = "1536m",
+        secret: str | None = None,
     ) -> Cluster:
+        """``secret``: CURAMIX_SPARK_SECRET for the script (spark.authenticate on); without
+        it, the cluster does not authenticate, whatever the caller's environment says."""
         port, webui = free_port(), free_port()
         env = {**os.environ, "PYTHON": sys.executable}
         env.pop("CURAMIX_SPARK_STATE", None)
+        env.pop("CURAMIX_SPARK_SECRET", None)
+        if secret is not None:
+            env["CURAMIX_SPARK_SECRET"] = secret
         out = subprocess.run(
             [
                 "bash",

@@ -4,6 +4,7 @@ against the code: config keys, CLI commands and options, names that refer to eac
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -229,10 +230,15 @@ def test_curamix_env_vars_are_config_keys(tmp_path):
     pipeline file the same service reads."""
     k8s_pipeline = load_config(_k8s_pipeline(tmp_path), use_env=False)
     docker_pipeline = load_config(DOCKER / "pipeline.yaml", use_env=False)
+    from curamix.pipelines.session import SPARK_SECRET_ENV
+
     seen = 0
     for where, env in _all_envs():
         for name, value in env.items():
             if not name.startswith("CURAMIX_"):
+                continue
+            if name == SPARK_SECRET_ENV:  # a secret the session reads, not a config field
+                assert not env_overrides({name: value}), name
                 continue
             seen += 1
             overrides = env_overrides({name: value})
@@ -362,3 +368,142 @@ def test_dockerfile_installs_what_the_code_needs():
                 assert f"!{src}" in ignore or f"!{src}/**" in ignore, f"{src} filtered out"
     entry = re.search(r'ENTRYPOINT \[.*"(/opt/curamix/[^"]+)"\]', text)
     assert entry and (REPO / entry.group(1).removeprefix("/opt/curamix/")).is_file()
+
+
+# ----------------------------------------------------------------------------- auth
+
+REQUIRED_VAR = re.compile(r"^\$\{(?P<var>[A-Z0-9_]+):\?[^}]+\}$")
+"""A compose value that must come from the environment or .env (``${VAR:?message}``: compose
+refuses to start when VAR is unset or empty)."""
+SECRET_NAME = re.compile(r"AUTH_STRING|SECRET|PASSWORD|TOKEN|API_KEY")
+K8S_AUTH_REF = {"name": "curamix-auth", "key": "prefect-auth-string"}
+
+
+def _required(where: str, env: dict, name: str) -> str:
+    """The variable that ``name`` takes its value from (a required ``${VAR:?...}``)."""
+    assert name in env, f"{where}: no {name}"
+    m = REQUIRED_VAR.match(str(env[name]))
+    assert m, f"{where}: {name} must be a required ${{VAR:?...}} reference, not {env[name]!r}"
+    return m.group("var")
+
+
+def test_compose_servers_require_auth():
+    """The Prefect server wants an auth string and every Prefect client sends the same one;
+    the Spark master, the workers and every driver share one Spark secret; both come from
+    the environment (.env), with no default."""
+    from curamix.pipelines.session import SPARK_SECRET_ENV
+
+    services = _compose()["services"]
+    envs = {n: dict(s.get("environment", {})) for n, s in services.items()}
+    server = _required("prefect-server", envs["prefect-server"], "PREFECT_SERVER_API_AUTH_STRING")
+    spark = set()
+    clients = drivers = 0
+    for name, env in envs.items():
+        if "PREFECT_API_URL" in env:
+            clients += 1
+            assert _required(name, env, "PREFECT_API_AUTH_STRING") == server, name
+        role = services[name]["command"][0]
+        if role in ("spark-master", "spark-worker") or "CURAMIX_SPARK__MASTER" in env:
+            drivers += "CURAMIX_SPARK__MASTER" in env
+            spark.add(_required(name, env, SPARK_SECRET_ENV))
+    assert clients >= 2 and drivers >= 2
+    assert spark == {SPARK_SECRET_ENV} and server != SPARK_SECRET_ENV
+    # No secret anywhere in the file: every secret-like variable is a required reference.
+    for name, env in envs.items():
+        for key in (k for k in env if SECRET_NAME.search(k)):
+            _required(name, env, key)
+    assert not re.search(r"[0-9a-fA-F]{24,}", COMPOSE.read_text())
+
+
+def test_k8s_servers_require_auth(tmp_path):
+    """The Prefect server and its clients read the auth string from the Secret that
+    kustomization.yaml generates from secrets.env (a file the user makes: kept out of git and
+    out of the image); Spark authenticates (the driver makes a secret per run)."""
+    for name, spec in _pod_specs():
+        for c in spec["containers"]:
+            where = f"{name}/{c['name']}"
+            env = {e["name"]: e for e in c.get("env", [])}
+            is_server = c["args"][:3] == ["prefect", "server", "start"]
+            wanted = (["PREFECT_SERVER_API_AUTH_STRING"] if is_server else []) + (
+                ["PREFECT_API_AUTH_STRING"] if "PREFECT_API_URL" in env else []
+            )
+            for key in wanted:
+                assert key in env, f"{where}: no {key}"
+            for key in (k for k in env if SECRET_NAME.search(k)):
+                assert "value" not in env[key], f"{where}: {key} is written in the manifest"
+                assert env[key]["valueFrom"]["secretKeyRef"] == K8S_AUTH_REF, where
+    refs = [
+        e
+        for _, spec in _pod_specs()
+        for c in spec["containers"]
+        for e in c.get("env", [])
+        if e["name"] in ("PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_AUTH_STRING")
+    ]
+    assert len(refs) == 3  # the server, the worker and the deploy Job
+    kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    [gen] = kust["secretGenerator"]
+    assert gen["name"] == K8S_AUTH_REF["name"] and gen["namespace"] == "curamix"
+    assert gen["envs"] == ["secrets.env"] and "literals" not in gen and "files" not in gen
+    assert "secrets.env" in (K8S / ".gitignore").read_text().split()
+    assert ".env" in (DOCKER / ".gitignore").read_text().split()
+    ignore = (DOCKER / "Dockerfile.dockerignore").read_text().split()
+    for secret_file in ("infra/k8s/secrets.env", "infra/docker/.env"):
+        assert ignore.index(secret_file) > ignore.index("!infra/**"), secret_file
+    conf = load_config(_k8s_pipeline(tmp_path), use_env=False).spark.conf
+    assert conf["spark.authenticate"] == "true"
+    assert not any("secret" in k for k in conf)  # Spark on Kubernetes makes one per run
+    for f in K8S.glob("*.yaml"):
+        assert not re.search(r"[0-9a-fA-F]{24,}", f.read_text()), f
+
+
+def test_entrypoint_gives_the_spark_daemons_the_secret_in_a_private_file(tmp_path):
+    """spark-master and spark-worker refuse to start without CURAMIX_SPARK_SECRET; with it,
+    spark-class runs with spark.authenticate on and the secret in a spark-defaults.conf that
+    only its owner can read (settings already there kept), and on no command line."""
+    home = tmp_path / "spark"
+    (home / "bin").mkdir(parents=True)
+    (home / "conf").mkdir()
+    (home / "conf" / "spark-defaults.conf").write_text(
+        "spark.worker.cleanup.enabled true\nspark.authenticate false\n"
+    )
+    fake = home / "bin" / "spark-class"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        'printf "%s\\n" "$@" >"$OUT/argv"\n'
+        'echo "$SPARK_CONF_DIR" >"$OUT/conf_dir"\n'
+        'echo "${CURAMIX_SPARK_SECRET:-unset}" >"$OUT/env_secret"\n'
+    )
+    fake.chmod(0o755)
+    secret = "f" * 64
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("SPARK_CONF_DIR", "CURAMIX_SPARK_SECRET")
+    }
+    env.update(SPARK_HOME=str(home), OUT=str(tmp_path))
+    roles = [["spark-master", "--host", "spark-master"], ["spark-worker", "spark://m:7077"]]
+    for argv in roles:
+        out = subprocess.run(
+            ["bash", str(DOCKER / "entrypoint.sh"), *argv], env=env, capture_output=True, text=True
+        )
+        assert out.returncode == 2 and "needs CURAMIX_SPARK_SECRET" in out.stderr, out.stderr
+        assert not (tmp_path / "argv").exists()
+        out = subprocess.run(
+            ["bash", str(DOCKER / "entrypoint.sh"), *argv],
+            env={**env, "CURAMIX_SPARK_SECRET": secret},
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stderr
+        args = (tmp_path / "argv").read_text().split()
+        assert args[0].startswith("org.apache.spark.deploy.") and args[1:] == argv[1:]
+        assert secret not in " ".join(args)
+        assert (tmp_path / "env_secret").read_text().strip() == "unset"
+        conf_dir = Path((tmp_path / "conf_dir").read_text().strip())
+        conf = conf_dir / "spark-defaults.conf"
+        assert conf.read_text().splitlines() == [
+            "spark.worker.cleanup.enabled true",
+            "spark.authenticate true",
+            f"spark.authenticate.secret {secret}",
+        ]
+        assert conf.stat().st_mode & 0o777 == 0o600 and conf_dir.stat().st_mode & 0o777 == 0o700
+        shutil.rmtree(conf_dir)
+        (tmp_path / "argv").unlink()

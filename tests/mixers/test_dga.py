@@ -149,12 +149,19 @@ class DirectionSetup:
     """Held-out documents of every domain, and ``gsm8k_test`` (GSM8K's test split)."""
     target: np.ndarray
     """GSM8K train texts: the target the mixers see (hook gradient, in-sample loss)."""
-    uniform: Any
-    """The static uniform run with the same seed and budget (what the mixers must beat)."""
 
     @property
     def start(self) -> dict[str, float]:
         return {d: 1.0 / len(self.train) for d in self.train}
+
+    @functools.cached_property
+    def uniform(self) -> Any:
+        """The static uniform run with the same seed and budget (what the mixers must beat);
+        trained on first use."""
+        from curamix.proxy.train import train_proxy
+
+        return train_proxy(self.cfg, self.train, self.val, self.start,
+                           target_tokens=self.target, progress=False)  # fmt: skip
 
 
 def _sample_docs(path, n: int, seed: int = 0, chars: int = 1500) -> list[str]:
@@ -176,7 +183,7 @@ def direction_setup(data_dir: str) -> DirectionSetup:
     mixture's effect on the target (about 0.05) is visible in one seeded run.
     """
     from curamix.proxy.tokenizer import encode_stream, train_tokenizer
-    from curamix.proxy.train import ProxyTrainConfig, train_proxy
+    from curamix.proxy.train import ProxyTrainConfig
 
     root = Path(data_dir)
     texts = {d: _sample_docs(root / "corpus" / f"{d}.jsonl.gz", 110) for d in DIRECTION_DOMAINS}
@@ -191,10 +198,7 @@ def direction_setup(data_dir: str) -> DirectionSetup:
         total_tokens=8 * 64 * 300, lr=1e-3, update_every=10, hook_rows=8, eval_tokens=8192,
         device="cpu", cpu_threads=1, seed=0,
     )  # fmt: skip
-    target_tokens = encode_stream(tok, target)
-    start = {d: 1.0 / len(train) for d in train}
-    uniform = train_proxy(cfg, train, val, start, target_tokens=target_tokens, progress=False)
-    return DirectionSetup(cfg, train, val, target_tokens, uniform)
+    return DirectionSetup(cfg, train, val, encode_stream(tok, target))
 
 
 def assert_moves_toward_math(setup: DirectionSetup, mixer: Any, res: Any) -> dict[str, float]:

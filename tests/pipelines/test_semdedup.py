@@ -91,7 +91,10 @@ def test_ledger_accounting_and_exact_copies(run):
 def test_same_decisions_as_the_kernels(run):
     cfg, res = run
     emb = load_embeddings(res["embed"])
-    assign, cos, _ = cluster_pool(emb.vectors, emb.domains, "global", None, 20, cfg.seed, "off")
+    # k-means on the device the stage used (embed.index.gpu: auto -> the GPU where FAISS sees
+    # one): decisions are deterministic per device, not across devices
+    gpu = cfg.embed.index.gpu
+    assign, cos, _ = cluster_pool(emb.vectors, emb.domains, "global", None, 20, cfg.seed, gpu)
     want = semdedup(emb.vectors, assign, cos, eps=0.05)
     led = _ledger(res["semdedup"])
     got = np.array([led[i]["decision"] == "removed" for i in emb.ids])
