@@ -60,12 +60,28 @@ PRESETS: dict[str, dict[str, Any]] = {
 CONDITIONS = ("staged", "final", "time_avg", "uniform", "natural")
 
 
+def model_spec(name: str, vocab: int, seq_len: int) -> Any:
+    """A preset name (``xs``, ``s``...) or ``d<d_model>l<layers>h<heads>`` (``d128l2h4``: 4x
+    ``tiny``'s non-embedding parameters), for sizes between the presets."""
+    import re
+
+    from curamix.proxy.model import ProxyModelConfig
+
+    m = re.fullmatch(r"d(\d+)l(\d+)h(\d+)", name)
+    if m is None:
+        return name
+    d, n_layers, n_heads = map(int, m.groups())
+    return ProxyModelConfig(vocab_size=vocab, seq_len=seq_len, d_model=d, n_layers=n_layers,
+                            n_heads=n_heads)  # fmt: skip
+
+
 def train_config(p: dict[str, Any], model: str, vocab: int, seed: int, threads: int | None,
                  tokens: int, update_every: int, hook_rows: int) -> Any:  # fmt: skip
     from curamix.proxy.train import ProxyTrainConfig
 
     return ProxyTrainConfig(
-        model=model, vocab_size=vocab, seq_len=p["seq_len"], batch_size=p["batch_size"],
+        model=model_spec(model, vocab, p["seq_len"]), vocab_size=vocab, seq_len=p["seq_len"],
+        batch_size=p["batch_size"],
         total_tokens=tokens, lr=3e-3, warmup=0.05, eval_tokens=p["eval_tokens"],
         update_every=update_every, hook_rows=hook_rows, device="cpu", cpu_threads=threads,
         seed=seed, log_every=50,

@@ -400,7 +400,9 @@ def test_explore_notebook_executes_on_the_flow_run(first_run, monkeypatch, tmp_p
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 4  # composition, scores, weight trajectories + losses, law fit
+    # composition, scores, weight trajectories + losses, the staged schedule over the
+    # trajectory (cell 4b), law fit
+    assert len(images) == 5
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     seen = json.loads(text.split("SUMMARY ", 1)[1].splitlines()[0])
     data_stages = [s for s in STAGES if s not in ("embed", "dsir")]
