@@ -65,7 +65,8 @@ def check_plan(cfg: PipelineConfig) -> None:
         if stage in SCORE_STAGES:
             problems.append(
                 f"mixture.stage: {stage!r} writes scores, not documents; use a stage with a "
-                "data/ output (ingest, dedup, semdedup, quality, decontam, betr, select, coreset)"
+                "data/ output (ingest, dedup, semdedup, quality, decontam, betr, rds, select, "
+                "coreset)"
             )
         elif stage not in cfg.stages:
             problems.append(
