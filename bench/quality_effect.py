@@ -72,8 +72,15 @@ def ngrams13(text: str) -> set[int]:
 
 
 def run_one(
-    cond: str, seed: int, stream: np.ndarray, val: dict[str, np.ndarray], p: dict[str, Any]
+    cond: str,
+    seed: int,
+    stream: np.ndarray,
+    val: dict[str, np.ndarray],
+    p: dict[str, Any],
+    tasks: tuple[str, ...] = EVAL_SETS,
 ) -> dict[str, Any]:
+    """One proxy trained on ``stream`` alone; ``target`` is the mean loss over ``tasks`` (keys
+    of ``val``). bench/rds_effect.py runs its conditions through this too."""
     from curamix.proxy.train import ProxyTrainConfig, train_proxy
 
     t0 = time.perf_counter()
@@ -84,7 +91,7 @@ def run_one(
         log_every=50,
     )  # fmt: skip
     res = train_proxy(cfg, {"selection": stream}, val, {"selection": 1.0}, progress=False)
-    tests = {k: float(res.val_losses[k]) for k in EVAL_SETS}
+    tests = {k: float(res.val_losses[k]) for k in tasks}
     return {
         "condition": cond,
         "seed": seed,

@@ -40,11 +40,11 @@ Setup (on ../shared/data; every choice fixed before looking at the held-out loss
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import multiprocessing as mp
 import os
 import platform
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -52,7 +52,10 @@ from typing import Any
 
 import numpy as np
 
-T0 = time.perf_counter()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# bench/quality_effect.py: the same one-selection proxy run, the log and the JSONL reader
+from quality_effect import T0, log, read_jsonl, run_one
+
 TASKS = ("gsm8k", "mmlu", "arc")
 SMOKE = {
     "per_domain": 60,
@@ -72,59 +75,9 @@ SMOKE = {
 """``--smoke``: a small slice and tiny proxies, to check the whole path in a minute or two."""
 
 
-def log(msg: str) -> None:
-    print(f"[{time.perf_counter() - T0:7.1f}s] {msg}", flush=True)
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
-
-
 def pick(rows: list, n: int, key: list[int]) -> list:
     idx = np.random.default_rng(key).permutation(len(rows))
     return [rows[i] for i in np.sort(idx[: min(n, len(rows))])]
-
-
-# ---------------------------------------------------------------------------------------------
-# One proxy run (in a worker process)
-
-
-def run_one(
-    cond: str, seed: int, stream: np.ndarray, val: dict[str, np.ndarray], p: dict[str, Any]
-) -> dict[str, Any]:
-    from curamix.proxy.train import ProxyTrainConfig, train_proxy
-
-    t0 = time.perf_counter()
-    cfg = ProxyTrainConfig(
-        model=p["model"],
-        vocab_size=p["vocab"],
-        seq_len=p["seq_len"],
-        batch_size=p["batch_size"],
-        total_tokens=p["tokens"],
-        lr=p["lr"],
-        warmup=0.05,
-        eval_tokens=p["eval_tokens"],
-        device="cpu",
-        cpu_threads=p["threads"],
-        seed=seed,
-        log_every=50,
-    )
-    res = train_proxy(cfg, {"selection": stream}, val, {"selection": 1.0}, progress=False)
-    tests = {k: float(res.val_losses[k]) for k in TASKS}
-    return {
-        "condition": cond,
-        "seed": seed,
-        "target": float(np.mean(list(tests.values()))),
-        "tests": tests,
-        "pool_val": float(res.val_losses["pool_val"]),
-        "tokens": res.tokens_trained,
-        "epochs": res.epochs["selection"],
-        "stream_tokens": len(stream),
-        "n_params": res.n_params,
-        "n_params_non_embedding": res.n_params_non_embedding,
-        "wall_s": time.perf_counter() - t0,
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,7 +322,9 @@ def main() -> None:
     runs: list[dict[str, Any]] = []
     log(f"training {len(streams)} proxies ({args.model}), {args.jobs} jobs")
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as ex:
-        futs = [ex.submit(run_one, c, s, streams[c, s], val, p) for s in seeds for c in conds]
+        futs = [
+            ex.submit(run_one, c, s, streams[c, s], val, p, TASKS) for s in seeds for c in conds
+        ]
         for f in futs:
             r = f.result()
             runs.append(r)

@@ -226,6 +226,21 @@ def _trajectory(
     )
 
 
+def _save_weights_plot(fig: Any, ax: Any, title: str, path: str | Path) -> Path:
+    """The weight plots' common axis, legend and file settings (no timestamp in the PNG)."""
+    import matplotlib.pyplot as plt
+
+    ax.set_ylabel("domain weight")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, ncol=2, frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
 def plot_trajectory(traj: pl.DataFrame, path: str | Path, title: str = "") -> Path:
     """Weight of each domain against proxy training tokens."""
     import matplotlib
@@ -237,15 +252,7 @@ def plot_trajectory(traj: pl.DataFrame, path: str | Path, title: str = "") -> Pa
     for col in [c for c in traj.columns if c.startswith("w:")]:
         ax.plot(traj["tokens"], traj[col], marker="o", ms=2.5, lw=1.2, label=col[2:])
     ax.set_xlabel("proxy training tokens")
-    ax.set_ylabel("domain weight")
-    ax.set_ylim(bottom=0)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, ncol=2, frameon=False)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-    plt.close(fig)
-    return path
+    return _save_weights_plot(fig, ax, title, path)
 
 
 def plot_schedule(
@@ -281,15 +288,7 @@ def plot_schedule(
         ax.axvline(s, color="0.6", lw=0.6, ls=":")
     ax.set_xlim(0, 1)
     ax.set_xlabel("fraction of training tokens")
-    ax.set_ylabel("domain weight")
-    ax.set_ylim(bottom=0)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, ncol=2, frameon=False)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-    plt.close(fig)
-    return path
+    return _save_weights_plot(fig, ax, title, path)
 
 
 def _train(
