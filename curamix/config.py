@@ -32,6 +32,7 @@ KNOWN_STAGES: tuple[str, ...] = (
     "rds",
     "select",
     "coreset",
+    "adapt",
 )
 """Stages in their run order (:mod:`curamix.pipelines.registry` holds what each one reads and
 runs; a test keeps the two in step)."""
@@ -459,6 +460,10 @@ class SemDedupConfig(CuramixModel):
     eps_report: list[float] = Field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.2])
     n_clusters: int | None = Field(default=None, ge=1)
     """Spherical k-means clusters; default ~sqrt(n / 2)."""
+    kmeans_sample: int | None = Field(default=None, ge=1)
+    """Embedded documents the centroids are trained on (per domain with ``scope: local``):
+    those with the smallest hash of (seed, id); default 256 per cluster, the most FAISS's
+    k-means trains on. Every document then joins its nearest centroid."""
     niter: int = Field(default=20, ge=1)
     keep: Literal["far", "near"] = "far"
     """Order inside a cluster: ``far`` keeps the documents farthest from the centroid first
@@ -607,6 +612,66 @@ class CoresetConfig(CuramixModel):
         return self
 
 
+class AdaptConfig(CuramixModel):
+    """Adapt-infty (Maharana et al. 2025): pseudo-skill clusters of a proxy LM's projected
+    per-document gradients, each cluster's share of the budget drawn by coverage-centric
+    sampling over the scorer (log-perplexity, EL2N, GraNd) whose histogram has the highest
+    entropy; optionally the pool is first pruned to its least redundant documents per
+    cluster (docs/adapt.md)."""
+
+    budget_fraction: float | None = Field(default=None, gt=0, le=1)
+    """Share of the pool's documents to select; default 0.1 unless ``budget`` is set."""
+    budget: int | None = Field(default=None, ge=1)
+    """Absolute number of documents to select."""
+    prune_fraction: float | None = Field(default=None, gt=0, le=1)
+    """Permanent pruning first: keep this share of the pool, the least redundant documents of
+    each cluster (max cosine to an earlier one); default: no pruning."""
+    prune_budget: int | None = Field(default=None, ge=1)
+    """Permanent pruning first, as an absolute number of documents kept."""
+    n_clusters: int = Field(default=10, ge=1)
+    """Pseudo-skill clusters (MiniBatchKMeans, batch 10,240: the reference's)."""
+    scorers: list[Literal["log_ppl", "el2n", "grand"]] = Field(
+        default_factory=lambda: ["log_ppl", "el2n", "grand"], min_length=1
+    )
+    """The selector experts a cluster chooses from (ties: the first listed)."""
+    n_bins: int = Field(default=50, ge=1)
+    """CCS bins between the 5th and 95th percentiles of a cluster's scores."""
+    entropy_bins: int = Field(default=50, ge=2)
+    """Histogram bins of the scorer choice."""
+    entropy_window: Literal["reference", "zscore"] = "reference"
+    """Histogram edges: ``reference`` +-4 raw standard deviations (the reference's), ``zscore``
+    +-4 standard deviations of the z-scores."""
+    trim: bool = True
+    """Cut a cluster's CCS draw to its budget where the reference's ceilings draw more."""
+    proj_dim: int = Field(default=256, ge=1)
+    """Dimension of the seeded Rademacher projection of the gradients."""
+    layer: int = -1
+    """Transformer block whose parameters the gradient covers (negative: from the last)."""
+    max_tokens: int | None = Field(default=None, ge=1)
+    """Predicted tokens per document (its first window); default the proxy's seq_len."""
+    batch_size: int = Field(default=16, ge=1)
+    """Documents per vmap'd gradient batch."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the gradients are computed (the proxy trains on ``proxy.device``)."""
+    proxy: ProxyScoreConfig = Field(default_factory=ProxyScoreConfig)
+    """The proxy LM, trained on a seeded sample of the pool."""
+    engine: Literal["auto", "spark", "local"] = "auto"
+    """Where the gradients are computed: ``local`` in this process, ``spark`` one task per
+    part; ``auto``: local up to ``local_max_docs`` documents. The output is the same."""
+    local_max_docs: int = Field(default=50_000, ge=0)
+
+    @model_validator(mode="after")
+    def _one_each(self) -> AdaptConfig:
+        for a, b in (("budget", "budget_fraction"), ("prune_budget", "prune_fraction")):
+            if getattr(self, a) is not None and getattr(self, b) is not None:
+                raise ValueError(
+                    f"set {a} ({getattr(self, a)}) or {b} ({getattr(self, b)}), not both"
+                )
+        if len(set(self.scorers)) != len(self.scorers):
+            raise ValueError(f"scorers lists a scorer twice: {self.scorers}")
+        return self
+
+
 class ScheduleConfig(CuramixModel):
     """How the search's weight trajectory leaves the proxy (``mixture.schedule``): compressed to
     stages (:func:`curamix.mixers.compress_trajectory`), and which weights ``mixture.json``
@@ -626,9 +691,9 @@ class MixtureSearchConfig(CuramixModel):
     """Mixture search (flow step, not a stage): train a proxy LM on the run's curated pool with
     a mixer choosing the domain weights; the result is ``RUN/mixture.json`` (docs/flows.md)."""
 
-    method: Literal["dga", "tikmix", "doremi", "regmix", "uniform", "natural", "temperature"] = (
-        "dga"
-    )
+    method: Literal[
+        "dga", "tikmix", "doremi", "regmix", "skillit", "uniform", "natural", "temperature"
+    ] = "dga"
     params: dict[str, Any] = Field(default_factory=dict)
     """Mixer constructor parameters, over the method's defaults (``curamix.mixers.search``)."""
     stage: str | None = None
@@ -652,10 +717,30 @@ class MixtureSearchConfig(CuramixModel):
     hook_rows: int = Field(default=4, ge=1)
     eval_tokens: int = Field(default=16_384, ge=1)
     val_fraction: float = Field(default=0.05, gt=0, lt=1)
+    sample_margin: float | None = Field(default=1.5, ge=1)
+    """The proxy trains on a seeded sample of each domain: the documents in the order of a
+    hash of (seed, id) up to ``sample_margin`` times the tokens one run can read from the
+    domain (``curamix.proxy.data.token_need``), or all of it when smaller. None: the whole
+    pool."""
+    engine: Literal["auto", "spark", "local"] = "auto"
+    """Where the sample is tokenized: ``local`` part by part in this process, ``spark`` one
+    task per part; ``auto``: local up to ``local_max_docs`` documents. The output is the same."""
+    local_max_docs: int = Field(default=100_000, ge=0)
     regmix_runs: int = Field(default=16, ge=4)
     """RegMix: proxy runs on sampled mixtures before the regression."""
     regmix_tokens: int | None = Field(default=None, ge=1)
     """RegMix: tokens per sampled run (default total_tokens / 4)."""
+    skills_graph: str | None = None
+    """Skill-it: a skills-graph file (``.json`` with skill names, e.g. a search's
+    ``skills_graph.json``, or ``.npy`` in sorted domain order; docs/mixers.md). None: the graph
+    is estimated on short proxy runs before the search."""
+    skills_graph_estimate: Literal["single", "pairwise"] = "single"
+    """Skill-it's edge test: ``single`` trains on each domain alone (k runs), ``pairwise`` on
+    every pair too (k(k+1)/2 runs, the reference's test)."""
+    skills_graph_tokens: int | None = Field(default=None, ge=1)
+    """Skill-it: tokens of each edge-test run after the warmup (default total_tokens / 16)."""
+    skills_graph_warmup: int | None = Field(default=None, ge=0)
+    """Skill-it: tokens on the uniform mixture before each edge test (default total_tokens / 8)."""
     upsample: list[str] = Field(default_factory=list)
     """Domains upweighted for the last ``upsample_last`` of training (a schedule stage)."""
     upsample_factor: float = Field(default=2.0, gt=0)
@@ -765,10 +850,27 @@ class FlowConfig(CuramixModel):
     """Publish Prefect artifacts (stage summaries, mixture table, plots)."""
 
 
+class StorageConfig(CuramixModel):
+    """Object-store settings (``s3://`` run folders and inputs). The standard environment
+    variables win over these (``AWS_ENDPOINT_URL``, ``AWS_REGION``, ``AWS_ACCESS_KEY_ID``...;
+    :mod:`curamix.io.fs`): keep secrets in the environment, not in the YAML."""
+
+    endpoint_url: str | None = None
+    """An S3-compatible server (MinIO, Ceph, rclone...), e.g. ``http://minio:9000``."""
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    session_token: str | None = None
+    profile: str | None = None
+
+
 class PipelineConfig(CuramixModel):
     """A run: where its outputs go, which stages run, and each stage's section."""
 
     run_dir: str = "runs/default"
+    """A folder, or an object-store URI (``s3://bucket/runs/r1``, ``gs://``, ``abfs://``,
+    ``hdfs://``; docs/deploy.md)."""
+    storage: StorageConfig | None = None
     seed: int = 0
     stages: list[str] = Field(default_factory=lambda: ["ingest"])
     spark: SparkConfig = Field(default_factory=SparkConfig)
@@ -783,6 +885,7 @@ class PipelineConfig(CuramixModel):
     rds: RDSConfig | None = None
     select: SelectConfig | None = None
     coreset: CoresetConfig | None = None
+    adapt: AdaptConfig | None = None
     mixture: MixtureSearchConfig | None = None
     scaling: ScalingConfig | None = None
     export: ExportConfig | None = None
@@ -886,6 +989,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
 
     if "run_dir" in data:
         data["run_dir"] = absolute(data["run_dir"])
+    mixture = data.get("mixture")
+    if isinstance(mixture, dict) and mixture.get("skills_graph"):
+        mixture["skills_graph"] = absolute(mixture["skills_graph"])
     sections = [
         (data.get("ingest"), "inputs"),
         (data.get("decontam"), "test_inputs"),
@@ -944,7 +1050,9 @@ def load_config(
     path: str | Path, overrides: Iterable[str] = (), *, use_env: bool = True
 ) -> PipelineConfig:
     """Load a pipeline YAML file (relative paths resolve against its folder)."""
-    path = Path(path)
+    from curamix.io.fs import as_path
+
+    path = as_path(path)  # type: ignore[assignment]
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:

@@ -20,12 +20,14 @@ from curamix.config import (
     load_config,
     pool_stage,
 )
+from curamix.io.fs import AnyPath, as_path
 from curamix.io.store import (
     JobResult,
     load_completed,
     read_stages_index,
     run_lock,
     write_json_atomic,
+    write_text_atomic,
 )
 from curamix.pipelines.registry import get_stage
 
@@ -50,7 +52,7 @@ RUN_CONFIG = "pipeline.yaml"
 
 def extend_run_config(run_dir: str | Path, stage: str, section: dict[str, Any]) -> PipelineConfig:
     """The run's saved config with ``stage`` added to its stages and its section replaced."""
-    path = Path(run_dir) / RUN_CONFIG
+    path = as_path(run_dir) / RUN_CONFIG
     if not path.is_file():
         raise ConfigError(
             f"no {RUN_CONFIG} in {run_dir}: run `curamix ingest` or `curamix run` there first"
@@ -106,6 +108,27 @@ def stage_key(cfg: PipelineConfig, stage: str) -> str:
     return get_stage(stage).key(cfg, stage_inputs(cfg, stage))
 
 
+STORE_READY = ("ingest", "dedup", "decontam", "embed", "dsir", "select")
+"""Stages that run with ``run_dir`` on an object store (docs/deploy.md); the others open
+their outputs by local path in places, and are refused there rather than written wrongly."""
+
+
+def check_store_ready(cfg: PipelineConfig, stages: list[str]) -> None:
+    """:class:`ConfigError` naming the stages that cannot yet run into an object-store
+    ``run_dir``, before any of them starts."""
+    from curamix.io.fs import is_remote
+
+    if not is_remote(cfg.run_dir):
+        return
+    waiting = [s for s in stages if s not in STORE_READY]
+    if waiting:
+        raise ConfigError(
+            f"run_dir {cfg.run_dir} is on an object store, where only {', '.join(STORE_READY)} "
+            f"can run in this release; {', '.join(waiting)} cannot yet: use a local or shared "
+            "run folder for them (docs/deploy.md, 'Object storage')"
+        )
+
+
 def run_stage(
     spark: SparkSession,
     cfg: PipelineConfig,
@@ -116,6 +139,7 @@ def run_stage(
     """Run one stage of ``cfg`` (skipped when its output for this config and inputs is already
     complete); ``upstream``: this run's results so far (others come from the run folder)."""
     spec = get_stage(stage)
+    check_store_ready(cfg, [stage])
     say = on_step or (lambda _msg: None)
     inputs = stage_inputs(cfg, stage, upstream)
     key = spec.key(cfg, inputs)
@@ -137,6 +161,10 @@ def run_pipeline(
 
     The run folder is locked for the duration (:func:`curamix.io.store.run_lock`): a second
     run on the same folder is refused with an error naming this one."""
+    from curamix.io.fs import configure
+
+    configure(cfg.storage.model_dump() if cfg.storage else None)
+    check_store_ready(cfg, [s for s in cfg.stages if only is None or s in only])
     with run_lock(cfg.run_dir):
         return _run_pipeline(cfg, spark, on_step, only)
 
@@ -147,11 +175,9 @@ def _run_pipeline(
     on_step: Callable[[str], None] | None,
     only: list[str] | None,
 ) -> dict[str, JobResult]:
-    run_dir = Path(cfg.run_dir)
+    run_dir = as_path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{RUN_CONFIG}.tmp"
-    tmp.write_text(dump_config(cfg), encoding="utf-8")
-    tmp.replace(run_dir / RUN_CONFIG)
+    write_text_atomic(run_dir / RUN_CONFIG, dump_config(cfg))
     if spark is None:
         from curamix.pipelines.session import get_spark
 
@@ -163,7 +189,7 @@ def _run_pipeline(
         results[stage] = run_stage(spark, cfg, stage, results, on_step)
     write_json_atomic(
         run_dir / "last_run.json",
-        {s: {"folder": r.path.name, "skipped": r.skipped} for s, r in results.items()},
+        {s: {"folder": r.folder, "skipped": r.skipped} for s, r in results.items()},
     )
     return results
 
@@ -181,7 +207,10 @@ class StageStatus:
 
 def run_status(run_dir: str | Path) -> list[StageStatus]:
     """Each stage of a run's config with its state and counts."""
-    run_dir = Path(run_dir)
+    from curamix.io.fs import check_store
+
+    check_store(str(run_dir))  # a missing bucket or refused credentials, said as such
+    run_dir = as_path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"no run folder at {run_dir}")
     index = read_stages_index(run_dir)
@@ -225,7 +254,7 @@ def run_status(run_dir: str | Path) -> list[StageStatus]:
             continue
         done = load_completed(run_dir, stage, key)
         if done is not None:
-            out.append(StageStatus(stage, "done", done.path.name, done.counts))
+            out.append(StageStatus(stage, "done", done.folder, done.counts))
         elif latest:
             res = _load(run_dir, latest)
             out.append(
@@ -242,7 +271,7 @@ def run_status(run_dir: str | Path) -> list[StageStatus]:
     return out
 
 
-def _load(run_dir: Path, folder: str | None) -> JobResult | None:
+def _load(run_dir: AnyPath, folder: str | None) -> JobResult | None:
     if not folder:
         return None
     stage, key = folder.rsplit("-", 1)

@@ -14,6 +14,22 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# --- object storage -----------------------------------------------------------------------------
+# The AWS variables point at the test S3 server (tests/s3.py) from the start of the session, so
+# Spark workers started by any fixture see it; the server itself starts with the ``s3`` fixture.
+from tests.s3 import S3Server, export_env  # noqa: E402
+
+export_env()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A real S3 server (``rclone serve s3``) on 127.0.0.1 for the session."""
+    server = S3Server(tmp_path_factory.mktemp("s3") / "root").start()
+    yield server
+    server.stop()
+
+
 # --- devices ----------------------------------------------------------------------------------
 #
 # ``@pytest.mark.gpu`` needs a CUDA device torch can use; ``@pytest.mark.gpu("faiss")`` needs

@@ -245,6 +245,7 @@ def test_registry_upstreams_point_to_earlier_stages():
         "rds": {"query_inputs": [{"path": "q.jsonl"}], "representation": "embed"},
         "select": {"fraction": 0.1},
         "coreset": {"fraction": 0.1, "score": "dsir"},
+        "adapt": {},
     }
     cfg = build_config(every, use_env=False)
     for s in STAGES:
@@ -263,4 +264,5 @@ def test_registry_upstreams_point_to_earlier_stages():
         "rds": "decontam",
         "select": "decontam",
         "coreset": "decontam",
+        "adapt": "decontam",
     }

@@ -1,6 +1,6 @@
 """The ``curamix`` command line: ``ingest``, ``run``, ``dedup``, ``quality``, ``embed``, ``semdedup``,
-``decontam``, ``score`` (``dsir``, ``betr``), ``select``, ``coreset``, ``sweep``, ``fit``,
-``recommend``, ``export``, ``status``, ``demo`` (the Prefect flow), ``serve``.
+``decontam``, ``score`` (``dsir``, ``betr``), ``select``, ``coreset``, ``rds``, ``adapt``,
+``sweep``, ``fit``, ``recommend``, ``export``, ``status``, ``demo`` (the Prefect flow), ``serve``.
 
 Every command prints where its outputs are. Bad configs and a missing Java runtime end with
 a one-paragraph message and exit code 2, not a traceback.
@@ -47,7 +47,9 @@ app.command("semdedup")(stages.semdedup_cmd)
 app.command("coreset")(stages.coreset_cmd)
 app.command("select")(stages.select_cmd)
 app.command("rds")(stages.rds_cmd)
+app.command("adapt")(stages.adapt_cmd)
 app.command()(stages.status)
+app.command()(stages.gc)
 score_app.command("dsir")(stages.score_dsir)
 score_app.command("betr")(stages.score_betr)
 app.command()(demo.demo)

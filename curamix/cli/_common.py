@@ -19,6 +19,7 @@ err_console = Console(stderr=True, highlight=False)
 
 @contextmanager
 def _friendly_errors() -> Iterator[None]:
+    from curamix.io.fs import StorageError
     from curamix.io.store import RunFolderNotWritableError, RunLockedError
     from curamix.pipelines.dedup import DedupGateError
     from curamix.pipelines.ingest import QuarantineRateError
@@ -26,8 +27,10 @@ def _friendly_errors() -> Iterator[None]:
 
     try:
         yield
-    except (ConfigError, JavaMissingError, RunFolderNotWritableError) as err:
-        err_console.print(f"[bold red]error:[/] {err}")
+    except (ConfigError, JavaMissingError, RunFolderNotWritableError, StorageError) as err:
+        from rich.markup import escape
+
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}")
         raise typer.Exit(2) from None
     except RunLockedError as err:
         err_console.print(f"[bold red]busy:[/] {err}")

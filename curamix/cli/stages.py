@@ -1,5 +1,6 @@
 """The pipeline stage commands: ``ingest``, ``run``, ``dedup``, ``quality``, ``decontam``, ``embed``,
-``semdedup``, ``coreset``, ``select``, ``rds``, ``score dsir`` / ``score betr``, and ``status``.
+``semdedup``, ``coreset``, ``select``, ``rds``, ``adapt``, ``score dsir`` / ``score betr``, and
+``status``.
 
 Each stage command adds its section to the run's config
 (:func:`curamix.runner.extend_run_config`) and runs that one stage on Spark; ``status``
@@ -491,12 +492,84 @@ def rds_cmd(
         console.print(f"report: [cyan]{results['rds'].path / 'report.md'}[/]")
 
 
+def adapt_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder with a completed ingest.")],
+    budget_fraction: Annotated[
+        float | None, typer.Option(help="Share of the pool to select (default 0.1).")
+    ] = None,
+    budget: Annotated[int | None, typer.Option(help="Documents to select.")] = None,
+    prune_fraction: Annotated[
+        float | None,
+        typer.Option(help="Prune the pool first to this share, least redundant per cluster."),
+    ] = None,
+    prune_budget: Annotated[
+        int | None, typer.Option(help="Prune the pool first to this many documents.")
+    ] = None,
+    n_clusters: Annotated[int, typer.Option(help="Pseudo-skill clusters.")] = 10,
+    scorer: Annotated[
+        list[str] | None,
+        typer.Option("--scorer", help="log_ppl, el2n or grand (repeatable; default all three)."),
+    ] = None,
+    proj_dim: Annotated[int, typer.Option(help="Projected gradient dimension.")] = 256,
+    entropy_window: Annotated[
+        str, typer.Option(help="reference (the authors' code) or zscore.")
+    ] = "reference",
+    engine: Annotated[str, typer.Option(help="auto, local or spark.")] = "auto",
+) -> None:
+    """Select the pool by Adapt-infty: gradient clusters, a scorer per cluster, coverage-centric
+    sampling, optional permanent pruning (Maharana et al. 2025)."""
+    from curamix.runner import extend_run_config
+
+    with _friendly_errors():
+        section = {
+            "budget_fraction": budget_fraction,
+            "budget": budget,
+            "prune_fraction": prune_fraction,
+            "prune_budget": prune_budget,
+            "n_clusters": n_clusters,
+            "proj_dim": proj_dim,
+            "entropy_window": entropy_window,
+            "engine": engine,
+            **({"scorers": scorer} if scorer else {}),
+        }
+        results = _run(extend_run_config(run_dir, "adapt", section), only=["adapt"])
+        a = results["adapt"].manifest.get("adapt", {})
+        if a:
+            used = ", ".join(f"{s} {n}" for s, n in sorted(a["scorer_counts"].items()))
+            console.print(
+                f"kept {a['selected']} documents from {len(a['clusters'])} clusters "
+                f"(scorers: {used}; pruned {a['pruned']})"
+            )
+        console.print(f"report: [cyan]{results['adapt'].path / 'report.md'}[/]")
+
+
 _COUNTS = ("in", "kept", "removed", "quarantined", "out")
 """The counts ``status`` shows per stage (blank where a stage has none)."""
 
 
+def gc(
+    run_dir: Annotated[str, typer.Argument(help="Run folder or URI (s3://bucket/runs/r1).")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only list what would be removed.")
+    ] = False,
+) -> None:
+    """Remove what killed or failed attempts left in a run folder (never a completed output).
+
+    On an object store: every attempt-* prefix that no _COMPLETE names, and the scratch of
+    stages that are not running; on local disk: .tmp/ and unfinished stage folders. Takes
+    the run lock, so it refuses a folder a run is using."""
+    from curamix.io.store import collect_garbage
+
+    with _friendly_errors():
+        removed = collect_garbage(run_dir, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for r in removed:
+        console.print(f"  {verb} {r}", markup=False)
+    console.print(f"{verb} {len(removed)} leftover(s) in {run_dir}", markup=False)
+
+
 def status(
-    run_dir: Annotated[Path, typer.Argument(help="Run folder.")],
+    run_dir: Annotated[str, typer.Argument(help="Run folder or URI (s3://bucket/runs/r1).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show a run's stages, their counts and what remains to run."""

@@ -522,6 +522,14 @@ class VectorIndex:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        from curamix.io.fs import is_remote, upload_folder
+
+        if is_remote(folder):  # built here, then written object by object
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="curamix-index-") as d:
+                upload_folder(self.save(Path(d) / "index"), folder)
+            return folder  # type: ignore[return-value]
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -557,6 +565,18 @@ class VectorIndex:
         import faiss
         import pyarrow.parquet as pq
 
+        from curamix.io.fs import as_path, is_remote, write_bytes
+
+        if is_remote(folder):  # FAISS reads files: fetch the three objects first
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="curamix-index-") as d:
+                for name in (INDEX_FILE, IDS_FILE, META_FILE):
+                    src = as_path(folder) / name
+                    if not src.is_file():
+                        raise FileNotFoundError(f"{folder} is not a saved VectorIndex: no {name}")
+                    write_bytes(Path(d) / name, src.read_bytes())
+                return cls.load(d, gpu=gpu)
         folder = Path(folder)
         for name in (INDEX_FILE, IDS_FILE, META_FILE):
             if not (folder / name).is_file():

@@ -16,7 +16,10 @@ depends on one number, its max cosine to earlier documents, so the removals for 
 ``eps`` come from one pass (:func:`removal_counts`) and grow monotonically with ``eps``.
 
 The max cosine is computed one cluster at a time with blocked matrix products: at most
-``block x block`` similarities are held at once, whatever the cluster size.
+``block x block`` similarities are held at once, whatever the cluster size. The clusters are
+independent, so the Spark stage runs this same kernel one task per cluster; the centroids come
+from a k-means trained on a sample (:func:`kmeans_train_size`) and every document joins its
+nearest one (:func:`assign_to_centroids`).
 
 References
 ----------
@@ -183,6 +186,50 @@ def semdedup(
     """
     mc, nn = max_cos_to_earlier(vectors, assign, cos_to_centroid, keep, block)
     return decide(mc, nn, eps)
+
+
+KMEANS_POINTS_PER_CLUSTER = 256
+"""Training points per centroid of the sampled k-means: FAISS's ``max_points_per_centroid``,
+the most its k-means trains on (it subsamples a larger set itself)."""
+
+
+def kmeans_train_size(n: int, k: int, sample: int | None = None) -> int:
+    """Documents the centroids of ``k`` clusters over ``n`` documents are trained on:
+    ``sample``, by default ``KMEANS_POINTS_PER_CLUSTER * k``; at least ``k``, at most ``n``."""
+    want = KMEANS_POINTS_PER_CLUSTER * k if sample is None else int(sample)
+    return min(n, max(k, want))
+
+
+def assign_to_centroids(
+    vectors: np.ndarray, centroids: np.ndarray, block: int = BLOCK
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each vector's cluster: the centroid with the largest inner product (the lowest index on
+    ties) and the vector's cosine to it (inner product / its norm, 0 for a zero vector), as
+    :func:`curamix.embeddings.index.spherical_kmeans` returns them. The products with every
+    centroid are matrix products of ``block`` rows (the same blocks for the same rows, wherever
+    they run); the cosine to the chosen centroid is then summed row by row, so it depends on
+    the vector alone: exact copies get the same cosine and keep their id order in a cluster
+    (a matrix product's last bit can depend on the other rows of the block).
+
+    Returns ``assign`` (int64) and ``cos_to_centroid`` (float32)."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    c = np.ascontiguousarray(centroids, dtype=np.float32)
+    if x.ndim != 2 or c.ndim != 2 or x.shape[1] != c.shape[1]:
+        raise ValueError(
+            f"vectors {x.shape} and centroids {c.shape} must be 2-D with the same dimension"
+        )
+    if len(c) == 0:
+        raise ValueError("no centroids to assign the vectors to")
+    assign = np.zeros(len(x), dtype=np.int64)
+    cos = np.zeros(len(x), dtype=np.float32)
+    for lo in range(0, len(x), block):
+        rows = x[lo : lo + block]
+        a = (rows @ c.T).argmax(axis=1)
+        ip = (rows * c[a]).sum(axis=1, dtype=np.float32)
+        norms = np.sqrt((rows * rows).sum(axis=1, dtype=np.float32))
+        assign[lo : lo + block] = a
+        cos[lo : lo + block] = np.divide(ip, norms, out=np.zeros_like(ip), where=norms > 0)
+    return assign, cos
 
 
 def removal_counts(max_cos: np.ndarray, eps_list: Sequence[float]) -> list[int]:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PLOTS = ("component_sizes.png", "scores_hist.png", "weights.png", "schedule.png",
-         "fits/chinchilla.png", "fits/mixing.png")  # fmt: skip
+         "skills_graph.png", "fits/chinchilla.png", "fits/mixing.png")  # fmt: skip
 """Plot files a step folder may hold (relative to it)."""
 MAX_EMBED_BYTES = 400_000
 """Larger PNGs are linked, not embedded."""

@@ -155,14 +155,20 @@ def stage_task(
 
 @task(name="mixture-search", **_TASK)
 def mixture_task(cfg: PipelineConfig, pool: JobResult) -> JobResult:
-    """Proxy training with the configured mixer (skipped when complete)."""
+    """Proxy training with the configured mixer (skipped when complete); the pool sample is
+    tokenized one Spark task per part (``mixture.engine``)."""
+    from functools import partial
+
     from curamix.mixers.search import read_target_texts, run_mixture_search, target_spec
+    from curamix.pipelines.parts import map_parts
 
     assert cfg.mixture is not None
     paths, domains = target_spec(cfg)
+    run_parts = partial(map_parts, spark_session(cfg)) if cfg.mixture.engine != "local" else None
     return run_mixture_search(
-        cfg.run_dir, cfg.mixture, pool, cfg.seed, read_target_texts(paths), domains, _say
-    )
+        cfg.run_dir, cfg.mixture, pool, cfg.seed, read_target_texts(paths), domains, _say,
+        run_parts,
+    )  # fmt: skip
 
 
 @task(name="scaling-laws", **_TASK)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from curamix.config import ConfigError, IngestConfig, InputSpec
+from curamix.io.fs import is_remote
 from curamix.io.records import ReadUnit, default_domain, file_format, read_unit
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,10 @@ class ExpandedInputs:
 
 
 def fingerprint(path: str) -> dict:
-    st = os.stat(path)
-    return {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    from curamix.io.fs import file_info
+
+    size, mtime_ns = file_info(path)
+    return {"path": path, "size": size, "mtime_ns": mtime_ns}
 
 
 def _is_hidden(rel: str) -> bool:
@@ -57,7 +60,9 @@ def _is_hidden(rel: str) -> bool:
 def _list_files(spec: InputSpec, index: int) -> tuple[str, list[str], list[str]]:
     """(root, data files, ignored files) of a file, folder or glob input."""
     p = spec.path
-    if any(c in p for c in _GLOB_CHARS):
+    if is_remote(p):
+        root, candidates = _list_remote(p, index)
+    elif any(c in p for c in _GLOB_CHARS):
         parts = Path(p).parts
         k = next(i for i, part in enumerate(parts) if any(c in part for c in _GLOB_CHARS))
         root = str(Path(*parts[:k])) if k else "."
@@ -73,23 +78,54 @@ def _list_files(spec: InputSpec, index: int) -> tuple[str, list[str], list[str]]
         candidates = [p]
     else:
         raise ConfigError(f"ingest.inputs.{index}.path: nothing exists at {p!r}")
+    remote = is_remote(p)
     files, ignored = [], []
     for f in candidates:
-        rel = os.path.relpath(f, root)
+        rel = f[len(root) :].lstrip("/") if remote else os.path.relpath(f, root)
         if _is_hidden(rel):
             continue
         fmt = file_format(f)
         wanted = spec.format if spec.format not in ("auto", "hf") else fmt
         if fmt is None or fmt != wanted:
-            ignored.append(os.path.abspath(f))
+            ignored.append(f if remote else os.path.abspath(f))
             continue
-        files.append(os.path.abspath(f))
+        files.append(f if remote else os.path.abspath(f))
     if not files:
         raise ConfigError(
             f"ingest.inputs.{index}.path: no {spec.format if spec.format != 'auto' else 'data'} "
             f"files (.jsonl[.gz|.zst], .parquet, .txt) found at {p!r}"
         )
-    return os.path.abspath(root), files, ignored
+    return (root if remote else os.path.abspath(root)), files, ignored
+
+
+def _walk_order(rel: str) -> tuple:
+    """The position of ``rel`` in ``os.walk``'s order with sorted names (a folder's files
+    before its subfolders), so that a prefix on a store lists as the same folder would."""
+    parts = rel.split("/")
+    return (*((1, p) for p in parts[:-1]), (0, parts[-1]))
+
+
+def _list_remote(uri: str, index: int) -> tuple[str, list[str]]:
+    """(root, objects) of an object-store input: one object, every object under a prefix, or
+    the objects matching a glob (``*``, ``?``, ``[...]``; ``**`` crosses folders)."""
+    from curamix.io.fs import StorageError, StorePath
+
+    try:
+        if any(c in uri for c in _GLOB_CHARS):
+            head = uri[: min(uri.index(c) for c in _GLOB_CHARS if c in uri)]
+            root = head.rsplit("/", 1)[0]
+            pattern = uri[len(root) + 1 :]
+            return root, [str(q) for q in StorePath(root).glob(pattern)]
+        obj = StorePath(uri)
+        if obj.is_file():
+            return str(obj.parent), [str(obj)]
+        base = str(obj).rstrip("/") + "/"
+        found = sorted((str(q) for q in obj.glob("**")), key=lambda u: _walk_order(u[len(base) :]))
+    except StorageError as err:
+        raise ConfigError(f"ingest.inputs.{index}.path: {err}") from None
+    if not found:
+        raise ConfigError(f"ingest.inputs.{index}.path: nothing exists at {uri!r}")
+    return str(obj), found
 
 
 def _is_save_to_disk(path: str) -> bool:

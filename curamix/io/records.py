@@ -345,12 +345,17 @@ class _FileReader:
 
 
 def _open_binary(path: str) -> IO[bytes]:
+    from curamix.io.fs import open_input
+
     name = path.lower()
     if name.endswith(".gz"):
-        return gzip.open(path, "rb")
+        fh = open_input(path)
+        gz = gzip.GzipFile(fileobj=fh, mode="rb")
+        gz.myfileobj = fh  # closed with it, as gzip.open does for a file name
+        return gz
     if name.endswith(".zst"):
         return io.BufferedReader(_ZstdRaw(path), buffer_size=1 << 20)
-    return open(path, "rb")
+    return open_input(path)
 
 
 class _ZstdRaw(io.RawIOBase):
@@ -361,7 +366,9 @@ class _ZstdRaw(io.RawIOBase):
         import zstandard
 
         self._zstd = zstandard
-        self._fh = open(path, "rb")  # noqa: SIM115 - closed in close()
+        from curamix.io.fs import open_input
+
+        self._fh = open_input(path)  # closed in close()
         self._dobj = zstandard.ZstdDecompressor().decompressobj()
         self._buf = b""
         self._in_frame = False
@@ -621,7 +628,10 @@ them: they fail the task, which is retried, instead of completing the stage with
 def _read_txt(fr: _FileReader) -> Iterator[None]:
     fr.n_records += 1
     try:
-        data = Path(fr.path).read_bytes()
+        from curamix.io.fs import open_input
+
+        with open_input(fr.path) as fh:
+            data = fh.read()
     except OSError as err:
         fr.quarantine(0, QR.UNREADABLE_FILE, f"{type(err).__name__}: {err}", None)
         yield

@@ -16,6 +16,8 @@ mixer itself is the :func:`curamix.proxy.train.train_proxy` hook), ``weights_``,
 - :func:`choose_regressor` and :func:`fit_mixture_regressor` (:mod:`~curamix.mixers.regressor`):
   the mixture regressor RegMix and TiKMiX-M fit, chosen by run count and cross-validated.
 - :class:`DoReMiMixer` (:mod:`~curamix.mixers.doremi`): excess loss over a reference model.
+- :class:`SkillItMixer` (:mod:`~curamix.mixers.skillit`): Skill-it's multiplicative weights
+  over a skills graph (:class:`SkillsGraph`), estimated by :func:`estimate_skills_graph`.
 - :func:`compress_trajectory`, :func:`staged_mixture`, :class:`ScheduleReplay`
   (:mod:`~curamix.mixers.schedule`): an online mixer's weight trajectory as K stages, as a
   Mixture, and replayed on a proxy; :func:`with_upsampling`: end-of-training upsampling.
@@ -59,6 +61,13 @@ _EXPORTS = {
     "RegressorFallbackWarning": "regressor",
     "DoReMiMixer": "doremi",
     "doremi_step": "doremi",
+    "SkillItMixer": "skillit",
+    "SkillsGraph": "skillit",
+    "skillit_weights": "skillit",
+    "estimate_skills_graph": "skillit",
+    "resolve_skills_graph": "skillit",
+    "plot_skills_graph": "skillit",
+    "graph_density": "skillit",
     "with_upsampling": "schedule",
     "compress_trajectory": "schedule",
     "staged_mixture": "schedule",

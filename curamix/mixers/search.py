@@ -15,16 +15,26 @@ with a mixer choosing the domain weights, and writes ``RUN/mixture-<key>/``:
 - ``tokenizer.json`` and ``target.npy``: what the scaling step reuses;
 - ``report.md``, ``manifest.json`` and ``_COMPLETE`` (written last).
 
-The key hashes the search config, the seed, the pool's manifest and the target texts, so a
-rerun with the same inputs is skipped; a killed search resumes from the proxy's checkpoint
-(``RUN/proxy/search-<key>/``). Every number comes from seeded generators, so the same inputs
-give the same ``mixture.json``, byte for byte (on one machine).
+The key hashes the search config (the sample's settings included, the engine not), the seed,
+the pool's manifest and the target texts, so a rerun with the same inputs is skipped; a killed
+search resumes from the proxy's checkpoint (``RUN/proxy/search-<key>/``). Every number comes
+from seeded generators, so the same inputs give the same ``mixture.json``, byte for byte (on
+one machine).
 
 Methods: online mixers ride the proxy as its hook (``dga``, ``tikmix``: the target's gradient;
 ``doremi``: excess loss over a uniform reference run trained first); ``regmix`` trains
 ``regmix_runs`` short proxies on sampled mixtures and regresses the target loss on them; the
 baselines (``uniform``, ``natural``, ``temperature``) set the weights from token counts and
-train one proxy for the report. No Prefect and no Spark here.
+train one proxy for the report.
+
+Data: the proxy trains on a seeded, token-budgeted sample of each domain
+(:func:`read_pool_sample`): its documents in the order of a hash of (seed, id), up to
+``sample_margin`` times the tokens one proxy run can read from the domain, tokenized one task
+per part into shards cached under ``RUN/proxy/tokens/``; the pool never sits in this process.
+Token-count mixers and ``Mixture.domain_tokens`` use each domain's whole-pool train tokens
+(estimated from its sample's tokens per character when the sample is not all of it). No
+Prefect here, and no Spark import: the per-part tasks run on Spark through the ``run_parts``
+callable the flow passes (``functools.partial(map_parts, spark)``).
 """
 
 from __future__ import annotations
@@ -62,6 +72,7 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     },
     "doremi": {"eta": 1.0, "smoothing": 1e-3, "init": "uniform"},
     "regmix": {"n_candidates": 20_000, "top_k": 32, "max_iter": 300},
+    "skillit": {"eta": 0.5, "window": 3, "eval_tokens": 4096},
     "uniform": {},
     "natural": {},
     "temperature": {"tau": 2.0},
@@ -74,11 +85,12 @@ _CLASSES = {
     "tikmix": "TiKMiXMixer",
     "doremi": "DoReMiMixer",
     "regmix": "RegMixMixer",
+    "skillit": "SkillItMixer",
     "uniform": "UniformMixer",
     "natural": "NaturalMixer",
     "temperature": "TemperatureMixer",
 }
-ONLINE = ("dga", "tikmix", "doremi")
+ONLINE = ("dga", "tikmix", "doremi", "skillit")
 NEEDS_TARGET = ("dga", "tikmix")
 
 
@@ -146,14 +158,95 @@ def read_target_texts(paths: Sequence[str]) -> list[str]:
         return read_texts(list(paths))
 
 
-def read_domains(data_path: str | Path) -> dict[str, list[str]]:
-    """A stage's documents as ``{domain: [text, ...]}`` (:func:`curamix.proxy.data.read_domain_texts`)."""
-    from curamix.proxy.data import read_domain_texts
+def pool_key(pool: JobResult) -> str:
+    """What identifies a pool in the token cache's key: its stage, manifest hash and the names
+    and sizes of its Parquet parts."""
+    from curamix.io.store import part_files
 
-    out = read_domain_texts(data_path)
-    if not out:
-        raise ValueError(f"no documents in {data_path}: nothing to search a mixture over")
-    return out
+    parts = [(Path(p).name, Path(p).stat().st_size) for p in part_files(pool.data_path)]
+    return config_hash("pool", pool.stage, pool.manifest_hash, parts)
+
+
+def parts_runner(
+    cfg: MixtureSearchConfig, parts: Sequence[str], pool: JobResult, run_parts: Any = None
+) -> tuple[Any, str]:
+    """The :data:`~curamix.proxy.data.PartRunner` that tokenizes the sample, and its name:
+    ``run_parts`` (one Spark task per part, given by the caller) for ``engine: spark`` and for
+    ``auto`` above ``local_max_docs`` documents, else the parts one by one in this process.
+    Raises ValueError for ``engine: spark`` without ``run_parts``."""
+    from curamix.proxy.data import run_parts_here
+
+    engine = cfg.engine
+    if engine == "auto":
+        n = pool.counts.get("out")
+        if n is None:
+            import pyarrow.parquet as pq
+
+            n = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+        engine = "local" if n <= cfg.local_max_docs else "spark"
+    if engine == "spark" and run_parts is None:
+        if cfg.engine == "spark":
+            raise ValueError(
+                "mixture.engine='spark' needs a Spark session: run the search from the flow "
+                "(curate_flow), or set mixture.engine to local or auto"
+            )
+        engine = "local"
+    return (run_parts if engine == "spark" else run_parts_here), engine
+
+
+def read_pool_sample(
+    run_dir: str | Path,
+    cfg: MixtureSearchConfig,
+    pool: JobResult,
+    seed: int,
+    tokenizer_path: str | Path,
+    run_parts: Any = None,
+    say: Callable[[str], None] = lambda _m: None,
+) -> tuple[Any, Any]:
+    """The tokenizer and the :class:`~curamix.proxy.data.TokenSample` the search trains on,
+    without reading the pool into this process.
+
+    The tokenizer at ``tokenizer_path`` is reused, or trained on
+    :func:`~curamix.proxy.data.sample_tokenizer_texts` (each domain's first documents in the
+    seeded hash order, 20 M characters in all) and saved there. The sample holds each
+    domain's documents in the same order up to :func:`~curamix.proxy.data.token_need` stream
+    tokens (``cfg.sample_margin``; None: the whole pool), tokenized one task per part into
+    shards cached under ``RUN/proxy/tokens/`` (:func:`~curamix.proxy.data.sample_token_streams`).
+    Raises ValueError when the pool has no documents."""
+    from curamix.io.store import part_files
+    from curamix.proxy.data import (
+        pool_stats,
+        sample_token_streams,
+        sample_tokenizer_texts,
+        token_need,
+    )
+    from curamix.proxy.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+
+    parts = [str(p) for p in part_files(pool.data_path)]
+    run, engine = parts_runner(cfg, parts, pool, run_parts)
+    tokenizer_path = Path(tokenizer_path)
+    stats = None
+    if tokenizer_path.is_file():
+        tok = load_tokenizer(tokenizer_path)
+    else:
+        stats = pool_stats(parts, run)
+        if not stats:
+            raise ValueError(f"no documents in {pool.data_path}: nothing to search a mixture over")
+        say(f"mixture: training the tokenizer on a seeded sample of the pool ({engine} engine)")
+        texts = sample_tokenizer_texts(parts, stats, seed, run=run, say=say)
+        tok = train_tokenizer([t for d in sorted(texts) for t in texts[d]], cfg.vocab_size)
+        save_tokenizer(tok, tokenizer_path)
+    need = token_need(
+        max(cfg.total_tokens, cfg.regmix_tokens or 0),
+        cfg.eval_tokens,
+        cfg.val_fraction,
+        cfg.sample_margin,
+    )
+    sample = sample_token_streams(
+        parts, tok, seed, need, Path(run_dir) / "proxy" / "tokens", pool_key(pool),
+        cfg.val_fraction, run=run, stats=stats, say=say,
+    )  # fmt: skip
+    return tok, sample
 
 
 def texts_digest(domains: Mapping[str, Sequence[str]] | Sequence[str]) -> str:
@@ -182,10 +275,17 @@ def search_key(
     from curamix.config import ScheduleConfig
     from curamix.device import device_name
 
-    exclude = {"checkpoint_every", "target_inputs"}
+    exclude = {"checkpoint_every", "target_inputs", "engine", "local_max_docs"}
     if cfg.schedule == ScheduleConfig():
         exclude.add("schedule")
+    graph_fields = [f for f in type(cfg).model_fields if f.startswith("skills_graph")]
+    exclude.update(f for f in graph_fields if cfg.method != "skillit" or
+                   getattr(cfg, f) == type(cfg).model_fields[f].default)  # fmt: skip
     settings = cfg.model_dump(mode="json", exclude=exclude)
+    if cfg.method == "skillit" and cfg.skills_graph:  # the file's content, not its name
+        settings["skills_graph_sha256"] = hashlib.sha256(
+            Path(cfg.skills_graph).read_bytes()
+        ).hexdigest()
     if "device" in settings:  # a CPU and a GPU search never share a folder
         settings["device"] = device_name(settings["device"])
     return config_hash(
@@ -318,12 +418,19 @@ def _search(
     work: Path,
     inputs: Mapping[str, Any],
     say: Callable[[str], None],
+    pool_tokens: Mapping[str, float] | None = None,
 ) -> tuple[BaseMixer, ProxyResult, list[tuple[int, int, dict[str, float]]], dict[str, Any]]:
-    """Fit the mixer; returns it, the final proxy run, the weight trajectory and extras."""
+    """Fit the mixer; returns it, the final proxy run, the weight trajectory and extras.
+
+    ``pool_tokens``: each domain's training tokens in the whole pool (what token-count
+    mixers weigh), when ``train`` holds a sample of it; default the streams' lengths."""
     from curamix.mixers import DomainStats
 
     method = cfg.method
-    tokens = {d: float(len(train[d])) for d in sorted(train)}
+    tokens = {
+        d: float(pool_tokens[d] if pool_tokens is not None else len(train[d]))
+        for d in sorted(train)
+    }
     pcfg = proxy_config(cfg, vocab_size, seed)
     n_steps = pcfg.n_steps()
     extra: dict[str, Any] = {}
@@ -363,6 +470,14 @@ def _search(
             for r, y in zip(designs, losses, strict=True)
         ]
         extra["predicted_loss"] = float(mixer.predicted_loss_)  # type: ignore[attr-defined]
+    elif method == "skillit":
+        graph = _skillit_graph(cfg, seed, train, val, target, vocab_size, say)
+        params = {**cfg.params, "graph": graph}
+        if target is not None and "target" in graph.columns:
+            params.setdefault("target_mask", ["target"])  # the targeted mode (docs/mixers.md)
+        mixer = make_mixer(method, params, seed)
+        extra["skills_graph"] = graph.to_dict()
+        stats = DomainStats(tokens, inputs=inputs)
     else:
         stats = DomainStats(tokens, inputs=inputs)
     if method != "regmix":
@@ -382,6 +497,38 @@ def _search(
     return mixer, res, rows, extra
 
 
+def _skillit_graph(
+    cfg: MixtureSearchConfig,
+    seed: int,
+    train: Mapping[str, np.ndarray],
+    val: Mapping[str, np.ndarray],
+    target: np.ndarray | None,
+    vocab_size: int,
+    say: Callable[[str], None],
+) -> Any:
+    """Skill-it's graph: ``mixture.skills_graph`` (a file), else estimated by the edge test on
+    short proxy runs of the search's own proxy (:func:`curamix.mixers.estimate_skills_graph`)."""
+    from curamix.mixers.skillit import estimate_skills_graph, resolve_skills_graph
+
+    domains = sorted(train)
+    if cfg.skills_graph:
+        say(f"mixture: Skill-it graph from {cfg.skills_graph}")
+        return resolve_skills_graph(cfg.skills_graph, domains, has_target=target is not None)
+    one = cfg.batch_size * cfg.seq_len
+    edge = cfg.skills_graph_tokens or max(one, cfg.total_tokens // 16)
+    warm = cfg.skills_graph_warmup if cfg.skills_graph_warmup is not None else cfg.total_tokens // 8
+    k = len(domains)
+    runs = k if cfg.skills_graph_estimate == "single" else k * (k + 1) // 2
+    say(
+        f"mixture: estimating the Skill-it graph ({cfg.skills_graph_estimate} edge test): "
+        f"{runs} proxy runs of {warm:,} warmup + {edge:,} tokens"
+    )
+    return estimate_skills_graph(
+        proxy_config(cfg, vocab_size, seed, total_tokens=edge), {d: train[d] for d in domains},
+        val, target, how=cfg.skills_graph_estimate, warmup_tokens=warm, on_run=say,
+    )  # fmt: skip
+
+
 def run_mixture_search(
     run_dir: str | Path,
     cfg: MixtureSearchConfig,
@@ -390,8 +537,12 @@ def run_mixture_search(
     target_texts: Sequence[str] = (),
     target_domains: Sequence[str] = (),
     on_step: Callable[[str], None] | None = None,
+    run_parts: Any = None,
 ) -> JobResult:
     """Search the mixture of ``pool``'s domains; write ``RUN/mixture-<key>/`` (skipped when done).
+
+    The proxy trains on a seeded, token-budgeted sample of the pool (:func:`read_pool_sample`),
+    tokenized one task per part into cached shards; the pool never sits in this process.
 
     Parameters
     ----------
@@ -401,12 +552,17 @@ def run_mixture_search(
     pool : JobResult
         The completed stage whose ``data/`` the proxy trains on.
     seed : int
-        Seeds the tokenizer sample, the train/validation split, the proxy and the mixer.
+        Seeds the pool sample (and so the tokenizer's), the train/validation split, the proxy
+        and the mixer.
     target_texts : texts, optional
         The target (benchmark train texts): its loss is reported, its gradient drives DGA and
         TiKMiX, RegMix regresses it.
     target_domains : domains, optional
         Pool domains whose held-out documents are (also) the target.
+    run_parts : PartRunner, optional
+        Runs the sample's per-part tasks on Spark
+        (``functools.partial(curamix.pipelines.parts.map_parts, spark)``; the flow passes it);
+        see :func:`parts_runner` for when it is used.
 
     Returns
     -------
@@ -422,12 +578,18 @@ def run_mixture_search(
     from curamix.io.store import write_json_atomic
     from curamix.mixers.base import _jsonable
     from curamix.mixture import Mixture
-    from curamix.proxy.data import tokenize_domains
-    from curamix.proxy.tokenizer import encode_stream, load_or_train_tokenizer, tokenizer_hash
+    from curamix.proxy.tokenizer import encode_stream, tokenizer_hash
 
     say = on_step or (lambda _m: None)
     run_dir = Path(run_dir)
     make_mixer(cfg.method, cfg.params, seed)  # bad parameters fail before any work
+    if cfg.method == "skillit" and "graph" in cfg.params:
+        raise ValueError(
+            f"mixture.params.graph={cfg.params['graph']!r}: give a graph file as "
+            "mixture.skills_graph (its content then counts in the search's key)"
+        )
+    if cfg.method == "skillit" and cfg.skills_graph and not Path(cfg.skills_graph).is_file():
+        raise ValueError(f"mixture.skills_graph {cfg.skills_graph!r} does not exist")
     target_texts = list(target_texts)
     if cfg.method in NEEDS_TARGET and not target_texts and not target_domains:
         raise ValueError(
@@ -442,22 +604,23 @@ def run_mixture_search(
         return done
 
     t0 = time.perf_counter()
-    texts = read_domains(pool.data_path)
-    unknown = sorted(set(target_domains) - set(texts))
+    work = run_dir / "proxy" / f"search-{key}"
+    work.mkdir(parents=True, exist_ok=True)
+    tok, sample = read_pool_sample(
+        run_dir, cfg, pool, seed, work / "tokenizer.json", run_parts, say
+    )
+    train, val, per = sample.train, sample.val, sample.domains
+    unknown = sorted(set(target_domains) - set(train))
     if unknown:
         raise ValueError(
             f"mixture target_domains {unknown} are not in the {pool.stage} output "
-            f"(domains: {sorted(texts)})"
+            f"(domains: {sorted(train)})"
         )
-    n_docs = {d: len(v) for d, v in texts.items()}
+    n_docs = {d: e["docs"] for d, e in per.items()}
     say(
-        f"mixture: {sum(n_docs.values()):,} documents in {len(texts)} domains from {pool.path.name}"
-    )
-    work = run_dir / "proxy" / f"search-{key}"
-    work.mkdir(parents=True, exist_ok=True)
-    tok = load_or_train_tokenizer(work / "tokenizer.json", texts, cfg.vocab_size, random_state=seed)
-    train, val = tokenize_domains(
-        tok, texts, run_dir / "proxy" / "tokens", cfg.val_fraction, random_state=seed
+        f"mixture: {sum(n_docs.values()):,} documents in {len(per)} domains from "
+        f"{pool.path.name}; the sample: "
+        + ", ".join(f"{d} {e['sample_docs']:,} docs" for d, e in per.items())
     )
     empty = [d for d, v in train.items() if len(v) == 0]
     if empty:
@@ -472,13 +635,15 @@ def run_mixture_search(
     inputs = {
         "pool_stage": pool.stage,
         "pool_documents": int(sum(n_docs.values())),
-        "pool_sha256": texts_digest(texts),
+        "sample_sha256": sample.digest,
+        "sample_tokens_per_domain": sample.need,
         "target_sha256": target_sha or None,
         "target_domains": list(target_domains),
         "tokenizer_sha256": tokenizer_hash(tok),
     }
+    pool_tokens = {d: float(e["pool_train_tokens"]) for d, e in per.items()}
     mixer, res, rows, extra = _search(
-        cfg, seed, train, val, target, tok.get_vocab_size(), work, inputs, say
+        cfg, seed, train, val, target, tok.get_vocab_size(), work, inputs, say, pool_tokens
     )
     mix = mixer.mixture()
     staged = None
@@ -512,7 +677,7 @@ def run_mixture_search(
     mixture = Mixture(
         weights=mix.weights,
         schedule=mix.schedule,
-        domain_tokens={d: float(len(train[d])) for d in mix.weights},
+        domain_tokens={d: pool_tokens[d] for d in mix.weights},
         provenance={**mix.provenance, "search": search_info},
     )
     import polars as pl
@@ -532,6 +697,13 @@ def run_mixture_search(
         plot_trajectory(
             traj, w.path("weights.png"), f"{cfg.method} on the {cfg.model} proxy ({pool.stage})"
         )
+        if "skills_graph" in extra:
+            from curamix.mixers.skillit import plot_skills_graph, resolve_skills_graph
+
+            graph = resolve_skills_graph(mixer.graph_, list(mixer.domains_))  # type: ignore[attr-defined]
+            graph.write_json(w.path("skills_graph.json"))
+            plot_skills_graph(graph, w.path("skills_graph.png"),
+                              f"Skill-it graph ({graph.how}; rows: trained on)")  # fmt: skip
         if staged is not None:
             plot_schedule(
                 traj,
@@ -547,7 +719,11 @@ def run_mixture_search(
             "per_domain": {
                 d: {
                     "docs": n_docs[d],
-                    "train_tokens": len(train[d]),
+                    "train_tokens": round(pool_tokens[d]),
+                    "sample_docs": per[d]["sample_docs"],
+                    "sample_train_tokens": len(train[d]),
+                    "sample_val_tokens": len(val[d]) if d in val else 0,
+                    "covered": per[d]["covered"],
                     "weight": float(mixture.weights[d]),
                     "val_loss": float(res.val_losses[d]) if d in res.val_losses else None,
                 }
@@ -572,6 +748,11 @@ def run_mixture_search(
                 "metrics": "metrics.parquet",
                 "report": "report.md",
                 **({"schedule_plot": "schedule.png"} if staged is not None else {}),
+                **(
+                    {"skills_graph": "skills_graph.json", "graph_plot": "skills_graph.png"}
+                    if "skills_graph" in extra
+                    else {}
+                ),
             },
         }
         w.path("report.md").write_text(_report(manifest, mixture), encoding="utf-8")
@@ -589,19 +770,17 @@ def load_search_streams(
     run_dir: str | Path, search: JobResult, pool: JobResult
 ) -> tuple[Any, dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
     """The tokenizer, train / validation streams and target stream a search used (from its
-    folder and the token cache), for a later step such as the scaling sweep."""
-    from curamix.proxy.data import tokenize_domains
-    from curamix.proxy.tokenizer import load_tokenizer
-
+    folder and the token cache; the sample is drawn again, part by part in this process, when
+    the cache is gone), for a later step such as the scaling sweep."""
     cfg = MixtureSearchConfig.model_validate(search.manifest["config"])
-    tok = load_tokenizer(search.path / "tokenizer.json")
-    train, val = tokenize_domains(
-        tok,
-        read_domains(pool.data_path),
-        Path(run_dir) / "proxy" / "tokens",
-        cfg.val_fraction,
-        random_state=int(search.manifest["seed"]),
+    tok, sample = read_pool_sample(
+        run_dir,
+        cfg.model_copy(update={"engine": "local"}),
+        pool,
+        int(search.manifest["seed"]),
+        search.path / "tokenizer.json",
     )
+    train, val = sample.train, sample.val
     tpath = search.path / "target.npy"
     target = np.load(tpath, allow_pickle=False) if tpath.is_file() else None
     return tok, train, val, target
@@ -623,13 +802,25 @@ def _report(manifest: Mapping[str, Any], mixture: Mixture) -> str:
         f"({manifest['config']['total_tokens']:,} tokens, seed {manifest['seed']}), over "
         f"{c['in']:,} documents of the `{manifest['inputs']['pool_stage']}` output.",
         "",
-        "| domain | documents | train tokens | weight | val loss |",
-        "|---|---:|---:|---:|---:|",
+        "The proxy trained on a seeded sample of each domain (its documents in the order of a "
+        "hash of (seed, id), up to "
+        + (
+            f"{manifest['inputs']['sample_tokens_per_domain']:,} tokens"
+            if manifest["inputs"].get("sample_tokens_per_domain")
+            else "the whole domain"
+        )
+        + "). A domain's train tokens are estimated from its sample's tokens per character, "
+        "unless the sample holds all of it (marked *).",
+        "",
+        "| domain | documents | sampled | train tokens | sample train tokens | weight | val loss |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for d, row in c["per_domain"].items():
         vl = f"{row['val_loss']:.4f}" if row["val_loss"] is not None else "-"
+        star = "*" if row["covered"] else ""
         lines.append(
-            f"| {d} | {row['docs']:,} | {row['train_tokens']:,} | {row['weight']:.4f} | {vl} |"
+            f"| {d} | {row['docs']:,} | {row['sample_docs']:,} | {row['train_tokens']:,}{star} "
+            f"| {row['sample_train_tokens']:,} | {row['weight']:.4f} | {vl} |"
         )
     tl = manifest.get("target_loss")
     lines += [
@@ -643,6 +834,14 @@ def _report(manifest: Mapping[str, Any], mixture: Mixture) -> str:
             + ", ".join(f"{d} {v:.3f}" for d, v in s.weights.items())
         )
     lines += ["", "![weights](weights.png)", ""]
+    if manifest["outputs"].get("graph_plot"):
+        lines += [
+            "Skill-it's skills graph (`skills_graph.json`; rows: the domain trained on, columns: "
+            "the loss it lowers, `target` the target set's):",
+            "",
+            "![skills graph](skills_graph.png)",
+            "",
+        ]
     sched = mixture.provenance.get("schedule")
     if isinstance(sched, Mapping) and sched.get("stages"):
         held = "holds this schedule" if sched["export"] == "staged" else "holds the final weights"

@@ -11,9 +11,11 @@ Spark glue over :mod:`curamix.selectors.coreset`:
    spherical k-means centroid (Sorscher et al. 2022), or the per-document ``score`` of a
    scoring stage's ``scores/`` (``dsir``: the log importance weight; ``betr``: the
    classifier score), or ``proxy_loss``: each document's mean next-token loss under a small
-   reference proxy trained on a seeded sample of the pool (perplexity pruning, Marion et al.
-   2023; :func:`proxy_loss_scores`). Higher = harder: CCS drops the top ``beta`` share,
-   ``keep_hard`` prototypes keep the top k;
+   reference proxy trained on the driver on the ``proxy.sample`` pool documents with the
+   smallest hash of (seed, id) (perplexity pruning, Marion et al. 2023;
+   :func:`proxy_loss_scores`), the scoring one Spark task per pool part with the proxy's
+   weights broadcast (the same numbers in this process without Spark). Higher = harder: CCS
+   drops the top ``beta`` share, ``keep_hard`` prototypes keep the top k;
 3. the selection runs on the driver from the id-sorted arrays with ``random_state=cfg.seed``
    (``dbp`` runs its own spherical k-means with ``n_clusters``, default as for the prototype
    score), so the same seed gives the same coreset on one core or a cluster;
@@ -64,9 +66,17 @@ def coreset_upstream(cfg: PipelineConfig) -> dict[str, str]:
     return up
 
 
+PROXY_SAMPLE_RULE = "the proxy.sample pool documents of smallest hash(seed, id)"
+"""In the key of ``score: proxy_loss`` coresets (their reference sample's rule)."""
+PROXY_SCORE_SCHEMA = pa.schema([("id", pa.string()), ("score", pa.float64())])
+
+
 def coreset_key(cfg: PipelineConfig, inputs: Mapping[str, JobResult]) -> str:
-    """Config, the manifests of the pool, the embed stage and the scoring stage, and the seed."""
+    """Config, the manifests of the pool, the embed stage and the scoring stage, and the seed
+    (and, for ``proxy_loss``, the reference sample's rule)."""
+    assert cfg.coreset is not None
     scores = inputs.get("scores")
+    rule = [PROXY_SAMPLE_RULE] if cfg.coreset.score == "proxy_loss" else []
     return config_hash(
         STAGE,
         cfg.coreset,
@@ -74,6 +84,7 @@ def coreset_key(cfg: PipelineConfig, inputs: Mapping[str, JobResult]) -> str:
         inputs["embed"].manifest_hash,
         scores.manifest_hash if scores is not None else None,
         cfg.seed,
+        *rule,
     )
 
 
@@ -82,12 +93,53 @@ def coreset_size(cc: CoresetConfig, n_pool: int) -> int:
     return cc.k if cc.k is not None else max(1, int(cc.fraction * n_pool))  # type: ignore[operator]
 
 
-def read_pool_texts(parts: list[str], ids: np.ndarray) -> list[str]:
-    """The texts of ``ids`` (sorted) from the pool's parts, in the order of ``ids``."""
-    t = rows_for_ids(parts, ids, "text")
-    if t.num_rows != len(ids) or t["id"].to_pylist() != ids.tolist():
-        raise RuntimeError("coreset: the pool's parts do not hold every embedded document")
-    return t["text"].to_pylist()
+def proxy_payload(model: Any, tok: Any) -> dict[str, Any]:
+    """The reference proxy as plain data for a Spark broadcast: its config, its float32
+    weights as numpy arrays and its tokenizer's JSON."""
+    return {
+        "config": model.cfg.model_dump(mode="json"),
+        "state": {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
+        "tokenizer": tok.to_str(),
+    }
+
+
+def proxy_from_payload(payload: Mapping[str, Any], device: str = "cpu") -> tuple[Any, Any]:
+    """The (model, tokenizer) of :func:`proxy_payload`, the model in eval mode on ``device``."""
+    import torch
+    from tokenizers import Tokenizer
+
+    from curamix.device import resolve_device
+    from curamix.proxy.model import ProxyLM, ProxyModelConfig
+
+    model = ProxyLM(ProxyModelConfig(**payload["config"]))
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in payload["state"].items()})
+    return model.to(resolve_device(device)).eval(), Tokenizer.from_str(payload["tokenizer"])
+
+
+def proxy_loss_part(
+    path: str, payload: Mapping[str, Any], ids: np.ndarray, device: str = "cpu"
+) -> pa.Table:
+    """One part's proxy-loss scores: :func:`~curamix.proxy.perplexity.doc_losses` of its
+    documents whose id is in ``ids`` (sorted), in the part's order, on one torch thread (the
+    same numbers in any task and in the driver). NaN for a document under 2 tokens."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from curamix.proxy.perplexity import doc_losses
+
+    t = pq.read_table(path, columns=["id", "text"])
+    pid = np.asarray(t["id"].to_pylist(), dtype=str)
+    keep = np.flatnonzero(np.isin(pid, ids))
+    if not len(keep):
+        return PROXY_SCORE_SCHEMA.empty_table()
+    model, tok = proxy_from_payload(payload, device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        scores = doc_losses(model, tok, t["text"].take(pa.array(keep)).to_pylist())
+    finally:
+        torch.set_num_threads(threads)
+    return pa.table({"id": pid[keep].tolist(), "score": scores}, schema=PROXY_SCORE_SCHEMA)
 
 
 def proxy_loss_scores(
@@ -96,21 +148,31 @@ def proxy_loss_scores(
     ids: np.ndarray,
     seed: int,
     say: Callable[[str], None],
+    spark: SparkSession | None = None,
 ) -> np.ndarray:
-    """Perplexity scores (Marion et al. 2023): a reference proxy trained on a seeded sample of
-    ``ps.sample`` pool documents scores each document's mean next-token loss (nats/token).
-    Documents under 2 tokens get the median score. On the driver, like the selection."""
-    from curamix.proxy.perplexity import doc_losses, reference_proxy
+    """Perplexity scores (Marion et al. 2023) of ``ids`` (sorted): a reference proxy trained
+    on the driver on the ``ps.sample`` pool documents with the smallest hash of (seed, id)
+    (the embed stage's sample rule, in that order; the same for any partitioning) scores each
+    document's mean next-token loss (nats/token). The scoring runs one Spark task per part
+    with the proxy broadcast (``spark=None``: the parts one by one here; the same numbers), so
+    the driver never holds the pool's texts, only one score per document. Documents under 2
+    tokens get the median score."""
+    from curamix.pipelines.parts import map_parts
+    from curamix.pipelines.rds import draw_proxy_sample
+    from curamix.proxy.perplexity import reference_proxy
 
-    texts = read_pool_texts(parts, ids)
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(len(texts), size=min(ps.sample, len(texts)), replace=False))
+    part_ids = None
+    if spark is None:
+        import pyarrow.parquet as pq
+
+        part_ids = [pq.read_table(p, columns=["id"])["id"].to_pylist() for p in parts]
+    sample = draw_proxy_sample(spark, parts, part_ids or [], seed, ps.sample)
     say(
-        f"coreset: training a {ps.model} reference proxy on {len(pick)} pool documents "
+        f"coreset: training a {ps.model} reference proxy on {len(sample)} pool documents "
         f"({ps.total_tokens:,} tokens)"
     )
     model, tok = reference_proxy(
-        [texts[i] for i in pick],
+        sample,
         model=ps.model,
         vocab_size=ps.vocab_size,
         seq_len=ps.seq_len,
@@ -119,8 +181,27 @@ def proxy_loss_scores(
         random_state=seed,
         device=ps.device,
     )
-    say(f"coreset: proxy-loss scores of {len(texts)} documents")
-    scores = doc_losses(model, tok, texts)
+    say(f"coreset: proxy-loss scores of {len(ids)} documents ({len(parts)} parts)")
+    payload, device = proxy_payload(model, tok), ps.device
+    ids = np.asarray(ids, dtype=str)
+    if spark is None:
+        table = pa.concat_tables(
+            [PROXY_SCORE_SCHEMA.empty_table()]
+            + [proxy_loss_part(p, payload, ids, device) for p in parts]
+        )
+    else:
+        shared = spark.sparkContext.broadcast((payload, ids))
+        table = map_parts(
+            spark,
+            parts,
+            lambda _i, p: proxy_loss_part(p, shared.value[0], shared.value[1], device),
+            PROXY_SCORE_SCHEMA,
+        )
+        shared.unpersist()
+    table = table.sort_by("id")
+    if table["id"].to_pylist() != ids.tolist():
+        raise RuntimeError("coreset: the pool's parts do not hold every embedded document")
+    scores = table["score"].to_numpy(zero_copy_only=False).astype(np.float64)
     bad = np.isnan(scores)
     if bad.all():
         raise ValueError("coreset.score=proxy_loss: no pool document has 2 tokens to score")
@@ -198,7 +279,7 @@ def run_coreset(
         n_clusters = min(cc.n_clusters or default_clusters(n_emb), n_emb)
     with ps.timed("score_s"):
         if needs_score and cc.score == "proxy_loss":
-            scores = proxy_loss_scores(cc.proxy, parts, emb.ids, cfg.seed, say)
+            scores = proxy_loss_scores(cc.proxy, parts, emb.ids, cfg.seed, say, spark)
         elif needs_score and score_stage is None:
             say(f"coreset: prototype scores (spherical k-means, {n_clusters} clusters)")
             scores = prototype_scores(emb.vectors, n_clusters, seed=cfg.seed)

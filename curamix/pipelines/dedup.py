@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -42,8 +41,9 @@ from curamix.filters.dedup import (
     optimal_bands,
     shingle_hashes,
 )
+from curamix.io.fs import listdir, makedirs, save_figure
 from curamix.io.store import JobResult, stage_writer, write_text_atomic
-from curamix.pipelines.parts import choose_engine, map_parts
+from curamix.pipelines.parts import choose_engine, map_parts, read_parquet_df, write_partitioned
 from curamix.pipelines.pool import Decisions, PoolStage, decisions_table
 
 if TYPE_CHECKING:
@@ -353,10 +353,14 @@ class RemovedByPart:
                 table = self.by_part.get(index)
             elif self.folder is not None:
                 folder = os.path.join(self.folder, f"_part={index}")
-                if os.path.isdir(folder) and any(
-                    f.endswith(".parquet") for f in os.listdir(folder)
-                ):
-                    table = pq.read_table(folder, columns=["id", "reason", "ref_id", "sim"])
+                files = [f for f in listdir(folder) if f.endswith(".parquet")]
+                if files:
+                    table = pa.concat_tables(
+                        pq.read_table(
+                            os.path.join(folder, f), columns=["id", "reason", "ref_id", "sim"]
+                        )
+                        for f in files
+                    )
             rows = table.to_pylist() if table is not None else []
             self._cache = (index, {r["id"]: r for r in rows})
         return self._cache[1]
@@ -434,7 +438,7 @@ def run_dedup(
     b, r = bands_rows(dc)
     timings: dict[str, float] = {}
     with stage_writer(cfg.run_dir, STAGE, key) as w:
-        sig_dir, dec_dir = str(w.path("_sig")), str(w.path("_decisions"))
+        sig_dir, dec_dir = str(w.scratch("_sig")), str(w.scratch("_decisions"))
         work = slices(parts)
         n_docs = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
         engine = choose_engine(dc.engine, n_docs, dc.local_max_docs)
@@ -450,7 +454,7 @@ def run_dedup(
             say("dedup: decisions and gates")
             agg_rows, comp_sizes, big_components = _summaries_local(dec_t, dc)
         else:
-            os.makedirs(sig_dir)
+            makedirs(sig_dir)
             say(
                 f"dedup: MinHash signatures of {ingest.counts.get('out', '?')} documents in {len(work)} tasks "
                 f"({dc.num_perm} permutations, {b} bands x {r} rows, {dc.ngram}-{dc.unit} shingles)"
@@ -466,12 +470,9 @@ def run_dedup(
             prio_expr = F.lit(len(dc.domain_priority))
             for k, d in reversed(list(enumerate(dc.domain_priority))):
                 prio_expr = F.when(F.col("domain") == d, F.lit(k)).otherwise(prio_expr)
-            from pyspark.sql.pandas.types import from_arrow_schema
 
-            raw = (
-                spark.read.schema(from_arrow_schema(SIG_SCHEMA))
-                .parquet(sig_dir)
-                .withColumn("_node", _node(prio_expr, F.col("id")))
+            raw = read_parquet_df(spark, sig_dir, SIG_SCHEMA).withColumn(
+                "_node", _node(prio_expr, F.col("id"))
             )
             meta = raw.select(
                 "_node",
@@ -676,8 +677,8 @@ def run_dedup(
             }
             written = ps.write(None, w, RemovedByPart(by_part=by_part))
         else:
-            dec.select("id", "_part", "reason", "ref_id", "sim").write.partitionBy("_part").parquet(
-                dec_dir
+            write_partitioned(
+                dec.select("id", "_part", "reason", "ref_id", "sim"), dec_dir, "_part"
             )
             written = ps.write(spark, w, RemovedByPart(folder=dec_dir))
         timings["write_s"] = round(time.perf_counter() - t, 3)
@@ -694,8 +695,8 @@ def run_dedup(
                 )
         for df in cached:
             df.unpersist()
-        shutil.rmtree(sig_dir, ignore_errors=True)
-        shutil.rmtree(dec_dir, ignore_errors=True)
+        w.discard("_sig")
+        w.discard("_decisions")
         timings["total_s"] = round(time.perf_counter() - t0, 3)
         result = w.commit(json.loads(json.dumps(manifest, default=float)))
     say(
@@ -719,7 +720,7 @@ def _plot_sizes(sizes: list[dict[str, Any]], path: str) -> None:
     ax.set_xlabel("near-duplicate component size (documents)")
     ax.set_ylabel("components")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curamix.config import DSIRConfig, IngestConfig, PipelineConfig, config_hash
+from curamix.io.fs import load_npz, makedirs, save_npz
 from curamix.io.inputs import ExpandedInputs, expand_inputs
 from curamix.io.records import ReadUnit, read_unit
 from curamix.io.store import JobResult, part_files, stage_writer
@@ -145,7 +146,7 @@ def count_part(
         arrays = {"n_tokens": np.concatenate(cache[0]) if cache[0] else np.zeros(0, np.int32)}
         for o in range(1, sel.ngrams + 1):
             arrays[f"order{o}"] = np.concatenate(cache[o]) if cache[o] else np.zeros(0, dtype)
-        np.savez(cache_path, **arrays)
+        save_npz(cache_path, **arrays)
     rows = [{"kind": "raw", "name": "", "n_docs": n_raw, "counts": raw.tolist()}]
     rows += [
         {"kind": "target", "name": d, "n_docs": n, "counts": c.tolist()}
@@ -157,7 +158,7 @@ def count_part(
 def cached_scores(sel: DSIRSelector, cache_path: str) -> tuple[np.ndarray, np.ndarray]:
     """(log weights, example lengths) of a part from its cached n-gram buckets; equal to
     :meth:`DSIRSelector.score_batch` on the part's texts (without ``chunk_tokens``)."""
-    with np.load(cache_path) as z:
+    with load_npz(cache_path) as z:
         n_tokens = z["n_tokens"].astype(np.int64)
         blocks = [z[f"order{o}"] for o in range(1, sel.ngrams + 1)]
     n = len(n_tokens)
@@ -280,8 +281,9 @@ def score_part(
 
 
 def save_model(sel: DSIRSelector, path: str) -> None:
-    np.savez_compressed(
+    save_npz(
         path,
+        compressed=True,
         log_diff=sel.log_diff_,
         raw_counts=sel.raw_counts_,
         target_counts=sel.target_counts_,
@@ -292,7 +294,7 @@ def save_model(sel: DSIRSelector, path: str) -> None:
 
 def load_model(path: str, cfg: DSIRConfig) -> DSIRSelector:
     """The fitted selector a dsir stage saved."""
-    with np.load(path) as z:
+    with load_npz(path) as z:
         sel = make_selector(cfg).fit_counts(
             z["target_counts"], z["raw_counts"], z["target_names"].tolist()
         )
@@ -339,10 +341,10 @@ def run_dsir(
         t = time.perf_counter()
         domains = list(dcfg.target_domains)
         cache_dir = (
-            str(w.path("_features")) if dcfg.cache_features and not dcfg.chunk_tokens else None
+            str(w.scratch("_features")) if dcfg.cache_features and not dcfg.chunk_tokens else None
         )
         if cache_dir:
-            os.makedirs(cache_dir)
+            makedirs(cache_dir)
 
         def cache_of(i: int) -> str | None:
             return os.path.join(cache_dir, f"part-{i:05d}.npz") if cache_dir else None
@@ -402,16 +404,14 @@ def run_dsir(
         say("dsir: scoring every pool document")
         t = time.perf_counter()
         for sub in ("scores", "ledger"):
-            os.makedirs(w.path(sub), exist_ok=True)
+            makedirs(w.path(sub))
         out_dir = str(w.tmp)
         summary = map_parts(
             spark, parts, lambda i, p: score_part(p, sel, out_dir, i, cache_of(i)), SUMMARY_SCHEMA
         )
         timings["score_s"] = time.perf_counter() - t
         if cache_dir:
-            import shutil
-
-            shutil.rmtree(cache_dir)
+            w.discard("_features")
         per_domain: dict[str, dict[str, Any]] = {}
         for r in summary.to_pylist():
             e = per_domain.setdefault(r["domain"], {"n_docs": 0, "n_eligible": 0, "score_sum": 0.0})

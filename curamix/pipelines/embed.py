@@ -26,7 +26,6 @@ import os
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curamix.config import EmbedConfig, PipelineConfig, config_hash
+from curamix.io.fs import makedirs, tree_size
 from curamix.io.store import JobResult, part_files, stage_writer
 from curamix.pipelines.parts import (
     SampleKey,
@@ -285,7 +285,7 @@ def run_embed(
     )
     with stage_writer(cfg.run_dir, STAGE, key) as w:
         for sub in (EMBEDDINGS, LEDGER):
-            os.makedirs(w.path(sub))
+            makedirs(w.path(sub))
         out_dir, seed, threads = str(w.tmp), cfg.seed, _threads_per_task(spark)
         t = time.perf_counter()
         res = map_parts(
@@ -322,7 +322,7 @@ def run_embed(
         if n_pool is not None and n_in != n_pool:
             raise RuntimeError(f"embed read {n_in} documents, but {source} wrote {n_pool}")
         expected = n_in if cutoff is None else min(n_in, ec.sample or n_in)
-        n_ledger = pq.ParquetDataset(str(w.path(LEDGER))).read(columns=["id"]).num_rows
+        n_ledger = sum(pq.ParquetFile(f).metadata.num_rows for f in part_files(w.path(LEDGER)))
         if (n_ledger, n_emb) != (n_in, expected):
             raise RuntimeError(
                 f"embed accounting mismatch: {n_in} in, {n_emb} embedded (expected {expected}), "
@@ -344,7 +344,7 @@ def run_embed(
             vi = VectorIndex.build(emb.vectors, emb.ids, cfg=ec.index, seed=0)
             vi.save(w.path(INDEX))
             del emb
-            size = sum(f.stat().st_size for f in Path(w.path(INDEX)).iterdir())
+            size = tree_size(w.path(INDEX))
             index_info = {
                 "kind": vi.kind,
                 "metric": vi.metric,

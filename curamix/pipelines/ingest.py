@@ -29,10 +29,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curamix.config import PipelineConfig, config_hash
+from curamix.io.fs import is_remote, makedirs
 from curamix.io.inputs import expand_inputs
 from curamix.io.records import STATS_REASON, ReadUnit, read_unit
 from curamix.io.store import JobResult, load_completed, stage_writer
-from curamix.pipelines.parts import choose_engine
+from curamix.pipelines.parts import choose_engine, read_parquet_df
 from curamix.schema import DOC_SCHEMA, LEDGER_SCHEMA, QUARANTINE_SCHEMA, Decision, QuarantineReason
 
 if TYPE_CHECKING:
@@ -124,12 +125,17 @@ def _counts_table(counts: dict[tuple[str, str, str], list[Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=COUNTS_SCHEMA)
 
 
-def ingest_unit(unit: ReadUnit, unit_index: int, out_dir: str) -> pa.Table:
-    """Phase A for one read unit: write its documents, quarantine and id side file under
-    ``out_dir``; return its counts (:data:`COUNTS_SCHEMA`)."""
+def ingest_unit(
+    unit: ReadUnit, unit_index: int, out_dir: str, ids_dir: str | None = None
+) -> pa.Table:
+    """Phase A for one read unit: write its documents and quarantine under ``out_dir`` and its
+    id side file under ``ids_dir`` (default ``out_dir/_ids``); return its counts
+    (:data:`COUNTS_SCHEMA`)."""
     name = part_name(unit_index)
-    for sub in ("data", "quarantine", "_ids"):
-        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+    ids_dir = ids_dir or os.path.join(out_dir, "_ids")
+    for sub in ("data", "quarantine"):
+        makedirs(os.path.join(out_dir, sub))
+    makedirs(ids_dir)
     writers = {
         "data": pq.ParquetWriter(
             os.path.join(out_dir, "data", name), DOC_SCHEMA, compression="zstd"
@@ -137,9 +143,7 @@ def ingest_unit(unit: ReadUnit, unit_index: int, out_dir: str) -> pa.Table:
         "quarantine": pq.ParquetWriter(
             os.path.join(out_dir, "quarantine", name), Q_SCHEMA, compression="zstd"
         ),
-        "_ids": pq.ParquetWriter(
-            os.path.join(out_dir, "_ids", name), IDS_SCHEMA, compression="zstd"
-        ),
+        "_ids": pq.ParquetWriter(os.path.join(ids_dir, name), IDS_SCHEMA, compression="zstd"),
     }
     # (source, domain, kind) -> [set of records or count, rows]
     counts: dict[tuple[str, str, str], list[Any]] = defaultdict(lambda: [set(), 0])
@@ -257,7 +261,7 @@ def finish_unit(unit_index: int, out_dir: str, dup_rows: list[dict[str, Any]]) -
         },
         schema=LEDGER_SCHEMA,
     )
-    os.makedirs(os.path.join(out_dir, "ledger"), exist_ok=True)
+    makedirs(os.path.join(out_dir, "ledger"))
     pq.write_table(ledger, os.path.join(out_dir, "ledger", name), compression="zstd")
     # Deltas: kept loses records and rows, duplicate_id gains them.
     rows = []
@@ -270,17 +274,23 @@ def finish_unit(unit_index: int, out_dir: str, dup_rows: list[dict[str, Any]]) -
 
 
 def _replace_parquet(table: pa.Table, path: str) -> None:
+    if is_remote(path):  # one PUT replaces the object whole
+        pq.write_table(table, path, compression="zstd", row_group_size=PART_ROW_GROUP)
+        return
     tmp = path + ".tmp"
     pq.write_table(table, tmp, compression="zstd", row_group_size=PART_ROW_GROUP)
     os.replace(tmp, path)
 
 
-def _phase_a(batches: Iterator[pa.RecordBatch], out_dir: str) -> Iterator[pa.RecordBatch]:
+def _phase_a(
+    batches: Iterator[pa.RecordBatch], out_dir: str, ids_dir: str
+) -> Iterator[pa.RecordBatch]:
     for batch in batches:
         for idx, unit_json in zip(
             batch.column("idx").to_pylist(), batch.column("unit").to_pylist(), strict=True
         ):
-            yield from ingest_unit(ReadUnit.from_json(unit_json), idx, out_dir).to_batches()
+            unit = ReadUnit.from_json(unit_json)
+            yield from ingest_unit(unit, idx, out_dir, ids_dir).to_batches()
 
 
 def _phase_c(batches: Iterator[pa.RecordBatch], out_dir: str) -> Iterator[pa.RecordBatch]:
@@ -352,7 +362,7 @@ def _find_duplicate_ids(spark: SparkSession, ids_path: str) -> dict[int, list[di
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    ids = spark.read.parquet(ids_path)
+    ids = read_parquet_df(spark, ids_path, IDS_SCHEMA)
     repeated = ids.groupBy("id").count().filter(F.col("count") > 1).select("id").cache()
     if repeated.isEmpty():  # the common case: one job, and done
         repeated.unpersist()
@@ -418,14 +428,14 @@ def write_ingest(
         n_units = len(expanded.units)
         size = sum(f["size"] for f in expanded.fingerprints)
         engine = choose_engine(cfg.ingest.engine, size, cfg.ingest.local_max_bytes)
-        ids_path = os.path.join(out_dir, "_ids")
+        ids_path = str(w.scratch("_ids"))
         if engine == "local":
             where = f"in this process ({size / 2**20:.1f} MiB <= ingest.local_max_bytes)"
 
             def read() -> pa.Table:
                 parts = [COUNTS_SCHEMA.empty_table()]
                 for i, u in enumerate(expanded.units):
-                    parts.append(ingest_unit(u, i, out_dir))
+                    parts.append(ingest_unit(u, i, out_dir, ids_path))
                     if n_units > 4 and (i + 1) % max(1, n_units // 4) == 0:
                         say(f"ingest: {i + 1}/{n_units} read units")
                 return pa.concat_tables(parts)
@@ -445,7 +455,8 @@ def write_ingest(
                 units = spark.sparkContext.parallelize(
                     [(i, u.to_json()) for i, u in enumerate(expanded.units)], numSlices=n_units
                 ).toDF("idx long, unit string")
-                return units.mapInArrow(lambda it: _phase_a(it, out_dir), counts_schema).toArrow()
+                run = units.mapInArrow(lambda it: _phase_a(it, out_dir, ids_path), counts_schema)
+                return run.toArrow()
 
             def find_dups() -> dict[int, list[dict[str, Any]]]:
                 return _find_duplicate_ids(spark, ids_path)
@@ -472,9 +483,7 @@ def write_ingest(
         deltas = finish(dups)
         timings["ledger_s"] = time.perf_counter() - t
 
-        import shutil
-
-        shutil.rmtree(ids_path, ignore_errors=True)
+        w.discard("_ids")
         summary = summarize_counts(pa.concat_tables([counts, deltas]))
         check_quarantine_rate(summary["per_file"], cfg.ingest.max_quarantine_rate)
         timings["total_s"] = time.perf_counter() - t0

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 PartFn = Callable[[int, str], pa.Table]
 """(part index, payload) -> a small result table."""
@@ -51,6 +51,61 @@ def map_parts(spark: SparkSession, payloads: list[str], fn: PartFn, schema: pa.S
     )
     out = df.mapInArrow(lambda it: _apply(it, fn), from_arrow_schema(schema)).toArrow()
     return out.cast(schema) if out.num_rows else schema.empty_table()
+
+
+def read_parquet_df(spark: SparkSession, folder: str, schema: pa.Schema) -> DataFrame:
+    """A DataFrame of the ``part-*.parquet`` files of ``folder``: Spark's own reader for local
+    paths, and for object-store URIs one task per file reading it with pyarrow (workers
+    reach the store directly; no Hadoop connector is needed)."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    from curamix.io.fs import is_remote
+    from curamix.io.store import part_files
+
+    if not is_remote(folder):
+        return spark.read.schema(from_arrow_schema(schema)).parquet(os.fspath(folder))
+    files = part_files(folder)
+
+    def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow.parquet as pq
+
+        for batch in batches:
+            for path in batch.column("path").to_pylist():
+                for b in pq.ParquetFile(path).iter_batches(65_536, columns=schema.names):
+                    yield from pa.Table.from_batches([b]).cast(schema).to_batches()
+
+    rdd = spark.sparkContext.parallelize([(f,) for f in files], numSlices=len(files))
+    df = rdd.toDF("path string")
+    return df.mapInArrow(read, from_arrow_schema(schema))
+
+
+def write_partitioned(df: DataFrame, folder: str, column: str) -> None:
+    """``df.write.partitionBy(column).parquet(folder)`` (``folder/<column>=<value>/*.parquet``,
+    without the column): Spark's writer for local paths; for object-store URIs the tasks
+    write their rows with pyarrow, one file per task and value (no Hadoop connector)."""
+    from curamix.io.fs import is_remote
+
+    if not is_remote(folder):
+        df.write.partitionBy(column).parquet(os.fspath(folder))
+        return
+    names = [c for c in df.columns if c != column]
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import uuid
+
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        tables = [pa.Table.from_batches([b]) for b in batches]
+        if tables:
+            t = pa.concat_tables(tables)
+            tag = uuid.uuid4().hex[:12]
+            for v in pc.unique(t[column]).to_pylist():
+                rows = t.filter(pc.equal(t[column], v)).select(names)
+                pq.write_table(rows, f"{folder}/{column}={v}/part-{tag}.parquet")
+        yield pa.RecordBatch.from_pydict({"n": [0]})
+
+    df.repartition(column).mapInArrow(write, "n long").collect()
 
 
 # --- a seeded sample of documents that does not depend on the partitioning ---------------------
@@ -123,8 +178,13 @@ def check_accounting(
 
     if expected_in is not None and n_in != expected_in:
         raise RuntimeError(f"{stage} read {n_in} documents, but {source} wrote {expected_in}")
+    from curamix.io.store import part_files
+
     rows = {
-        sub: pq.ParquetDataset(os.path.join(os.fspath(out_dir), sub)).read(columns=["id"]).num_rows
+        sub: sum(
+            pq.ParquetFile(f).metadata.num_rows
+            for f in part_files(os.path.join(os.fspath(out_dir), sub))
+        )
         for sub in ("ledger", "data")
     }
     if (rows["ledger"], rows["data"]) != (n_in, n_kept):

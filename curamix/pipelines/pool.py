@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curamix.config import config_hash
+from curamix.io.fs import makedirs
 from curamix.io.store import JobResult, StageWriter, part_files
 from curamix.pipelines.parts import check_accounting, map_parts
 from curamix.schema import DOC_SCHEMA, LEDGER_SCHEMA
@@ -307,7 +308,7 @@ class PoolStage:
         ``rule=value<threshold`` are counted by ``rule`` (the ledger keeps the value)."""
         out_dir, stage = str(w.tmp), self.stage
         for sub in ("data", "ledger", *outputs):
-            os.makedirs(w.path(sub), exist_ok=True)
+            makedirs(w.path(sub))
 
         def task(i: int, p: str) -> pa.Table:
             return _write_part(
@@ -328,16 +329,14 @@ class PoolStage:
         """Write a stage that decided on the driver: ``decisions`` (one row per pool document,
         in part order, :data:`DECISION_SCHEMA`) are cut per part into ``_decisions/``, and one
         task per part applies its cut."""
-        dec_dir = w.path("_decisions")
-        os.makedirs(dec_dir)
+        dec_dir = w.scratch("_decisions")
+        makedirs(dec_dir)
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         for i in range(len(self.parts)):
             chunk = decisions.slice(int(offsets[i]), int(sizes[i]))
             pq.write_table(chunk, dec_dir / f"part-{i:05d}.parquet")
         written = self.write(spark, w, _FromFiles(str(dec_dir)))
-        for f in dec_dir.iterdir():
-            f.unlink()
-        dec_dir.rmdir()
+        w.discard("_decisions")
         removed = decisions.filter(pc.equal(decisions["decision"], REMOVED))["reason"].to_pylist()
         want = (decisions.num_rows - len(removed), dict(Counter(removed)))
         if (written.n_kept, written.removed_reasons) != want:

@@ -22,6 +22,7 @@ from curamix.embeddings.devices import resolve_auto_devices
 from curamix.embeddings.index import gpu_setting
 from curamix.io.store import JobResult
 from curamix.pipelines import (
+    adapt,
     betr,
     coreset,
     decontam,
@@ -82,6 +83,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("rds", rds.rds_upstream, rds.rds_key, rds.run_rds),
     Stage("select", select.select_upstream, select.select_key, select.run_select),
     Stage("coreset", coreset.coreset_upstream, coreset.coreset_key, coreset.run_coreset),
+    Stage("adapt", adapt.adapt_upstream, adapt.adapt_key, adapt.run_adapt),
 )
 """Every stage, in run order."""
 

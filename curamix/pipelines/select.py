@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +25,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curamix.config import PipelineConfig, config_hash, pool_stage
+from curamix.io.fs import makedirs, save_figure
 from curamix.io.store import JobResult, part_files, stage_writer
 from curamix.pipelines.dsir import MASKED_REASON, load_model, score_columns
-from curamix.pipelines.parts import map_parts
+from curamix.pipelines.parts import map_parts, read_parquet_df
 from curamix.pipelines.pool import (
     DOC_SCHEMA,
     Decisions,
@@ -48,6 +48,13 @@ RANDOM_STREAM = 7_777_777
 BINS = 50
 RANGE_SCHEMA = pa.schema([("lo", pa.float64()), ("hi", pa.float64())])
 DATA_SCHEMA = DOC_SCHEMA.append(pa.field("score", pa.float64()))
+
+
+def keys_schema(score_cols: list[str]) -> pa.Schema:
+    """What :func:`keys_part` writes."""
+    keys = [pa.field(f"key__{j}", pa.float64()) for j in range(len(score_cols))]
+    base = [("id", pa.string()), ("score", pa.float64()), ("eligible", pa.bool_())]
+    return pa.schema([*base, *keys, pa.field("key__random", pa.float64())])
 
 
 def keys_part(
@@ -214,8 +221,8 @@ def run_select(
         say(
             f"select: drawing {k} of {n_eligible} eligible documents (seed {cfg.seed}{', top-k' if scfg.top_k else ''})"
         )
-        keys_dir = str(w.path("_keys"))
-        os.makedirs(keys_dir)
+        keys_dir = str(w.scratch("_keys"))
+        makedirs(keys_dir)
         min_len = cfg.dsir.min_example_length
         with ps.timed("select_s"):
             ranges = map_parts(
@@ -224,7 +231,7 @@ def run_select(
                 lambda i, p: keys_part(p, keys_dir, i, cfg.seed, scfg.top_k, min_len, cols),
                 RANGE_SCHEMA,
             )
-            keys = spark.read.parquet(keys_dir).cache()
+            keys = read_parquet_df(spark, keys_dir, keys_schema(cols)).cache()
             eligible = keys.filter(F.col("eligible"))
             rules: list[dict[str, Any]] = []
             chosen: DataFrame | None = None
@@ -251,7 +258,7 @@ def run_select(
         with ps.timed("write_s"):
             decide = ApplyRules(keys_dir, rules, random_rule, sel, bins)
             written = ps.write(spark, w, decide, data_schema=DATA_SCHEMA)
-        shutil.rmtree(keys_dir)
+        w.discard("_keys")
         if written.n_kept != k:
             raise RuntimeError(f"select: chose {written.n_kept} documents instead of {k}")
         counts = {x: np.zeros(sel.num_buckets, dtype=np.int64) for x in ("selected", "random")}
@@ -316,7 +323,7 @@ def _plot_histogram(hist: dict[str, Any], path: str) -> None:
     ax.set_ylabel("documents")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

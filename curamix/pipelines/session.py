@@ -244,6 +244,12 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
     secret = "" if is_local else os.environ.get(SPARK_SECRET_ENV, "")
     if secret:
         b = b.config("spark.authenticate", "true")
+    if not is_local:  # executors reach object stores with the driver's settings
+        from curamix.io.fs import STORE_ENV
+
+        for name in STORE_ENV:
+            if os.environ.get(name):
+                b = b.config(f"spark.executorEnv.{name}", os.environ[name])
     for k, v in cfg.conf.items():
         b = b.config(k, v)
     if secret or SECRET_KEY in cfg.conf:

@@ -18,7 +18,9 @@ and BETR scores.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,6 +28,7 @@ import numpy as np
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
+    from curamix.config import ProxyScoreConfig
     from curamix.proxy.model import ProxyLM
 
 
@@ -168,4 +171,53 @@ def doc_losses(
     return out
 
 
-__all__ = ["doc_losses", "reference_proxy"]
+def train_reference_proxy(
+    texts: Sequence[str], proxy: ProxyScoreConfig, random_state: int
+) -> tuple[ProxyLM, Tokenizer]:
+    """:func:`reference_proxy` on ``texts`` with the settings of a stage's ``proxy:`` block
+    (preset, tokens, vocabulary, context, batch rows, device) and ``random_state`` (the run's
+    seed). The stages that train a reference proxy on a pool sample (rds, coreset's
+    ``proxy_loss``, adapt) share these settings."""
+    return reference_proxy(
+        texts,
+        model=proxy.model,
+        vocab_size=proxy.vocab_size,
+        seq_len=proxy.seq_len,
+        batch_size=proxy.batch_size,
+        total_tokens=proxy.total_tokens,
+        random_state=random_state,
+        device=proxy.device,
+    )
+
+
+def save_proxy(model: ProxyLM, tok: Tokenizer, folder: str | Path) -> None:
+    """Write ``folder/model.pt`` (the state dict, on the CPU), ``config.json`` (the model's
+    :class:`~curamix.proxy.model.ProxyModelConfig`) and ``tokenizer.json``: the layout the
+    rds stage keeps under ``proxy/``, which :func:`load_proxy` reads back."""
+    import torch
+
+    from curamix.proxy.tokenizer import save_tokenizer
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    save_tokenizer(tok, out / "tokenizer.json")
+    (out / "config.json").write_text(json.dumps(model.cfg.model_dump(mode="json"), indent=2))
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / "model.pt")
+
+
+def load_proxy(folder: str | Path, device: str = "cpu") -> tuple[ProxyLM, Tokenizer]:
+    """The model (eval mode, on ``device``) and tokenizer that :func:`save_proxy` wrote."""
+    import torch
+    from tokenizers import Tokenizer
+
+    from curamix.device import resolve_device
+    from curamix.proxy.model import ProxyLM, ProxyModelConfig
+
+    src = Path(folder)
+    model = ProxyLM(ProxyModelConfig(**json.loads((src / "config.json").read_text())))
+    model.load_state_dict(torch.load(src / "model.pt", weights_only=True))
+    tok = Tokenizer.from_file(str(src / "tokenizer.json"))
+    return model.to(resolve_device(device)).eval(), tok
+
+
+__all__ = ["doc_losses", "load_proxy", "reference_proxy", "save_proxy", "train_reference_proxy"]

@@ -20,9 +20,10 @@ weights, per-domain losses on small per-domain micro-batches and, when
 ``hook.needs_gradients`` is true, each domain's and the target's flattened loss gradient;
 it may return new weights for the sampler. ``hook.needs_adam_moments`` adds the AdamW
 optimizer's bias-corrected second moments (TiKMiX's ``hessian="adam"``), ``hook.needs_kfac``
-K-FAC factors. An online mixer (``curamix.mixers``) is itself a
-hook: ``train_proxy(..., hook=DGAMixer(...).fit(stats))``. A hook with ``state_dict``/``load_state_dict``
-is checkpointed with the run.
+K-FAC factors, ``hook.needs_val_losses`` each training domain's and the target's held-out
+evaluation loss (Skill-it; on ``hook.val_eval_tokens`` tokens each). An online mixer
+(``curamix.mixers``) is itself a hook: ``train_proxy(..., hook=DGAMixer(...).fit(stats))``.
+A hook with ``state_dict``/``load_state_dict`` is checkpointed with the run.
 
 References: Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (AdamW),
 arXiv:1711.05101; Loshchilov & Hutter, "SGDR" (cosine schedule), arXiv:1608.03983;
@@ -196,6 +197,12 @@ class StepMetrics:
     adam_v: torch.Tensor | None = field(default=None, repr=False)
     """The optimizer's bias-corrected second moments ``exp_avg_sq / (1 - beta2^t)`` after this
     step, flattened like the gradients (``hook.needs_adam_moments``; :func:`adam_second_moments`)."""
+    val_losses: dict[str, float] | None = None
+    """Loss of each training domain on its held-out evaluation windows (the first
+    ``hook.val_eval_tokens`` tokens, default ``cfg.eval_tokens``, of its validation stream), when
+    ``hook.needs_val_losses`` is true (Skill-it); domains without validation data are absent."""
+    val_target_loss: float | None = None
+    """The target's loss on its evaluation windows, likewise (None without a target)."""
 
     def grad_dots(self) -> dict[str, float]:
         """``<g_domain, g_target>`` per domain (the DoGE / gradient-alignment score)."""
@@ -629,6 +636,22 @@ def _train(
         model.train()
         return losses, tl
 
+    def hook_evaluate(n_tokens: int) -> tuple[dict[str, float], float | None]:
+        """Held-out losses of the training domains (and the target) on their first
+        ``n_tokens`` evaluation tokens, for a hook that asks for them (``needs_val_losses``)."""
+        n_rows = max(1, -(-int(n_tokens) // seq_len))
+        model.eval()
+        losses = {
+            d: evaluate_loss(model, r[:n_rows], batch_size, device)
+            for d, r in val_rows.items()
+            if d in sampler.tokens and len(r)
+        }
+        tl = None
+        if target_rows is not None:
+            tl = evaluate_loss(model, target_rows[:n_rows], batch_size, device)
+        model.train()
+        return losses, tl
+
     def base_row(done: int) -> dict[str, Any]:
         return {"step": done, "tokens": done * per_step, "lr": lr_at(done - 1, n_steps, cfg)}
 
@@ -709,6 +732,10 @@ def _train(
             kfac=kfac,
             adam_v=adam_second_moments(model, opt) if needs_adam else None,
         )
+        if getattr(hook, "needs_val_losses", False):
+            metrics.val_losses, metrics.val_target_loss = hook_evaluate(
+                getattr(hook, "val_eval_tokens", None) or cfg.eval_tokens
+            )
         hook_loss_sum, hook_loss_n = 0.0, 0
         new = hook(metrics)
         if new is not None:

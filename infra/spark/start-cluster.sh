@@ -130,7 +130,9 @@ started+=("$!")
 for i in $(seq 1 "$workers"); do
   wport=0
   [ "$worker_webui_port" -gt 0 ] && wport=$((worker_webui_port + i - 1))
-  mkdir -p "$state_dir/work/worker-$i"
+  mkdir -p "$state_dir/work/worker-$i" "$state_dir/local/worker-$i"
+  # each worker its own scratch (shuffle, spills): nothing on disk is shared between workers
+  SPARK_LOCAL_DIRS="$state_dir/local/worker-$i" \
   nohup "$spark_home/bin/spark-class" org.apache.spark.deploy.worker.Worker "$master_url" \
     --host 127.0.0.1 --cores "$cores" --memory "$memory" --webui-port "$wport" \
     --work-dir "$state_dir/work/worker-$i" \

@@ -1,12 +1,15 @@
 """SemDeDup kernels: planted near-duplicates removed exactly, refs to kept twins, the
-reference's ordering, blocked = unblocked, one-pass removal curve monotone in eps."""
+reference's ordering, blocked = unblocked, one-pass removal curve monotone in eps; the
+assignment to sampled centroids (as spherical k-means assigns, the same numbers in any block)."""
 
 import numpy as np
 import pytest
 
 from curamix.filters.semdedup import (
+    assign_to_centroids,
     cluster_order,
     decide,
+    kmeans_train_size,
     max_cos_to_earlier,
     removal_counts,
     removal_curve,
@@ -161,3 +164,30 @@ def test_bad_arguments():
         semdedup(x, np.zeros(2, int), np.zeros(3), eps=0.1)
     with pytest.raises(ValueError, match="keep"):
         semdedup(x, np.zeros(3, int), np.zeros(3), eps=0.1, keep="hard")
+
+
+def test_assignment_is_spherical_kmeans_and_the_same_in_any_block(planted):
+    from curamix.embeddings.index import spherical_kmeans
+
+    x = planted[0]
+    c, a_km, cos_km = spherical_kmeans(x, 6, niter=10, seed=0, gpu="off")
+    a, cos = assign_to_centroids(x, c, block=64)
+    assert (a == a_km).all()  # the clusters spherical k-means gives its own training set
+    np.testing.assert_allclose(cos, cos_km, atol=1e-6)
+    # a row's numbers do not depend on the rows around it; exact copies get equal cosines
+    for lo, hi in ((0, 1), (5, 70), (100, 101), (399, 430)):
+        a2, cos2 = assign_to_centroids(x[lo:hi], c, block=7)
+        assert (a2 == a[lo:hi]).all() and (cos2 == cos[lo:hi]).all()
+    twins = np.concatenate([x[:3], x[:3]])
+    _, ct = assign_to_centroids(twins, c, block=4)
+    assert (ct[:3] == ct[3:]).all()
+    assert assign_to_centroids(np.zeros((2, 64)), c)[1].tolist() == [0.0, 0.0]  # zero vector
+    with pytest.raises(ValueError, match="same dimension"):
+        assign_to_centroids(x, c[:, :10])
+
+
+def test_kmeans_train_size():
+    assert kmeans_train_size(10_000, 10) == 2560  # 256 per cluster, FAISS's most
+    assert kmeans_train_size(1000, 10) == 1000  # the whole pool when smaller
+    assert kmeans_train_size(10_000, 10, sample=5) == 10  # at least one per cluster
+    assert kmeans_train_size(10_000, 10, sample=400) == 400

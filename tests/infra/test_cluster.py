@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -45,7 +46,12 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def _cfg(
-    corpus: Path, run_dir: Path, master: str, stages=STAGES, ui_port: int | None = None
+    corpus: Path,
+    run_dir: Path | str,
+    master: str,
+    stages=STAGES,
+    ui_port: int | None = None,
+    raw: str | None = None,
 ) -> PipelineConfig:
     """The same stages and settings for every run; only the master (and the UI) change."""
     spark: dict = {
@@ -63,7 +69,7 @@ def _cfg(
             "stages": list(stages),
             "spark": spark,
             "ingest": {
-                "inputs": [{"path": str(corpus / "raw"), "domain_map": {"news*": "news"}}],
+                "inputs": [{"path": raw or str(corpus / "raw"), "domain_map": {"news*": "news"}}],
                 "max_doc_bytes": 100_000,
                 "engine": "spark",  # small input: auto would run it in the driver
             },
@@ -207,17 +213,30 @@ def assert_same_outputs(run_a: Path, run_b: Path, stages=STAGES) -> None:
 
 
 @pytest.fixture(scope="module")
-def driver(cluster, corpus, local_run):
-    """One driver process for both cluster runs (the second waits for ``go``): the full
-    pipeline, then dedup and DSIR again from the same ingest output (copied from the local
-    run: the ingest key does not depend on the master) for the worker-kill test."""
+def s3_corpus(s3, corpus) -> tuple[str, str]:
+    """The corpus's raw files on the test S3 server, and a run folder URI there."""
+    import uuid
+
+    tag = uuid.uuid4().hex[:8]
+    raw = s3.upload(corpus / "raw", f"{s3.bucket('pools')}/cluster-{tag}")
+    return raw, f"{s3.bucket('runs')}/cluster-{tag}"
+
+
+@pytest.fixture(scope="module")
+def driver(cluster, corpus, local_run, s3_corpus):
+    """One driver process for the three cluster runs (the later ones wait for ``go``): the
+    full pipeline; the same with inputs and run folder on S3; then dedup and DSIR again from
+    the same ingest output (copied from the local run: the ingest key does not depend on the
+    master) for the worker-kill test."""
     ui_port = free_port()
     first = _cfg(corpus, corpus / "run-cluster", cluster.url, ui_port=ui_port)
+    raw_uri, run_uri = s3_corpus
+    on_s3 = _cfg(corpus, run_uri, cluster.url, ui_port=ui_port, raw=raw_uri)
     kill_dir = corpus / "run-kill"
     ingest = _stage_folder(local_run, "ingest")
     shutil.copytree(ingest, kill_dir / ingest.name)
     second = _cfg(corpus, kill_dir, cluster.url, KILL_STAGES, ui_port=ui_port)
-    d = Driver([first, second], corpus / "driver.log")
+    d = Driver([first, on_s3, second], corpus / "driver.log")
     yield d
     d.stop(timeout=60)  # ends a driver still waiting for the second run; kills a stuck one
 
@@ -298,7 +317,42 @@ def _catch_worker_mid_task(cluster: Cluster, ui: str, app_id: str, timeout: floa
     return None
 
 
-def test_worker_killed_mid_job_same_output(cluster, driver, cluster_run, local_run, corpus):
+@pytest.fixture(scope="module")
+def cluster_s3_run(driver, cluster_run):
+    """The second run: inputs and run folder on the S3 server, nothing else shared between
+    the driver and the workers (each worker has its own work and local dirs)."""
+    driver.go()
+    return driver.result()
+
+
+def test_cluster_run_on_s3_equals_local_mode(cluster, cluster_s3_run, local_run, corpus, s3_corpus):
+    """The workers read the inputs from the bucket and write every part there: the same rows
+    as local mode (``source`` names the object instead of the file)."""
+    from curamix.io.store import latest_result, part_files
+
+    res = cluster_s3_run
+    raw_uri, run_uri = s3_corpus
+    assert res["executors"] == 2, res
+    for stage in STAGES:
+        remote = latest_result(run_uri, stage)
+        assert remote is not None and str(remote.path).startswith("s3://"), stage
+        a = _stage_folder(local_run, stage)
+        subs = sorted(p.name for p in a.iterdir() if p.is_dir())
+        for sub in subs:
+            got = pa.concat_tables(pq.read_table(f) for f in part_files(remote.path / sub))
+            rows = [
+                {k: (v.replace(str(corpus / "raw"), raw_uri) if isinstance(v, str) else v)
+                 for k, v in r.items()}
+                for r in _rows(a / sub)
+            ]  # fmt: skip
+            want = sorted(rows, key=lambda r: json.dumps(r, sort_keys=True, default=str))
+            have = sorted(got.to_pylist(), key=lambda r: json.dumps(r, sort_keys=True, default=str))
+            assert have == want, (stage, sub)
+
+
+def test_worker_killed_mid_job_same_output(
+    cluster, driver, cluster_run, cluster_s3_run, local_run, corpus
+):
     """SIGKILL one worker (and its executor and Python workers) while it runs a dedup task:
     Spark reruns the lost task on the other worker and the outputs are still identical to
     local mode; the master shows the worker dead."""

@@ -7,6 +7,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -37,10 +38,11 @@ def pool(tmp_path_factory) -> tuple[JobResult, list[str]]:
 
 
 def config(**kwargs) -> MixtureSearchConfig:
-    return MixtureSearchConfig(
+    base = dict(
         method="dga", vocab_size=300, seq_len=32, batch_size=4, total_tokens=128 * 40,
-        update_every=5, eval_tokens=512, checkpoint_every=None, **kwargs,
+        update_every=5, eval_tokens=512, checkpoint_every=None,
     )  # fmt: skip
+    return MixtureSearchConfig(**{**base, **kwargs})
 
 
 def test_search_records_the_staged_schedule_and_keeps_the_final_weights_by_default(pool, tmp_path):
@@ -103,3 +105,85 @@ def test_the_schedule_section_counts_in_the_key_only_when_set(pool):
         config(schedule={"epsilon": -0.1})
     with pytest.raises(ValueError, match="export"):
         config(schedule={"export": "both"})
+
+
+def _split(res: JobResult, root: Path, n_parts: int) -> JobResult:
+    """The same pool written as ``n_parts`` Parquet parts."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(res.path / "data")
+    (root / "data").mkdir(parents=True)
+    for k in range(n_parts):
+        pq.write_table(
+            t.take(list(range(k, t.num_rows, n_parts))), root / "data" / f"part-{k:05d}.parquet"
+        )
+    (root / "manifest.json").write_text("{}")
+    return JobResult("select", root, {}, skipped=True)
+
+
+@pytest.mark.spark
+def test_the_sample_tokenized_on_spark_equals_the_one_in_process(pool, spark, tmp_path):
+    """The sample (and the tokenizer trained on it) does not depend on the parts or on where
+    the per-part tasks run; the engine is not part of the key, the sample margin is."""
+    from functools import partial
+
+    from curamix.mixers.search import read_pool_sample, search_key
+    from curamix.pipelines.parts import map_parts
+
+    res, _ = pool
+    three = _split(res, tmp_path / "three", 3)
+    cfg = config(sample_margin=1.0, eval_tokens=32)
+    tok1, here = read_pool_sample(
+        tmp_path / "a",
+        cfg.model_copy(update={"engine": "local"}),
+        res,
+        0,
+        tmp_path / "a" / "tok.json",
+    )
+    tok3, there = read_pool_sample(
+        tmp_path / "b", cfg.model_copy(update={"engine": "spark"}), three, 0,
+        tmp_path / "b" / "tok.json", partial(map_parts, spark),
+    )  # fmt: skip
+    assert tok1.to_str() == tok3.to_str() and here.digest == there.digest
+    for d in here.train:
+        assert np.array_equal(here.train[d], there.train[d])
+        assert not here.domains[d]["covered"] and here.domains[d]["sample_docs"] < 12
+    with pytest.raises(ValueError, match=r"mixture\.engine='spark' needs a Spark session"):
+        read_pool_sample(
+            tmp_path / "c",
+            cfg.model_copy(update={"engine": "spark"}),
+            res,
+            0,
+            tmp_path / "c" / "t.json",
+        )
+    key = search_key(cfg, 0, res, "t")
+    assert (
+        search_key(cfg.model_copy(update={"engine": "spark", "local_max_docs": 1}), 0, res, "t")
+        == key
+    )
+    assert search_key(cfg.model_copy(update={"sample_margin": 2.0}), 0, res, "t") != key
+
+
+def test_a_sampled_search_weighs_the_whole_pools_tokens(pool, tmp_path):
+    """With a small budget the proxy trains on a sample of each domain; the natural mixture and
+    the mixture's domain tokens still count the whole pool (estimated from the sample); a
+    second method on the same pool reuses the token shards."""
+    from curamix.mixers.search import run_mixture_search
+
+    res, _ = pool
+    cfg = config(method="natural", total_tokens=128 * 5, eval_tokens=32, sample_margin=1.0)
+    out = run_mixture_search(tmp_path / "run", cfg, res, seed=0)
+    per = out.manifest["counts"]["per_domain"]
+    mix = Mixture.read_json(out.path / "mixture.json")
+    for d, row in per.items():
+        assert row["docs"] == 12 and row["sample_docs"] < 12 and not row["covered"]
+        assert row["sample_train_tokens"] < row["train_tokens"] == round(mix.domain_tokens[d])
+    total = sum(mix.domain_tokens.values())
+    assert dict(mix.weights) == pytest.approx({d: t / total for d, t in mix.domain_tokens.items()})
+    assert out.manifest["inputs"]["sample_tokens_per_domain"] == 674  # ceil(640 / 0.95)
+    assert "seeded sample of each domain" in (out.path / "report.md").read_text()
+    shards = list((tmp_path / "run" / "proxy" / "tokens").glob("sample-*"))
+    assert len(shards) == 1
+    uni = run_mixture_search(tmp_path / "run", cfg.model_copy(update={"method": "uniform"}), res)
+    assert uni.manifest["inputs"]["sample_sha256"] == out.manifest["inputs"]["sample_sha256"]
+    assert list((tmp_path / "run" / "proxy" / "tokens").glob("sample-*")) == shards

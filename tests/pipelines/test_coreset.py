@@ -223,9 +223,11 @@ def test_stage_scores_are_checked(tmp_path):
 
 @pytest.mark.spark
 def test_proxy_loss_score_is_the_reference_proxys_loss(run, spark, demo, tmp_path):
-    """score: proxy_loss trains the reference proxy on a seeded pool sample and keeps, with
-    prototypes keep_hard false, the k documents of lowest loss under it (perplexity pruning)."""
-    from curamix.pipelines.coreset import proxy_loss_scores, read_pool_texts
+    """score: proxy_loss trains the reference proxy on the seeded hash sample of the pool and
+    keeps, with prototypes keep_hard false, the k documents of lowest loss under it (perplexity
+    pruning); the scores computed one Spark task per part equal the in-process ones."""
+    from curamix.pipelines.coreset import proxy_loss_part, proxy_loss_scores, proxy_payload
+    from curamix.pipelines.parts import sample_hash
     from curamix.proxy.perplexity import doc_losses, reference_proxy
 
     _, res0 = run
@@ -240,22 +242,28 @@ def test_proxy_loss_score_is_the_reference_proxys_loss(run, spark, demo, tmp_pat
     res = run_pipeline(cfg, spark=spark, only=["coreset"])["coreset"]
     led = _ledger(res)
     ids = np.array([r["id"] for r in led])
-    texts = read_pool_texts(
-        [str(p) for p in sorted(res0["ingest"].data_path.glob("*.parquet"))], ids
-    )
-    # the same computation by hand: seeded sample, reference proxy, per-document losses
-    pick = np.sort(np.random.default_rng(3).choice(len(texts), size=60, replace=False))
+    parts = [str(p) for p in sorted(res0["ingest"].data_path.glob("*.parquet"))]
+    docs = pq.ParquetDataset(parts).read(columns=["id", "text"]).to_pylist()
+    text = {d["id"]: d["text"] for d in docs}
+    # the same computation by hand: the 60 documents of smallest hash(seed, id), in that
+    # order, train the reference proxy; every document's loss under it
+    sample = sorted(text, key=lambda i: (sample_hash(3, i), i))[:60]
     model, tok = reference_proxy(
-        [texts[i] for i in pick], vocab_size=300, seq_len=32, batch_size=8, total_tokens=8192,
+        [text[i] for i in sample], vocab_size=300, seq_len=32, batch_size=8, total_tokens=8192,
         random_state=3, device="cpu",
     )  # fmt: skip
-    want = doc_losses(model, tok, texts)
+    want = doc_losses(model, tok, [text[i] for i in ids])
     assert np.isfinite(want).all()
-    np.testing.assert_allclose([r["score"] for r in led], want, rtol=1e-6)
+    np.testing.assert_allclose([r["score"] for r in led], want, rtol=1e-5)
     kept = {r["id"] for r in led if r["decision"] == "kept"}
     k = int(0.2 * len(ids))
     assert kept == set(ids[np.argsort(want, kind="stable")[:k]].tolist())
-    # the helper itself, outside Spark, gives the same scores
-    again = proxy_loss_scores(cfg.coreset.proxy, [str(p) for p in sorted(
-        res0["ingest"].data_path.glob("*.parquet"))], ids, 3, lambda _m: None)  # fmt: skip
-    np.testing.assert_allclose(again, want, rtol=1e-6)
+    # part by part in this process with that proxy: the Spark tasks' numbers exactly
+    here = pa.concat_tables([proxy_loss_part(p, proxy_payload(model, tok), ids) for p in parts])
+    here = here.sort_by("id")
+    assert here["id"].to_pylist() == ids.tolist()
+    np.testing.assert_array_equal(here["score"].to_numpy(), [r["score"] for r in led])
+    # and the helper without Spark (it trains the same proxy), on a few of the documents
+    few = ids[::20]
+    local = proxy_loss_scores(cfg.coreset.proxy, parts, few, 3, lambda _m: None)
+    np.testing.assert_array_equal(local, [r["score"] for r in led][::20])

@@ -1,6 +1,7 @@
 """The semdedup job on Spark over the demo corpus: ledger accounting, exact copies removed with
-a kept twin, agreement with the in-process kernels, the removal-vs-eps report, documents
-without an embedding, local scope, the removal-rate gate and rerun skip."""
+a kept twin, agreement with the in-process kernels (clustering every vector on the driver, and,
+with a sampled k-means, the kernel given the same centroids), the removal-vs-eps report,
+documents without an embedding, local scope, the removal-rate gate and rerun skip."""
 
 import hashlib
 import json
@@ -152,3 +153,39 @@ def test_gate_names_the_domain(run, spark, demo):
     failed = Path(strict.run_dir) / f"{STAGE}-{key}.gate-failed.md"
     assert "over the gate" in failed.read_text()
     json.dumps(res["semdedup"].manifest)  # the manifest is plain JSON
+
+
+def test_sampled_centroids_then_one_task_per_cluster_is_the_in_driver_kernel(run, spark, demo):
+    """kmeans_sample: the centroids come from the 40 embedded documents of smallest hash of
+    (seed, id), in id order; every document joins its nearest one and the kernel runs per
+    cluster. The same computation in this process, given those centroids, decides the same,
+    whatever Spark's shuffle partitioning (3 here, 4 in the fixture)."""
+    from curamix.embeddings.index import spherical_kmeans
+    from curamix.filters.semdedup import assign_to_centroids
+    from curamix.pipelines.parts import sample_hash
+
+    cfg, res = run
+    sampled = _cfg(cfg.run_dir, demo / "raw", eps=0.05, kmeans_sample=40)
+    before = spark.conf.get("spark.sql.shuffle.partitions")
+    spark.conf.set("spark.sql.shuffle.partitions", "3")
+    try:
+        out = run_pipeline(sampled, spark=spark)["semdedup"]
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", before)
+    assert out.path != res["semdedup"].path  # a set kmeans_sample is part of the key
+    assert out.manifest["clusters"]["kmeans_trained_on"] == 40
+    emb = load_embeddings(res["embed"])
+    first = sorted(range(len(emb)), key=lambda i: (sample_hash(0, emb.ids[i]), emb.ids[i]))[:40]
+    train = np.sort(np.asarray(first))  # id order, as the whole pool would be
+    k = out.manifest["clusters"]["n"]
+    c, _, _ = spherical_kmeans(emb.vectors[train], k, niter=20, seed=0, gpu=cfg.embed.index.gpu)
+    assign, cos = assign_to_centroids(emb.vectors, c)
+    want = semdedup(emb.vectors, assign, cos, eps=0.05)
+    led = _ledger(out)
+    got = np.array([led[i]["decision"] == "removed" for i in emb.ids])
+    assert (got == want.removed).all() and got.any()
+    refs = {emb.ids[i]: emb.ids[want.ref[i]] for i in np.flatnonzero(want.removed)}
+    assert {i: r["ref_id"] for i, r in led.items() if r["ref_id"]} == refs
+    # the same cosines up to float32 rounding (BLAS threads differ between driver and tasks)
+    np.testing.assert_allclose([led[i]["score"] for i in emb.ids], want.max_cos, atol=1e-6)
+    assert not list(out.path.rglob("_clusters*"))  # the per-cluster decisions are not kept

@@ -258,3 +258,181 @@ def test_run_folder_to_trained_proxy(tmp_path):
     r = train_proxy(cfg, train, val, {"math": 0.5, "web": 0.5}, progress=False)
     assert r.metrics["train_loss"].iloc[-1] < r.metrics["train_loss"].iloc[0]
     assert set(r.val_losses) == {"math", "web"}
+
+
+# ------------------------------------------------------------------- the pool's token sample
+
+
+def _sample_pool(root, n_parts, seed=0):
+    """Three domains of 40 documents (one of them short texts), split into ``n_parts``."""
+    import random
+
+    from curamix.demo import DOMAINS
+
+    r = random.Random(seed)
+    rows = [
+        {"id": f"{d}-{i:03d}", "domain": d, "text": make(r) if d != "code" else f"x = {i}"}
+        for d, make in list(DOMAINS.items())[:3]
+        for i in range(40)
+    ]
+    folder = root / f"parts{n_parts}"
+    folder.mkdir(parents=True)
+    for k in range(n_parts):
+        pq.write_table(pa.Table.from_pylist(rows[k::n_parts]), folder / f"part-{k:05d}.parquet")
+    return sorted(str(p) for p in folder.glob("*.parquet")), rows
+
+
+def _by_hand(rows, tok, seed, need, val_fraction):
+    """The sample's rule, written out: each domain's documents by hash of (seed, id), encoded
+    one by one, kept while fewer than ``need`` tokens come before them; split by text."""
+    from curamix.pipelines.parts import sample_hash
+    from curamix.proxy.tokenizer import encode_stream
+
+    out = {}
+    for d in sorted({r["domain"] for r in rows}):
+        docs = sorted(
+            (r for r in rows if r["domain"] == d),
+            key=lambda r: (sample_hash(seed, r["id"]), r["id"]),
+        )
+        kept, total = [], 0
+        for r in docs:
+            if need is not None and total >= need:
+                break
+            kept.append(r["text"])
+            total += len(encode_stream(tok, [r["text"]]))
+        tr, va = split_documents(kept, val_fraction, seed)
+        out[d] = (encode_stream(tok, tr), encode_stream(tok, va), len(kept))
+    return out
+
+
+def test_token_sample_is_the_budgeted_hash_prefix_for_any_parts(tmp_path, tok):
+    parts1, rows = _sample_pool(tmp_path, 1)
+    parts3, _ = _sample_pool(tmp_path, 3)
+    need = 400
+    a = pdata.sample_token_streams(parts1, tok, 5, need, tmp_path / "c1", "pool", 0.2)
+    b = pdata.sample_token_streams(parts3, tok, 5, need, tmp_path / "c3", "pool", 0.2)
+    want = _by_hand(rows, tok, 5, need, 0.2)
+    assert a.digest == b.digest and set(a.train) == set(want)
+    for d, (tr, va, n) in want.items():
+        for s in (a, b):  # the same sample for one part or three
+            assert np.array_equal(s.train[d], tr) and np.array_equal(s.val.get(d, va[:0]), va)
+            assert s.domains[d]["sample_docs"] == n and s.domains[d]["covered"] == (n == 40)
+        # the budget is reached with the last document, or the domain is smaller
+        assert (len(tr) + len(va) >= need) == (d != "code")
+    assert a.domains["news"]["sample_docs"] < 40 and a.domains["code"]["covered"]
+    # another seed draws other documents; no budget takes every document, split as before
+    assert (
+        pdata.sample_token_streams(parts3, tok, 6, need, tmp_path / "c3", "pool", 0.2).digest
+        != a.digest
+    )
+    full = pdata.sample_token_streams(parts3, tok, 5, None, tmp_path / "c3", "pool", 0.2)
+    for d, (tr, va, n) in _by_hand(rows, tok, 5, None, 0.2).items():
+        assert np.array_equal(full.train[d], tr) and np.array_equal(full.val[d], va)
+        e = full.domains[d]
+        assert n == e["sample_docs"] == e["docs"] == 40 and e["covered"]
+        assert e["pool_train_tokens"] == len(tr)  # exact when the sample is the whole domain
+    # a sampled domain's pool tokens: the sample's tokens per character, scaled to the domain
+    e = a.domains["news"]
+    per_char = (e["train_tokens"] + e["val_tokens"]) / e["sample_chars"]
+    assert e["pool_train_tokens"] == pytest.approx(per_char * e["chars"] * 32 / 40, abs=1)
+
+
+def test_token_sample_cache_and_short_rounds(tmp_path, tok, monkeypatch):
+    parts, _ = _sample_pool(tmp_path, 2)
+    calls = []
+
+    def counting(paths, fn, schema):
+        calls.append(schema)
+        return pdata.run_parts_here(paths, fn, schema)
+
+    a = pdata.sample_token_streams(parts, tok, 0, 500, tmp_path / "c", "pool", 0.1, run=counting)
+    assert len(calls) == 2  # the pool's counts, then one round of shards
+    assert len(list(a.folder.glob("part-*.parquet"))) == 2 and (a.folder / "sample.json").is_file()
+
+    def boom(*_a):
+        raise AssertionError("tokenized again although cached")
+
+    again = pdata.sample_token_streams(parts, tok, 0, 500, tmp_path / "c", "pool", 0.1, run=boom)
+    assert again.digest == a.digest and all(
+        np.array_equal(again.train[d], a.train[d]) for d in a.train
+    )
+    # a first round far too small (characters per token guessed 1000x too low) takes more
+    # rounds, never another sample
+    monkeypatch.setattr(pdata, "CHARS_PER_TOKEN", 0.004)
+    monkeypatch.setattr(pdata, "CANDIDATE_MIN_DOCS", 1)
+    calls.clear()
+    msgs = []
+    small = pdata.sample_token_streams(
+        parts, tok, 0, 500, tmp_path / "c2", "pool", 0.1, run=counting, say=msgs.append
+    )
+    assert len(calls) > 2 and any("fell short" in m for m in msgs)
+    assert small.digest == a.digest
+
+
+def test_prefix_cutoffs_and_tokenizer_shares():
+    rng = np.random.default_rng(0)
+    n = 200
+    keys = pa.table(
+        {
+            "domain": rng.choice(["a", "b"], n).tolist(),
+            "h": rng.integers(0, 50, n),
+            "id": [f"d{i}" for i in range(n)],
+            "n": rng.integers(1, 20, n),
+        },
+        schema=pdata.KEYS_SCHEMA,
+    )
+    cut = pdata.prefix_cutoffs(keys, {"a": 300, "b": 1e9})
+    for d, budget in (("a", 300), ("b", 1e9)):
+        rows = sorted(
+            (h, i, m)
+            for dd, h, i, m in zip(*(keys[c].to_pylist() for c in keys.column_names), strict=True)
+            if dd == d
+        )
+        before = np.cumsum([m for *_, m in rows]) - [m for *_, m in rows]
+        last = rows[int((before < budget).sum()) - 1]
+        assert cut[d] == (last[0], last[1])
+    assert cut["b"] == max(
+        (h, i)
+        for dd, h, i in zip(*(keys[c].to_pylist() for c in ("domain", "h", "id")), strict=True)
+        if dd == "b"
+    )
+    assert pdata.prefix_cutoffs(keys, {"a": 0, "b": 1}).keys() == {"b"}
+    # water-filling: the small domain keeps all of its characters, the rest split evenly
+    assert pdata.tokenizer_shares({"a": 10, "b": 1000, "c": 1000}, 310) == {
+        "a": 10,
+        "b": 150,
+        "c": 150,
+    }
+    assert pdata.tokenizer_shares({"a": 10, "b": 20}, 1000) == {"a": 10, "b": 20}
+
+
+def test_tokenizer_texts_are_each_domains_first_characters(tmp_path):
+    from curamix.pipelines.parts import sample_hash
+
+    parts1, rows = _sample_pool(tmp_path, 1)
+    parts3, _ = _sample_pool(tmp_path, 3)
+    stats = pdata.pool_stats(parts3)
+    assert stats == pdata.pool_stats(parts1)
+    assert stats["code"] == {
+        "docs": 40,
+        "chars": sum(len(r["text"]) for r in rows if r["domain"] == "code"),
+    }
+    texts = pdata.sample_tokenizer_texts(parts3, stats, 2, max_chars=9000)
+    assert texts == pdata.sample_tokenizer_texts(parts1, stats, 2, max_chars=9000)
+    shares = pdata.tokenizer_shares({d: s["chars"] for d, s in stats.items()}, 9000)
+    assert shares["code"] == stats["code"]["chars"] and len(texts["code"]) == 40  # all of code
+    for d in ("news", "science"):
+        order = sorted(
+            (r for r in rows if r["domain"] == d), key=lambda r: (sample_hash(2, r["id"]), r["id"])
+        )
+        got = texts[d]
+        assert got == [r["text"] for r in order[: len(got)]]  # a prefix of the hash order
+        assert sum(map(len, got[:-1])) < shares[d] <= sum(map(len, got))  # the last crosses it
+
+
+def test_token_need():
+    assert pdata.token_need(1000, 10, 0.05, 1.5) == 1579  # ceil(1.5 * max(1000/0.95, 10/0.05))
+    assert pdata.token_need(1000, 500, 0.05, 1.0) == 10_000  # validation's share decides
+    assert pdata.token_need(1000, 100, 0.05, None) is None
+    with pytest.raises(ValueError, match=r"margin must be at least 1, got 0\.5"):
+        pdata.token_need(1000, 100, 0.05, 0.5)
