@@ -266,15 +266,6 @@ class StorePath:
         head = posixpath.dirname(rest)
         return StorePath(f"{s}://{head}") if head else self
 
-    def with_name(self, name: str) -> StorePath:
-        return self.parent / name
-
-    def resolve(self) -> StorePath:
-        return self
-
-    def expanduser(self) -> StorePath:
-        return self
-
     # queries -------------------------------------------------------------------------------
     def _fs(self) -> tuple[pafs.FileSystem, str]:
         return resolve(self.uri)
@@ -301,9 +292,6 @@ class StorePath:
     def is_dir(self) -> bool:
         """True when some object lies under this prefix (object stores have no folders)."""
         return next(self._walk(), None) is not None
-
-    def stat_size(self) -> int:
-        return int(self._info().size or 0)
 
     def _walk(self, recursive: bool = True) -> Iterator[Any]:
         import pyarrow.fs as pafs
@@ -488,10 +476,6 @@ def write_bytes(p: str | os.PathLike[str], data: bytes) -> None:
 
 def read_bytes(p: str | os.PathLike[str]) -> bytes:
     return as_path(p).read_bytes()
-
-
-def exists(p: str | os.PathLike[str]) -> bool:
-    return as_path(p).exists()
 
 
 def listdir(p: str | os.PathLike[str]) -> list[str]:
